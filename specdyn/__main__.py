@@ -1,0 +1,3 @@
+from specdyn.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""The `specdyn` command line: a typer app with one module per command under `specdyn/commands/`.
+
+Each command module exposes `register(app)`. Heavy imports (torch, matplotlib, zarr) happen inside the
+commands so that `specdyn --help` stays fast.
+"""
+
+import functools
+import importlib
+
+import typer
+
+from specdyn import __version__
+from specdyn.errors import SpecdynError
+
+# The command registry: module names under specdyn.commands, in the order `--help` lists them.
+COMMANDS = ["analyze", "info"]
+
+app = typer.Typer(
+    help="Spectral dynamics of weights: analyze checkpoint series into a zarr store, then plot and evaluate.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"specdyn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    pass
+
+
+def user_errors(fn):
+    """Turn a SpecdynError into `error: ...` on stderr and its exit code; KeyboardInterrupt into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from specdyn.console import err_console
+
+        try:
+            return fn(*args, **kwargs)
+        except SpecdynError as e:
+            from rich.text import Text
+
+            err_console().print(Text.assemble(("error:", "red"), " ", e.message), soft_wrap=True)
+            raise typer.Exit(e.code)
+        except KeyboardInterrupt:
+            err_console().print("interrupted")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+for _name in COMMANDS:
+    importlib.import_module(f"specdyn.commands.{_name}").register(app)
+
+
+def main():
+    app(prog_name="specdyn")

@@ -1,0 +1,130 @@
+"""Spectral measurements of method.md, as pure numpy functions of singular values and vectors.
+
+Conventions: `s` holds singular values in descending order along its last axis (leading axes are batch axes);
+`U` (m, r) and `V` (n, r) hold singular vectors as columns, in the same order. Everything here is derived from
+one SVD per matrix; nothing calls an SVD.
+"""
+
+import math
+
+import numpy as np
+
+# method.md adds 1e-10 to s before taking entropies and ratios (its helpers do it in place, so the paper's
+# stored s drift by a few 1e-10; we add it to a copy and store s untouched).
+EPS = 1e-10
+SCORE_RANK = 10  # method.md 1.7: every stability/alignment score is the mean of the first 10 diagonal terms.
+
+
+def _k(s: np.ndarray) -> int:
+    return s.shape[-1]
+
+
+def effective_rank(s: np.ndarray) -> np.ndarray:
+    """Normalized entropy effective rank (Roy & Vetterli on sigma, method.md 1.2), in [1/k, 1].
+
+    >>> float(effective_rank(np.ones(4)))
+    1.0
+    """
+    s = np.asarray(s, dtype=np.float64) + EPS
+    p = s / s.sum(axis=-1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(axis=-1)
+    return np.exp(entropy) / _k(s)
+
+
+def count90(s: np.ndarray) -> np.ndarray:
+    """Fraction of singular values needed to hold 90% of the sum of sigma (method.md 1.3 `sv_count`)."""
+    s = np.asarray(s, dtype=np.float64) + EPS
+    p = s / s.sum(axis=-1, keepdims=True)
+    first = np.argmax(np.cumsum(p, axis=-1) > 0.9, axis=-1)
+    return (first + 1) / _k(s)
+
+
+def stable_rank(s: np.ndarray) -> np.ndarray:
+    """Normalized stable rank sum(s^2) / s_1^2 / k (method.md 1.4 `sv_ratio`)."""
+    s = np.asarray(s, dtype=np.float64) + EPS
+    return (s**2).sum(axis=-1) / s[..., 0] ** 2 / _k(s)
+
+
+def spectral_norm(s: np.ndarray) -> np.ndarray:
+    return np.asarray(s, dtype=np.float64)[..., 0]
+
+
+def frobenius_norm(s: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(s, dtype=np.float64) ** 2).sum(axis=-1))
+
+
+def nuclear_norm(s: np.ndarray) -> np.ndarray:
+    return np.asarray(s, dtype=np.float64).sum(axis=-1)
+
+
+def gini(s: np.ndarray) -> np.ndarray:
+    """Gini coefficient of the singular values (method.md 1.8)."""
+    s = np.asarray(s, dtype=np.float64)
+    k = _k(s)
+    diffs = np.abs(s[..., :, None] - s[..., None, :]).sum(axis=(-1, -2))
+    return diffs / (2 * k * k * s.mean(axis=-1))
+
+
+# Per-matrix scalar metrics stored as (checkpoint, matrix) arrays, in the store's order.
+SPECTRUM_METRICS = {
+    "effective_rank": effective_rank,
+    "count90": count90,
+    "stable_rank": stable_rank,
+    "spectral_norm": spectral_norm,
+    "frobenius_norm": frobenius_norm,
+    "nuclear_norm": nuclear_norm,
+    "gini": gini,
+}
+
+
+def spectrum_metrics(s: np.ndarray) -> dict[str, float]:
+    """All per-matrix scalar metrics of one spectrum; NaN everywhere if s holds a NaN or Inf."""
+    s = np.asarray(s, dtype=np.float64)
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        return {name: math.nan for name in SPECTRUM_METRICS}
+    return {name: float(fn(s)) for name, fn in SPECTRUM_METRICS.items()}
+
+
+def sva(Ux, Vx, Uy, Vy) -> np.ndarray:
+    """Singular vector agreement |(Ux^T Uy) * (Vx^T Vy)| (method.md 1.5); rows index x's ranks, columns y's."""
+    return np.abs((Ux.T @ Uy) * (Vx.T @ Vy))
+
+
+def sva_diag(Ux, Vx, Uy, Vy) -> np.ndarray:
+    """The diagonal of `sva` without forming the matrix: |<u_i^x, u_i^y><v_i^x, v_i^y>|."""
+    r = min(Ux.shape[-1], Uy.shape[-1])
+    return np.abs((Ux[:, :r] * Uy[:, :r]).sum(axis=0) * (Vx[:, :r] * Vy[:, :r]).sum(axis=0))
+
+
+def subspace_overlap(Ux, Uy, rank: int = SCORE_RANK) -> float:
+    """||Ux[:, :r]^T Uy[:, :r]||_F^2 / r: overlap of the top-r left subspaces, blind to order within them."""
+    r = min(rank, Ux.shape[-1], Uy.shape[-1])
+    return float(np.sum((Ux[:, :r].T @ Uy[:, :r]) ** 2) / r)
+
+
+def score(diag: np.ndarray, rank: int = SCORE_RANK) -> np.ndarray:
+    """Mean of the first `rank` diagonal entries along the last axis (method.md 1.7); NaN padding ignored."""
+    d = np.asarray(diag, dtype=np.float64)[..., :rank]
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(d)
+        total = np.where(valid, d, 0.0).sum(axis=-1)
+        count = valid.sum(axis=-1)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def alignment_diag(U_prev: np.ndarray, V_next: np.ndarray) -> np.ndarray:
+    """|<v_i^next, u_i^prev>| for i < r (method.md 1.6, diagonal pairing): output space of the previous layer
+    against the input space of the next. Both are (d, r) with a shared dimension d."""
+    r = min(U_prev.shape[-1], V_next.shape[-1])
+    return np.abs((U_prev[:, :r] * V_next[:, :r]).sum(axis=0))
+
+
+def barrier(y) -> float:
+    """Signed loss barrier of a curve on an even alpha grid (method.md 1.10): the largest excess of the
+    interior points over the straight line between the endpoints."""
+    y = np.asarray(y, dtype=np.float64)
+    n = y.shape[0]
+    if n < 3:
+        return 0.0
+    line = y[0] + (y[-1] - y[0]) * np.arange(n) / (n - 1)
+    return float(np.max(y[1:-1] - line[1:-1]))
