@@ -1,0 +1,90 @@
+"""`specdyn info STORE`: what a store holds (sources, checkpoints, matrices, latest metrics)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def resolve_store(path: Path) -> Path:
+    """A store path, or a run dir holding the default store."""
+    from specdyn.analyze import STORE_NAME
+
+    if not (path / "zarr.json").exists() and (path / STORE_NAME / "zarr.json").exists():
+        return path / STORE_NAME
+    return path
+
+
+def store_summary(st) -> dict:
+    """A JSON-able summary of a store: the `--json` document of `specdyn info`."""
+    import numpy as np
+
+    last = {}
+    if len(st):
+        for name in ("effective_rank", "stable_rank", "spectral_norm", "stability_score"):
+            last[name] = st.metric(name)[-1]
+    matrices = []
+    for j, name in enumerate(st.matrices):
+        spec = st.matrix_spec(name)
+        row = {"name": name, "kind": spec.kind, "shape": list(spec.shape), "original_shape": list(spec.original_shape)}
+        row.update({k: (None if np.isnan(v[j]) else float(v[j])) for k, v in last.items()})
+        matrices.append(row)
+    steps = st.steps
+    return {
+        "store": str(st.path),
+        "schema_version": st.attrs.get("schema_version"),
+        "specdyn_version": st.attrs.get("specdyn_version"),
+        "sources": [str(d) for d in st.run_dirs],
+        "checkpoints": len(st),
+        "steps": [int(s) for s in steps],
+        "skipped": st.attrs.get("skipped", []),
+        "options": st.attrs.get("options", {}),
+        "heads": st.attrs.get("heads"),
+        "top": st.top,
+        "matrices": matrices,
+        "pairs": st.pairs,
+        "svd_routes": st.attrs.get("svd_routes", {}),
+        "updated": st.attrs.get("updated"),
+    }
+
+
+def info_command(
+    store: Annotated[Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+):
+    """Summarize a store: sources, checkpoints, matrices with shapes, latest metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from specdyn import console, open_store
+
+    summary = store_summary(open_store(resolve_store(store)))
+    if json_out:
+        console.print_json(summary)
+        return
+    out = Console()
+    steps = summary["steps"]
+    out.print(f"[bold]{summary['store']}[/bold]  (schema {summary['schema_version']}, specdyn {summary['specdyn_version']})")
+    for src in summary["sources"]:
+        out.print(f"  source  {src}")
+    span = f"steps {steps[0]} .. {steps[-1]}" if steps else "no completed checkpoints yet"
+    out.print(f"  {summary['checkpoints']} checkpoints, {span}; top-{summary['top']} vectors; heads: {summary['heads']}")
+    for s in summary["skipped"]:
+        out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
+    table = Table(title="matrices (latest checkpoint)", title_justify="left")
+    for col in ("matrix", "kind", "shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
+        table.add_column(col, justify="left" if col in ("matrix", "kind") else "right")
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+    for m in summary["matrices"]:
+        table.add_row(
+            m["name"], m["kind"], "×".join(map(str, m["original_shape"])),
+            fmt(m.get("effective_rank")), fmt(m.get("stable_rank")), fmt(m.get("spectral_norm")), fmt(m.get("stability_score")),
+        )
+    out.print(table)
+    out.print(f"  {len(summary['pairs'])} alignment pairs" + (": " + ", ".join(summary["pairs"][:6]) + (" ..." if len(summary["pairs"]) > 6 else "") if summary["pairs"] else ""))
+
+
+def register(app: typer.Typer) -> None:
+    from specdyn.cli import user_errors
+
+    app.command("info")(user_errors(info_command))

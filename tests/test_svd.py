@@ -1,0 +1,91 @@
+"""Every SVD route against float64 LAPACK gesdd (1e-6 relative to the largest singular value), and the engine."""
+
+import numpy as np
+import pytest
+
+from specdyn.svd import CPU_ROUTES, SVDEngine, head_left_vectors, sign_normalize, svd_gram, svd_gram_torch, svd_lapack
+
+ROUTES = {"gram": svd_gram, "gram_torch": svd_gram_torch, "lapack": svd_lapack}
+
+
+def matrix(m, n, spectrum="random", seed=0):
+    rng = np.random.default_rng(seed)
+    if spectrum == "random":
+        return rng.standard_normal((m, n)).astype(np.float32)
+    k = min(m, n)
+    U, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    s = {"decaying": np.logspace(0, -6, k), "heavy": np.r_[100.0, np.linspace(1, 0.5, k - 1)]}[spectrum]
+    return (U @ np.diag(s) @ V.T).astype(np.float32)
+
+
+CASES = [(64, 32, "random"), (32, 64, "random"), (48, 48, "random"), (300, 40, "decaying"), (40, 200, "heavy"), (257, 255, "random")]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("m,n,spectrum", CASES)
+def test_route_matches_float64_gesdd(route, m, n, spectrum):
+    W = matrix(m, n, spectrum)
+    U64, s64, Vh64 = np.linalg.svd(W.astype(np.float64), full_matrices=False)
+    top = 8
+    sp = ROUTES[route](W, top)
+    if sp is None:  # gram declines when its top vectors would be inaccurate; the engine then uses LAPACK
+        assert route != "lapack"
+        return
+    assert sp.s.shape == (min(m, n),)
+    assert np.max(np.abs(sp.s - s64)) <= 1e-6 * s64[0]
+    assert sp.U.shape == (m, top) and sp.V.shape == (n, top)
+    # top vectors agree with float64 up to sign; the spectra above have separated top values
+    np.testing.assert_allclose(np.abs(np.sum(sp.U * U64[:, :top], axis=0)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.abs(np.sum(sp.V * Vh64[:top].T, axis=0)), 1.0, atol=1e-4)
+    # and reconstruct the top part of W
+    np.testing.assert_allclose(sp.U.T @ W @ sp.V, np.diag(sp.s[:top]), atol=1e-5 * s64[0])
+
+
+def test_routes_give_identical_signs():
+    W = matrix(80, 30)
+    spectra = [ROUTES[r](W, 10) for r in ROUTES]
+    for sp in spectra[1:]:
+        np.testing.assert_allclose(sp.U, spectra[0].U, atol=1e-4)
+        np.testing.assert_allclose(sp.V, spectra[0].V, atol=1e-4)
+
+
+def test_sign_normalize_makes_largest_entry_positive():
+    U = np.array([[0.1, -0.9], [-0.8, 0.2]])
+    V = np.array([[1.0, 1.0], [2.0, 2.0]])
+    Un, Vn = sign_normalize(U, V)
+    assert np.all(Un[np.argmax(np.abs(Un), axis=0), [0, 1]] > 0)
+    np.testing.assert_allclose(Un @ Vn.T, U @ V.T)  # each pair flipped together
+
+
+def test_engine_times_each_route_then_keeps_the_fastest():
+    eng = SVDEngine(top=4)
+    W = matrix(40, 20)
+    for _ in CPU_ROUTES:
+        eng(W)
+    assert set(eng.timings[(40, 20)]) == set(CPU_ROUTES)
+    assert eng.route_for((40, 20)) in CPU_ROUTES
+    assert eng.summary() == {"40x20": eng.chosen[(40, 20)]}
+
+
+@pytest.mark.parametrize("W", [np.zeros((6, 4), np.float32), np.outer(np.arange(1, 7), np.arange(1, 5)).astype(np.float32)])
+def test_rank_deficient_and_zero_matrices_fall_back_to_lapack(W):
+    eng = SVDEngine(top=4, routes=("gram",))
+    sp = eng(W)
+    np.testing.assert_allclose(sp.s, np.linalg.svd(W.astype(np.float64), compute_uv=False), atol=1e-5)
+    assert np.all(np.isfinite(sp.U)) and np.all(np.isfinite(sp.V))
+
+
+def test_nonfinite_matrix_gives_nan_spectrum():
+    W = matrix(5, 3)
+    W[1, 1] = np.inf
+    sp = SVDEngine(top=2)(W)
+    assert not sp.finite and sp.s.shape == (3,) and sp.U.shape == (5, 2) and np.all(np.isnan(sp.U))
+
+
+def test_head_left_vectors_match_per_head_svd():
+    W = np.random.default_rng(0).standard_normal((4, 8, 32)).astype(np.float32)
+    U = head_left_vectors(W)
+    for h in range(4):
+        Uh = np.linalg.svd(W[h].astype(np.float64))[0]
+        np.testing.assert_allclose(np.abs(np.sum(U[h] * Uh, axis=0)), 1.0, atol=1e-5)
