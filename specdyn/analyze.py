@@ -25,6 +25,7 @@ from specdyn.matrices import MatrixSpec, select_matrices
 from specdyn.pairs import PairSpec, find_pairs, read_pairs_file
 from specdyn.selection import subsample
 from specdyn.store import (
+    LOCK_NAME,
     acquire_lock,
     checkpoint_arrays,
     create_layout,
@@ -56,6 +57,7 @@ class AnalyzeOptions:
     pairs_file: str | None = None
     heads: int | None = None
     device: str = "cpu"
+    svd_route: str = "auto"
     workers: int = 1
     strict: bool = False
     trust_pickle: bool = False
@@ -81,7 +83,7 @@ def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptio
     t0 = time.perf_counter()
     if opts.overwrite:
         remove_store(store)
-    elif store.exists() and any(store.iterdir()) and not is_store(store) and not _recoverable(store):
+    elif store.exists() and any(p.name != LOCK_NAME for p in store.iterdir()) and not is_store(store) and not _recoverable(store):
         raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
     _recover(store)
     with locked(store):
@@ -397,7 +399,7 @@ def _checkpoint_stream(todo, specs, trust_pickle):
 
 def _compute(root, todo, specs, pairs, heads, opts, show_progress):
     """Compute and write every row in `todo`; returns the SVD engine (for its route summary) and failures."""
-    engine = SVDEngine(top=opts.top, device=opts.device)
+    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route)
     failures = []
     if not todo:
         return engine, failures
@@ -471,11 +473,11 @@ def _worker_init(threads: int):
     torch.set_num_threads(threads)
 
 
-def _worker_row(ckpt, specs, pairs, heads, top, device, trust_pickle):
-    engine = SVDEngine(top=top, device=device)
-    compute = RowComputer(specs, pairs, top, heads, engine)
+def _worker_row(ckpt, specs, pairs, heads, opts):
+    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route)
+    compute = RowComputer(specs, pairs, opts.top, heads, engine)
     try:
-        return compute(_matrices(ckpt, specs, trust_pickle))
+        return compute(_matrices(ckpt, specs, opts.trust_pickle))
     except CheckpointError as e:
         return e
 
@@ -490,7 +492,7 @@ def _parallel_rows(todo, specs, pairs, heads, opts):
     try:
         with ProcessPoolExecutor(opts.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as ex:
             futures = [
-                (i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts.top, opts.device, opts.trust_pickle))
+                (i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts))
                 for i, r in todo
             ]
             for i, r, f in futures:

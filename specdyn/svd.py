@@ -7,12 +7,14 @@ Routes (each verified in tests against float64 LAPACK gesdd to 1e-6 relative to 
 - "gram_torch": the same with torch (MKL).
 - "lapack": torch.linalg.svd in float32 (MKL gesdd).
 - "cuda": torch.linalg.svd on a CUDA device.
-`SVDEngine` times the candidate routes on the first matrices of each shape (their results are used, so the
-measurement costs nothing) and then keeps the fastest for that shape.
+`SVDEngine` times the candidate routes once per shape and machine, and then keeps the fastest for that shape.
 """
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,48 +126,92 @@ def nan_spectrum(shape: tuple[int, int], top: int) -> Spectrum:
 
 
 CPU_ROUTES = ("gram", "gram_torch", "lapack")
+ROUTES = CPU_ROUTES + ("cuda",)
+
+
+def route_cache_path() -> Path:
+    """Where measured route choices persist, per machine: $SPECDYN_CACHE_DIR or ~/.cache/specdyn."""
+    base = os.environ.get("SPECDYN_CACHE_DIR") or Path.home() / ".cache" / "specdyn"
+    return Path(base) / "svd_routes.json"
 
 
 @dataclass
 class SVDEngine:
-    """Computes Spectra, choosing per shape the fastest route by timing the first calls of each candidate."""
+    """Computes Spectra by the fastest route for each shape.
+
+    The first matrix of a shape never seen on this machine (with this many threads) is computed by every
+    candidate route, timed, and the fastest result kept; the choice is saved in `route_cache_path()`, so every
+    matrix of a shape uses one route (results are reproducible run to run) and the measurement is paid once.
+    `route="gram"` etc. pins a route instead.
+    """
 
     top: int = 64
     device: str = "cpu"
-    routes: tuple[str, ...] = CPU_ROUTES
-    timings: dict = field(default_factory=dict)  # shape -> {route: seconds}
+    route: str = "auto"
+    cache: bool = True
     chosen: dict = field(default_factory=dict)  # shape -> route
+    timings: dict = field(default_factory=dict)  # shape -> {route: seconds}, for shapes measured in this run
 
     def __post_init__(self):
-        if self.device.startswith("cuda"):
-            self.routes = ("cuda",)
+        if self.route not in ("auto", *ROUTES):
+            raise ValueError(f"unknown SVD route {self.route!r}")
+        self.candidates = ("cuda",) if self.device.startswith("cuda") else CPU_ROUTES
 
-    def route_for(self, shape) -> str:
-        if len(self.routes) == 1:
-            return self.routes[0]
-        if shape in self.chosen:
-            return self.chosen[shape]
-        tried = self.timings.setdefault(shape, {})
-        for r in self.routes:
-            if r not in tried:
-                return r
-        best = min(tried, key=tried.get)
-        self.chosen[shape] = best
-        return best
+    def _key(self, shape) -> str:
+        return f"{shape[0]}x{shape[1]}/{self.device}/threads={torch.get_num_threads()}"
 
     def __call__(self, W: np.ndarray) -> Spectrum:
-        """SVD of a float32 2-D array; NaN/Inf input gives a NaN spectrum (the caller warns)."""
+        """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum."""
         W = np.ascontiguousarray(W, dtype=np.float32)
-        if not np.all(np.isfinite(W)):
+        if min(W.shape) == 0 or not np.all(np.isfinite(W)):
             return nan_spectrum(W.shape, self.top)
-        if min(W.shape) == 0:
-            return nan_spectrum(W.shape, self.top)
-        route = self.route_for(W.shape)
-        t0 = time.perf_counter()
-        result = self._run(route, W)
-        if W.shape not in self.chosen and len(self.routes) > 1:
-            self.timings[W.shape][route] = time.perf_counter() - t0
-        return result
+        if self.route != "auto":
+            return self._run(self.route, W)
+        if len(self.candidates) == 1:
+            return self._run(self.candidates[0], W)
+        route = self.chosen.get(W.shape) or self._cached(W.shape)
+        if route:
+            self.chosen[W.shape] = route
+            return self._run(route, W)
+        return self._calibrate(W)
+
+    def _calibrate(self, W: np.ndarray) -> Spectrum:
+        times, results = {}, {}
+        for r in self.candidates:
+            t0 = time.perf_counter()
+            results[r] = self._run(r, W)
+            times[r] = time.perf_counter() - t0
+        best = min(times, key=times.get)
+        self.timings[W.shape] = times
+        self.chosen[W.shape] = best
+        self._save(W.shape, best)
+        return results[best]
+
+    def _cached(self, shape) -> str | None:
+        if not self.cache:
+            return None
+        try:
+            route = json.loads(route_cache_path().read_text()).get(self._key(shape))
+        except (OSError, ValueError):
+            return None
+        return route if route in self.candidates else None
+
+    def _save(self, shape, route: str) -> None:
+        if not self.cache:
+            return
+        path = route_cache_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                table = json.loads(path.read_text())
+            except (OSError, ValueError):
+                table = {}
+            table[self._key(shape)] = route
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs re-measuring next time
 
     def _run(self, route: str, W: np.ndarray) -> Spectrum:
         if route == "cuda":
@@ -173,14 +219,15 @@ class SVDEngine:
         if route == "lapack":
             return svd_lapack(W, self.top)
         try:
-            fn = svd_gram if route == "gram" else svd_gram_torch
-            out = fn(W, self.top)
+            out = (svd_gram if route == "gram" else svd_gram_torch)(W, self.top)
         except (np.linalg.LinAlgError, RuntimeError):
             out = None
         return out if out is not None else svd_lapack(W, self.top)
 
     def summary(self) -> dict:
-        """The route chosen per shape, for the store's attrs and the benchmark."""
+        """The route used per shape, for the store's attrs and the benchmark."""
+        if self.route != "auto":
+            return {"all": self.route}
         return {f"{m}x{n}": r for (m, n), r in sorted(self.chosen.items())}
 
 

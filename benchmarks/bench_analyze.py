@@ -1,0 +1,177 @@
+"""Benchmark `specdyn analyze` on a GPT-2-small-shaped series against the SVD floor and the paper's pipeline.
+
+Writes (once) a series of 8 safetensors checkpoints shaped like GPT-2 small (12 blocks of 768x2304, 768x768,
+768x3072, 3072x768 plus a 50257x768 embedding; biases and LayerNorms too), then prints, from one run:
+- analyze: wall time of `specdyn analyze` in a fresh process, and its peak RSS;
+- floor: the fastest plain LAPACK route per shape (numpy/torch gesdd, float64 Gram eigh), computing the same
+  singular values and top-k vectors of the same matrices, data already in memory, no I/O;
+- reference: method.md's pipeline, five float32 torch SVDs per matrix per checkpoint (2 for alignment, 1 for
+  metrics, 2 for pruning), timed on --ref-checkpoints checkpoints and scaled to all of them;
+- rerun: `specdyn analyze` again with nothing new (in a fresh process, and the in-process time).
+
+    python benchmarks/bench_analyze.py [--dir /tmp/specdyn-bench] [--checkpoints 8] [--ref-checkpoints 2]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+D, VOCAB, BLOCKS, TOP = 768, 50257, 12, 64
+
+
+def gpt2_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = {"wte.weight": (VOCAB, D), "wpe.weight": (1024, D)}
+    for i in range(BLOCKS):
+        p = f"h.{i}."
+        shapes |= {
+            p + "ln_1.weight": (D,), p + "ln_1.bias": (D,),
+            p + "attn.c_attn.weight": (D, 3 * D), p + "attn.c_attn.bias": (3 * D,),
+            p + "attn.c_proj.weight": (D, D), p + "attn.c_proj.bias": (D,),
+            p + "ln_2.weight": (D,), p + "ln_2.bias": (D,),
+            p + "mlp.c_fc.weight": (D, 4 * D), p + "mlp.c_fc.bias": (4 * D,),
+            p + "mlp.c_proj.weight": (4 * D, D), p + "mlp.c_proj.bias": (D,),
+        }
+    return shapes | {"ln_f.weight": (D,), "ln_f.bias": (D,)}
+
+
+def write_series(out: Path, n: int) -> list[Path]:
+    """Random init plus a low-rank drift that grows with the step, so spectra change across the series."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"step_{1000 * i:06d}.safetensors" for i in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    g = torch.Generator().manual_seed(0)
+    base = {k: torch.randn(s, generator=g) * 0.02 for k, s in gpt2_shapes().items()}
+    drift = {k: (torch.randn(s[0], 8, generator=g), torch.randn(8, s[1], generator=g)) for k, s in gpt2_shapes().items() if len(s) == 2}
+    order = list(base)
+    for i, p in enumerate(paths):
+        sd = {k: (v + 0.01 * i * (drift[k][0] @ drift[k][1]) / 8 if k in drift else v).contiguous() for k, v in base.items()}
+        save_file(sd, str(p), metadata={"step": str(1000 * i), "param_order": json.dumps(order)})
+        print(f"wrote {p} ({p.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
+    return paths
+
+
+def load_matrices(path: Path) -> list[np.ndarray]:
+    with safe_open(str(path), framework="pt") as f:
+        return [f.get_tensor(k).float().numpy() for k in gpt2_shapes() if len(gpt2_shapes()[k]) == 2]
+
+
+# ---- the plain routes the floor chooses from: each returns (all s, top-k U, top-k V)
+
+
+def numpy_gesdd(W):
+    U, s, Vh = np.linalg.svd(W, full_matrices=False)
+    return s, U[:, :TOP], Vh[:TOP].T
+
+
+def torch_gesdd(W):
+    U, s, Vh = torch.linalg.svd(torch.from_numpy(W), full_matrices=False)
+    return s.numpy(), U[:, :TOP].numpy(), Vh[:TOP].T.numpy()
+
+
+def gram_eigh(W):
+    wide = W.shape[0] < W.shape[1]
+    A = (W.T if wide else W).astype(np.float64)
+    lam, Q = np.linalg.eigh(A.T @ A)
+    s = np.sqrt(np.clip(lam[::-1], 0, None))
+    small = Q[:, ::-1][:, :TOP]
+    big = (A @ small) / s[:TOP]
+    return (s, small, big) if wide else (s, big, small)
+
+
+ROUTES = {"numpy_gesdd": numpy_gesdd, "torch_gesdd": torch_gesdd, "gram_eigh": gram_eigh}
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def floor_seconds(paths: list[Path]) -> tuple[float, dict]:
+    """Sum over every matrix of the fastest plain route for its shape (routes picked on the first checkpoint)."""
+    first = load_matrices(paths[0])
+    best = {}
+    for W in first:
+        if W.shape not in best:
+            times = {name: min(timed(fn, W) for _ in range(2)) for name, fn in ROUTES.items()}
+            best[W.shape] = min(times, key=times.get)
+    total = 0.0
+    for p in paths:
+        for W in load_matrices(p):
+            total += timed(ROUTES[best[W.shape]], W)
+    return total, {f"{m}x{n}": r for (m, n), r in best.items()}
+
+
+def reference_seconds(paths: list[Path]) -> float:
+    """method.md section 2: per checkpoint, 2 SVDs per matrix for alignment, 1 for metrics, 2 for pruning."""
+    total = 0.0
+    for p in paths:
+        for W in load_matrices(p):
+            T = torch.from_numpy(W)
+            t0 = time.perf_counter()
+            for _ in range(5):
+                torch.linalg.svd(T, full_matrices=False)
+            total += time.perf_counter() - t0
+    return total
+
+
+def run_cli(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "specdyn", *args], check=True)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/specdyn-bench"))
+    ap.add_argument("--checkpoints", type=int, default=8)
+    ap.add_argument("--ref-checkpoints", type=int, default=2)
+    args = ap.parse_args()
+    series = args.dir / "gpt2-series"
+    paths = write_series(series, args.checkpoints)
+    store = args.dir / "bench.zarr"
+    ckpt_bytes = paths[0].stat().st_size
+
+    # 1. analyze in a fresh process first, so RUSAGE_CHILDREN's peak RSS is analyze's own
+    analyze_s = run_cli(["analyze", str(series), "--out", str(store), "--overwrite", "--quiet"])
+    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    rerun_cli_s = run_cli(["analyze", str(series), "--out", str(store), "--quiet"])
+    from specdyn.analyze import analyze
+
+    rerun_api_s = analyze([series], store, show_progress=False)["seconds"]
+    routes_used = json.loads((store / "zarr.json").read_text())["attributes"]["specdyn"]["svd_routes"]
+
+    # 2. the floor and the reference, in this process, data in memory
+    floor_s, floor_routes = floor_seconds(paths)
+    ref_sub = reference_seconds(paths[: args.ref_checkpoints])
+    ref_s = ref_sub * len(paths) / args.ref_checkpoints
+
+    budget = 2 * ckpt_bytes + 2**30
+    rows = [
+        ("checkpoints", f"{len(paths)} x {ckpt_bytes / 2**20:.0f} MiB", ""),
+        ("analyze (fresh process)", f"{analyze_s:.1f} s", ""),
+        ("floor (fastest plain LAPACK, no I/O)", f"{floor_s:.1f} s", f"analyze / floor = {analyze_s / floor_s:.2f}  (target <= 1.3)"),
+        (f"reference (5 torch SVDs/matrix; {args.ref_checkpoints} ckpts scaled)", f"{ref_s:.1f} s", f"reference / analyze = {ref_s / analyze_s:.1f}x  (target >= 5)"),
+        ("peak RSS of analyze", f"{peak_rss / 2**30:.2f} GiB", f"budget 2 x ckpt + 1 GiB = {budget / 2**30:.2f} GiB ({peak_rss / budget:.2f} of it)"),
+        ("rerun, nothing new (fresh process)", f"{rerun_cli_s:.2f} s", "target < 2 s"),
+        ("rerun, nothing new (in-process)", f"{rerun_api_s:.2f} s", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>14}  {note}")
+    print(f"analyze routes: {routes_used}")
+    print(f"floor routes:   {floor_routes}")
+
+
+if __name__ == "__main__":
+    main()
