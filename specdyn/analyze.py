@@ -315,6 +315,9 @@ def _rebuild(store: Path, root, rows, specs, pairs, opts):
             for a, b in zip(old_arrays[1:], new_arrays[1:]):  # `done` (index 0) is written last
                 b[j] = a[r["row"]]
             new_arrays[0][j] = True
+    for child in store.iterdir():  # groups other commands added (evals/...) travel unchanged
+        if child.is_dir() and not (tmp / child.name).exists():
+            shutil.copytree(child, tmp / child.name)
     lock = acquire_lock(tmp)
     replaced = _side(store, "replaced")
     os.rename(store, replaced)
