@@ -57,12 +57,17 @@ _OMEGACONF = ("dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerM
               "nodes.BytesNode", "nodes.PathNode")
 
 
+def _defaultdict_as_dict(default_factory=None, *args):
+    """Stands in for collections.defaultdict, which torch's weights_only loader cannot fill: a plain dict."""
+    return {}
+
+
 @functools.cache
 def inert_globals() -> dict[str, object]:
     """Pickle global name -> object for every type we let torch's weights_only loader rebuild.
 
     Each is data only: constructing it or setting its state cannot call user code. Callables such as
-    functools.partial, user classes and enums are deliberately absent.
+    functools.partial, user classes and enums are deliberately absent. A defaultdict comes back as a plain dict.
     """
     import argparse
     import pathlib
@@ -73,7 +78,7 @@ def inert_globals() -> dict[str, object]:
     out: dict[str, object] = {
         "argparse.Namespace": argparse.Namespace,
         "collections.OrderedDict": collections.OrderedDict,
-        "collections.defaultdict": collections.defaultdict,
+        "collections.defaultdict": _defaultdict_as_dict,
         "typing.Any": typing.Any,  # omegaconf stores it as a node's type
         "numpy.dtype": np.dtype,
         "numpy.ndarray": np.ndarray,
@@ -143,22 +148,44 @@ def _weights_only_load(source, label, use_mmap: bool):
     try:
         return load()
     except pickle.UnpicklingError as refused:
-        needed = set(_globals_named_by(refused)) | set(_unsafe_globals(source() if callable(source) else source))
+        needed = set(_globals_named_by(refused))
+        needed |= {_canonical(g) for g in _unsafe_globals(source() if callable(source) else source)}
         if not needed:
             raise unreadable(label, refused) from refused
-        allowed = inert_globals()
-        unsafe = [g for g in needed if g not in allowed]
+    allowed = inert_globals()
+    # Each retry may reveal a type the static scan cannot see (numpy's per-dtype classes are built at load time).
+    for _ in range(8):
+        unsafe = sorted(g for g in needed if g not in allowed)
         if unsafe:
-            raise UnsafePickleError(label, unsafe) from None
+            raise UnsafePickleError(label, unsafe)
         with torch.serialization.safe_globals([(allowed[g], g) for g in sorted(needed)]):
             try:
                 return load()
-            except pickle.UnpicklingError as again:  # a global built at load time that the static scan missed
-                raise UnsafePickleError(label, _globals_named_by(again) or sorted(needed)) from None
+            except pickle.UnpicklingError as again:
+                more = set(_globals_named_by(again)) - needed
+                if not more:  # torch refuses something it cannot build even when allowed
+                    raise UnsafePickleError(label, _globals_named_by(again) or sorted(needed)) from None
+                needed |= more
+    raise UnsafePickleError(label, sorted(needed))
 
 
 def _globals_named_by(exc: BaseException) -> list[str]:
-    return re.findall(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+    """The globals a weights_only refusal names (torch words it two ways)."""
+    text = str(exc)
+    found = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", text)
+    found += re.findall(r"but got <class '([\w.]+)'>", text)
+    return [_canonical(g) for g in found]
+
+
+def _canonical(name: str) -> str:
+    """Python 3 spelling of a global: protocol-2 pickles say `__builtin__.long`, torch's messages a bare `int`."""
+    import _compat_pickle
+
+    if "." not in name:
+        return f"builtins.{name}"
+    module, _, attr = name.rpartition(".")
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"
 
 
 def _unsafe_globals(f) -> list[str]:
@@ -173,7 +200,7 @@ def _unsafe_globals(f) -> list[str]:
             default = set(torch._weights_only_unpickler._get_allowed_globals())
         except Exception:  # private API moved: report everything, torch still enforces its own list
             default = set()
-        return [g for g in named if g not in default]
+        return [_canonical(g) for g in named if g not in default]
 
 
 # --- peeking at plain values without unpickling -------------------------------------------------------------
@@ -235,9 +262,12 @@ def peek_pickle(f) -> tuple[object, list[str]]:
             return unpickler.load(), sorted(unpickler.named)
     f.seek(0)
     unpickler = _PeekUnpickler(f)
-    for _ in range(3):  # legacy layout: magic number, protocol version, sys info, then the object
+    first = unpickler.load()
+    if first == torch.serialization.MAGIC_NUMBER:  # legacy layout: magic, protocol, sys info, then the object
         unpickler.load()
-    return unpickler.load(), sorted(unpickler.named)
+        unpickler.load()
+        first = unpickler.load()
+    return first, sorted(unpickler.named)
 
 
 # --- torch.distributed.checkpoint ---------------------------------------------------------------------------

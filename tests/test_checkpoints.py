@@ -320,16 +320,15 @@ def test_hf_step_from_folder_name_and_final_model_ignored(tmp_path):
     pytest.importorskip("transformers")
     write_hf_checkpoint(tmp_path / "checkpoint-20", 20, trainer_state=False)
     write_hf_checkpoint(tmp_path / "checkpoint-100", 100)
-    model_sd = write_hf_checkpoint(tmp_path / "final", 7)  # then moved to the top, as Trainer.save_model does
+    write_hf_checkpoint(tmp_path / "final", 7)  # then moved to the top, as Trainer.save_model does
     for f in (tmp_path / "final").iterdir():
         shutil.move(str(f), tmp_path / f.name)
     (tmp_path / "final").rmdir()
     (tmp_path / "checkpoint-300").mkdir()
     save_file({"base_model.lora_A.weight": torch.zeros(2, 8)}, str(tmp_path / "checkpoint-300" / "adapter_model.safetensors"))
     ckpts = discover(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
     assert [(c.relpath, c.step) for c in ckpts] == [("checkpoint-20", 20), ("checkpoint-100", 100)]
-    assert model_sd  # the top-level model.safetensors exists but is not a series member
-    assert (tmp_path / "model.safetensors").is_file()
 
 
 def test_adapter_only_folders_are_reported(tmp_path):
@@ -464,36 +463,36 @@ def test_open_checkpoint(tmp_path):
     assert err.value.code == EXIT_NOT_FOUND
 
 
-def _truncated_cases(tmp_path, lightning_run, hf_runs):
-    write_specdyn_safetensors(tmp_path / "step_1.safetensors", 1)
-    yield open_checkpoint(tmp_path / "step_1.safetensors"), "step_1.safetensors"
-    write_torch(tmp_path / "step_2.pt", tiny_state(2))
-    yield open_checkpoint(tmp_path / "step_2.pt"), "step_2.pt"
-    write_torch(tmp_path / "step_3.pt", tiny_state(3), legacy=True)
-    yield open_checkpoint(tmp_path / "step_3.pt"), "step_3.pt"
-    shutil.copy(lightning_run / "epoch=0-step=1.ckpt", tmp_path / "epoch=0-step=1.ckpt")
-    yield open_checkpoint(tmp_path / "epoch=0-step=1.ckpt"), "epoch=0-step=1.ckpt"
-    single = shutil.copytree(hf_runs["single"][0] / "checkpoint-500", tmp_path / "hf" / "checkpoint-500")
-    yield open_checkpoint(single), "model.safetensors"
-    shard = shutil.copytree(hf_runs["sharded"][0] / "checkpoint-500", tmp_path / "hf" / "checkpoint-501")
-    yield open_checkpoint(shard), "model-00009-of-00009.safetensors"
-    binary = shutil.copytree(hf_runs["bin"][0] / "checkpoint-500", tmp_path / "hf" / "checkpoint-502")
-    yield open_checkpoint(binary), "pytorch_model.bin"
-    write_dcp(tmp_path / "dcp", {"model": dict(tiny_state(4))})
-    yield open_checkpoint(tmp_path / "dcp"), "__0_0.distcp"
-    write_dcp(tmp_path / "dcp2", {"model": dict(tiny_state(4))})
-    yield open_checkpoint(tmp_path / "dcp2"), ".metadata"
+def _write_one(case: str, d: Path, request) -> tuple[Path, str | None]:
+    """One checkpoint of format `case` under d: (its path, the file inside it to damage, if a folder)."""
+    if case == "safetensors":
+        write_specdyn_safetensors(d / "step_1.safetensors", 1)
+        return d / "step_1.safetensors", None
+    if case in ("torch", "torch-legacy"):
+        write_torch(d / "step_2.pt", tiny_state(2), legacy=case == "torch-legacy")
+        return d / "step_2.pt", None
+    if case == "lightning":
+        return Path(shutil.copy(request.getfixturevalue("lightning_run") / "epoch=0-step=1.ckpt", d)), None
+    if case.startswith("hf-"):
+        layout, inner = {"hf-single": ("single", "model.safetensors"),
+                         "hf-sharded": ("sharded", "model-00009-of-00009.safetensors"),
+                         "hf-index": ("sharded", "model.safetensors.index.json"),
+                         "hf-bin": ("bin", "pytorch_model.bin")}[case]
+        src = request.getfixturevalue("hf_runs")[layout][0] / "checkpoint-500"
+        return shutil.copytree(src, d / "checkpoint-500"), inner
+    write_dcp(d / "dcp", {"model": dict(tiny_state(4))})
+    return d / "dcp", {"dcp-data": "__0_0.distcp", "dcp-metadata": ".metadata"}[case]
 
 
-def test_truncated_checkpoints_raise_checkpoint_errors_naming_the_file(tmp_path, lightning_run, hf_runs):
-    cases = list(_truncated_cases(tmp_path, lightning_run, hf_runs))
-    assert len(cases) == 9
-    for ckpt, filename in cases:
-        victim = ckpt.path / filename if ckpt.path.is_dir() else ckpt.path
-        truncate(victim)
-        with pytest.raises(CheckpointError) as err:
-            read_all(ckpt)
-        assert filename in err.value.message and "truncated or corrupt" in err.value.message, err.value.message
+@pytest.mark.parametrize("case", ["safetensors", "torch", "torch-legacy", "lightning", "hf-single", "hf-sharded",
+                                  "hf-index", "hf-bin", "dcp-data", "dcp-metadata"])
+def test_truncated_checkpoints_raise_checkpoint_errors_naming_the_file(tmp_path, request, case):
+    path, inner = _write_one(case, tmp_path, request)
+    ckpt = open_checkpoint(path)
+    victim = truncate(path / inner if inner else path)
+    with pytest.raises(CheckpointError) as err:
+        read_all(ckpt)
+    assert victim.name in err.value.message and "truncated or corrupt" in err.value.message, err.value.message
 
 
 def test_truncated_file_keeps_its_place_in_the_series(tmp_path):
