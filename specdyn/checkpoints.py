@@ -124,7 +124,8 @@ def _step_in(obj) -> int | None:
 # --- discovery ---------------------------------------------------------------------------------------------
 
 def discover(run_dir, order: str = "step") -> list[Checkpoint]:
-    """All checkpoints of the series in `run_dir`, ordered by training step (order="name": natural sort of names).
+    """All checkpoints of the series in `run_dir`, ordered by training step (order="name": natural sort of
+    relative paths, steps filled where known, no step required and equal steps allowed).
 
     Looks at the files directly in `run_dir` and at checkpoint-*/DCP folders directly inside it; reads only
     headers and pickles' plain values to find steps, never tensor data. Ignored: `*.zarr` stores, optimizer/

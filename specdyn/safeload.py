@@ -257,7 +257,9 @@ def peek_pickle(f) -> tuple[object, list[str]]:
     if zipfile.is_zipfile(f):
         f.seek(0)
         with zipfile.ZipFile(f) as z:
-            record = next(n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n))
+            record = next((n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)), None)
+            if record is None:
+                raise ValueError("a zip file without data.pkl is not a torch.save file")
             unpickler = _PeekUnpickler(io.BytesIO(z.read(record)))
             return unpickler.load(), sorted(unpickler.named)
     f.seek(0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -512,20 +514,30 @@ def _rss_anon_mib() -> float:
     raise RuntimeError("no RssAnon")
 
 
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory):
+    """The same 96 MiB state dict (12 tensors of 8 MiB) as safetensors and torch files, written by a subprocess so
+    that this process's allocator holds no freed memory the reader could silently reuse."""
+    out = tmp_path_factory.mktemp("big")
+    script = (
+        "import sys, torch; from safetensors.torch import save_file\n"
+        "sd = {f'layers.{i}.weight': torch.full((1024, 2048), float(i)) for i in range(12)}\n"
+        "save_file(sd, sys.argv[1] + '/big.safetensors'); torch.save(sd, sys.argv[1] + '/big.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True)
+    return out
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
-def test_reading_tensor_by_tensor_does_not_load_the_whole_file(tmp_path, fmt):
-    # 12 tensors of 8 MiB: holding the file in anonymous memory would take 96 MiB.
-    sd = {f"layers.{i}.weight": torch.full((1024, 2048), float(i)) for i in range(12)}
-    path = tmp_path / f"big.{'safetensors' if fmt == 'safetensors' else 'pt'}"
-    save_file(sd, str(path)) if fmt == "safetensors" else torch.save(sd, path)
-    del sd
+@pytest.mark.parametrize("name", ["big.safetensors", "big.pt"])
+def test_reading_tensor_by_tensor_does_not_load_the_whole_file(big_files, name):
     base = _rss_anon_mib()
     peak = 0.0
-    with CheckpointReader(open_checkpoint(path)) as reader:
-        for name in reader.names():
-            t = reader.tensor(name).float()
-            assert t[0, 0].item() == float(name.split(".")[1])
+    with CheckpointReader(open_checkpoint(big_files / name)) as reader:
+        for tensor_name in reader.names():
+            t = reader.tensor(tensor_name).float()
+            assert t[0, 0].item() == float(tensor_name.split(".")[1])
             peak = max(peak, _rss_anon_mib() - base)
             del t
+    # Holding the file in anonymous memory would take 96 MiB.
     assert peak < 40, f"anonymous memory grew by {peak:.0f} MiB while reading 8 MiB tensors one at a time"
