@@ -247,7 +247,7 @@ def _ordered(checkpoints: list[Checkpoint], order: str) -> list[Checkpoint]:
             raise SpecdynError(f"{c.path}: no training step found in the file or its name; rename it "
                                "(e.g. step_100.safetensors) or pass --order name to order by name")
     checkpoints = sorted(checkpoints, key=lambda c: (c.step, natural_key(c.relpath)))
-    for a, b in zip(checkpoints, checkpoints[1:]):
+    for a, b in zip(checkpoints, checkpoints[1:], strict=False):
         if a.step == b.step:
             raise SpecdynError(f"{a.path} and {b.path} both hold step {a.step}; remove one, pass a narrower "
                                "directory, or pass --order name")
@@ -313,7 +313,11 @@ class CheckpointReader:
 
     def names(self) -> list[str]:
         """Every tensor's name, prefixes stripped, in registration order where the format keeps it (torch and
-        Lightning state dicts, DCP, safetensors with specdyn's `param_order` metadata), else natural order."""
+        Lightning state dicts, DCP, safetensors with specdyn's `param_order` metadata), else natural order.
+
+        Lightning names keep the LightningModule's attribute prefix (`model.`, `net.`): it is part of the module
+        path, and a module may hold several submodules (a model and an EMA copy) that only it tells apart.
+        """
         return list(self._raw)
 
     def shape(self, name: str) -> tuple[int, ...]:

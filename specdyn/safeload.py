@@ -44,7 +44,8 @@ class UnsafePickleError(SpecdynError):
 def unreadable(path, exc: BaseException, what: str = "checkpoint") -> CheckpointError:
     """The one-line CheckpointError for a file that failed to load."""
     detail = (str(exc).strip().splitlines() or [""])[0][:200]
-    return CheckpointError(f"{path}: cannot read {what}, it may be truncated or corrupt ({type(exc).__name__}: {detail})")
+    return CheckpointError(
+        f"{path}: cannot read {what}, it may be truncated or corrupt ({type(exc).__name__}: {detail})")
 
 
 # --- the allowlist --------------------------------------------------------------------------------------------
@@ -365,6 +366,7 @@ def _dcp_planner_class():
     class SafePlanner(DefaultLoadPlanner):
         def load_bytes(self, read_item, value):  # torch's version unpickles with weights_only=False
             fqn = read_item.dest_index.fqn
-            self.original_state_dict[fqn] = safe_load_bytes(value.read(), f"{self.label} (item {fqn})", self.trust_pickle)
+            label = f"{self.label} (item {fqn})"
+            self.original_state_dict[fqn] = safe_load_bytes(value.read(), label, self.trust_pickle)
 
     return SafePlanner

@@ -12,16 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.ckpt_fixtures import (
-    TinyNet,
-    tiny_state,
-    truncate,
-    write_dcp,
-    write_hf_checkpoint,
-    write_lightning_run,
-    write_specdyn_safetensors,
-    write_torch,
-)
 from safetensors.torch import save_file
 
 from specdyn.checkpoints import (
@@ -35,6 +25,16 @@ from specdyn.checkpoints import (
     strip_prefixes,
 )
 from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
+from tests.ckpt_fixtures import (
+    TinyNet,
+    tiny_state,
+    truncate,
+    write_dcp,
+    write_hf_checkpoint,
+    write_lightning_run,
+    write_specdyn_safetensors,
+    write_torch,
+)
 
 REGISTRATION = list(TinyNet().state_dict())  # conv.*, blocks.0.* ... blocks.10.*, head.*
 
@@ -327,7 +327,7 @@ def test_hf_step_from_folder_name_and_final_model_ignored(tmp_path):
         shutil.move(str(f), tmp_path / f.name)
     (tmp_path / "final").rmdir()
     (tmp_path / "checkpoint-300").mkdir()
-    save_file({"base_model.lora_A.weight": torch.zeros(2, 8)}, str(tmp_path / "checkpoint-300" / "adapter_model.safetensors"))
+    save_file({"lora_A.weight": torch.zeros(2, 8)}, str(tmp_path / "checkpoint-300" / "adapter_model.safetensors"))
     ckpts = discover(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
     assert [(c.relpath, c.step) for c in ckpts] == [("checkpoint-20", 20), ("checkpoint-100", 100)]
