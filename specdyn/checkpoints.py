@@ -48,6 +48,7 @@ _NOT_WEIGHTS = re.compile(r"(optimizer|scheduler|lr_scheduler|scaler|rng_state|r
 _NOT_MODEL_ENTRY = re.compile(r"optim|sched|scaler|rng|loops|callbacks", re.I)
 _SHARD = re.compile(r".+-\d+-of-\d+\.(safetensors|bin)")
 _LIGHTNING_VERSIONED = re.compile(r"(.+)-v\d+")
+_IN_PROGRESS = (".tmp", ".part", ".partial", ".incomplete", ".lock")  # writers' staging names
 _LIGHTNING_META = ("hyper_parameters", "datamodule_hyper_parameters", "hparams_name", "epoch", "global_step",
                    "pytorch-lightning_version")
 
@@ -130,8 +131,9 @@ def discover(run_dir, order: str = "step") -> list[Checkpoint]:
     Looks at the files directly in `run_dir` and at checkpoint-*/DCP folders directly inside it; reads only
     headers and pickles' plain values to find steps, never tensor data. Ignored: `*.zarr` stores, optimizer/
     scheduler/rng/scaler files, `training_args.bin`, Lightning's `last.ckpt` and `-vN` duplicates, PEFT
-    `adapter_model.*` (adapters are not the model's weights), and a final `model.safetensors` saved next to HF
-    checkpoint folders. A `run_dir` that is itself one HF or DCP checkpoint folder yields that one checkpoint.
+    `adapter_model.*` (adapters are not the model's weights), a final `model.safetensors` saved next to HF
+    checkpoint folders, and files or folders still being written (`*.tmp`, `*.partial`, ...). A `run_dir` that
+    is itself one HF or DCP checkpoint folder yields that one checkpoint.
     """
     if order not in ("step", "name"):
         raise ValueError(f"order must be 'step' or 'name', not {order!r}")
@@ -212,7 +214,7 @@ def _scan(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     found, skipped = [], []
     for p in entries:
         name = p.name
-        if name.startswith(".") or name.endswith(".zarr"):
+        if name.startswith(".") or name.endswith((".zarr", *_IN_PROGRESS)):
             continue
         if p.is_dir():
             kind = _classify_dir(p) if (name.startswith("checkpoint-") or (p / ".metadata").is_file()) else None

@@ -94,6 +94,9 @@ def test_specdyn_safetensors_series(tmp_path):
     (tmp_path / "specdyn.zarr").mkdir()
     (tmp_path / "specdyn.zarr" / "step_1.safetensors").write_text("not read: inside a store")
     (tmp_path / "analyze.lock").write_text("")
+    write_specdyn_safetensors(tmp_path / "step_3000.safetensors.tmp", 3000)  # still being written
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "step_100.optim").write_bytes(b"")
     ckpts = discover(tmp_path)
     assert [c.step for c in ckpts] == [5, 40, 100, 2000]
     assert [c.relpath for c in ckpts] == ["step_5.safetensors", "step_40.safetensors", "step_100.safetensors",
@@ -331,6 +334,14 @@ def test_hf_step_from_folder_name_and_final_model_ignored(tmp_path):
     ckpts = discover(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
     assert [(c.relpath, c.step) for c in ckpts] == [("checkpoint-20", 20), ("checkpoint-100", 100)]
+
+
+def test_folders_being_written_are_skipped(tmp_path):
+    pytest.importorskip("transformers")
+    write_hf_checkpoint(tmp_path / "checkpoint-10", 10)
+    write_hf_checkpoint(tmp_path / "checkpoint-20.tmp", 20)  # specdyn train's staging name
+    write_dcp(tmp_path / "checkpoint-30.partial", {"model": dict(tiny_state(0))})
+    assert [c.relpath for c in discover(tmp_path)] == ["checkpoint-10"]
 
 
 def test_adapter_only_folders_are_reported(tmp_path):
