@@ -58,6 +58,7 @@ class AnalyzeOptions:
     heads: int | None = None
     device: str = "cpu"
     svd_route: str = "auto"
+    recalibrate: bool = False
     workers: int = 1
     strict: bool = False
     trust_pickle: bool = False
@@ -402,7 +403,7 @@ def _checkpoint_stream(todo, specs, trust_pickle):
 
 def _compute(root, todo, specs, pairs, heads, opts, show_progress):
     """Compute and write every row in `todo`; returns the SVD engine (for its route summary) and failures."""
-    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route)
+    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route, recalibrate=opts.recalibrate)
     failures = []
     if not todo:
         return engine, failures
@@ -477,7 +478,7 @@ def _worker_init(threads: int):
 
 
 def _worker_row(ckpt, specs, pairs, heads, opts):
-    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route)
+    engine = SVDEngine(top=opts.top, device=opts.device, route=opts.svd_route, recalibrate=opts.recalibrate)
     compute = RowComputer(specs, pairs, opts.top, heads, engine)
     try:
         return compute(_matrices(ckpt, specs, opts.trust_pickle))

@@ -6,6 +6,10 @@ commands so that `specdyn --help` stays fast.
 
 import functools
 import importlib
+import os
+
+# Idle OpenMP threads (torch) must not spin while OpenBLAS (numpy) works: on 2 cores that halves both.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
@@ -13,7 +17,7 @@ from specdyn import __version__
 from specdyn.errors import SpecdynError
 
 # The command registry: module names under specdyn.commands, in the order `--help` lists them.
-COMMANDS = ["analyze", "info"]
+COMMANDS = ["analyze", "info", "train", "prune_eval", "interpolate", "lottery"]
 
 app = typer.Typer(
     help="Spectral dynamics of weights: analyze checkpoint series into a zarr store, then plot and evaluate.",

@@ -149,6 +149,7 @@ class SVDEngine:
     device: str = "cpu"
     route: str = "auto"
     cache: bool = True
+    recalibrate: bool = False  # measure again even where the cache has a choice (e.g. it was made under load)
     chosen: dict = field(default_factory=dict)  # shape -> route
     timings: dict = field(default_factory=dict)  # shape -> {route: seconds}, for shapes measured in this run
 
@@ -188,7 +189,7 @@ class SVDEngine:
         return results[best]
 
     def _cached(self, shape) -> str | None:
-        if not self.cache:
+        if not self.cache or self.recalibrate:
             return None
         try:
             route = json.loads(route_cache_path().read_text()).get(self._key(shape))
