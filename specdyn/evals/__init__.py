@@ -1,0 +1,7 @@
+"""Model-based evaluations: low-rank pruning over training, linear interpolation between checkpoints, and
+lottery-ticket masks against the SVD (method.md 1.9, 1.10, 2, 3).
+
+`taskload` finds the task (model + data + evaluation) for a checkpoint and loads weights into one model
+instance; `lowrank` holds the pruning maths; `results` writes result groups into a zarr store safely;
+`prune`, `interpolate` and `lottery` are the three evaluations.
+"""

@@ -1,0 +1,260 @@
+"""`lottery`: lottery-ticket masks against the SVD, from weights alone (method.md 2 `evaluate_run_mask.py`, 3).
+
+At one checkpoint (default: the last analyzed) and for each density d: the global magnitude mask M of
+method.md's get_masks over every ndim >= 2 tensor but the last, and a random mask with the same per-layer
+densities; per masked matrix, the singular vector agreement SVA(SVD(W), SVD(M ⊙ W)) (its first `sva_rank`
+ranks) and its score. With masked runs (`specdyn train --mask-from`), the SVA between each masked checkpoint
+and the dense checkpoint at the same step (or index) over time. Results replace `evals/lottery` in the store.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdyn.errors import SpecdynError
+from specdyn.evals import results
+from specdyn.evals.spectra import spectrum, spectrum_for
+from specdyn.evals.taskload import run_info
+from specdyn.evals.variants import progress
+from specdyn.matrices import MatrixSpec, classify
+from specdyn.metrics import score, sva, sva_diag
+
+GROUP = "evals/lottery"
+MASK_TYPES = ("magnitude", "random")
+
+
+@dataclass
+class LotteryOptions:
+    densities: list[float] = field(default_factory=lambda: [0.05])
+    step: int | None = None
+    seed: int = 0
+    sva_rank: int = 100
+    masked: list[Path] = field(default_factory=list)
+    zip: str = "step"
+    trust_pickle: bool = False
+
+
+def _rows(st) -> list[dict]:
+    sources = st.root["source"][:][st.rows]
+    return [{"step": int(s), "checkpoint": c, "row": int(r), "path": st.run_dirs[int(src)] / c}
+            for s, c, src, r in zip(st.steps, st.checkpoints, sources, st.rows)]
+
+
+def _pick(rows: list[dict], step: int | None, where: Path) -> dict:
+    if step is None:
+        return rows[-1]
+    for r in rows:
+        if r["step"] == step:
+            return r
+    raise SpecdynError(f"{where}: no analyzed checkpoint at step {step}; steps: {', '.join(str(r['step']) for r in rows[:12])}"
+                       + (" ..." if len(rows) > 12 else ""))
+
+
+def _read_matrices(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    """Every ndim >= 2 tensor of a checkpoint, in its depth (registration) order, as float32."""
+    from specdyn.checkpoints import CheckpointReader, open_checkpoint
+
+    with CheckpointReader(open_checkpoint(path), trust_pickle=trust_pickle) as reader:
+        return {n: reader.tensor(n).to(torch.float32) for n in reader.names() if len(reader.shape(n)) >= 2}
+
+
+def _spec(st, name: str, shape) -> MatrixSpec:
+    return st.matrix_spec(name) if name in st.matrices else MatrixSpec(name, tuple(shape), classify(name, tuple(shape)))
+
+
+def mask_sva(W: np.ndarray, M: np.ndarray, dense, engine, rank: int) -> np.ndarray:
+    """SVA(SVD(W), SVD(M ⊙ W)) over the first min(rank, k) ranks (method.md 2 `sva_mask_final`)."""
+    r = min(rank, min(W.shape))
+    masked = spectrum(engine, W * M, r)
+    return sva(dense.U[:, :r], dense.V[:, :r], masked.U[:, :r], masked.V[:, :r])
+
+
+def _run_name(path: Path, taken: set) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name) or "run"
+    base, i = name, 1
+    while name in taken:
+        i += 1
+        name = f"{base}-{i}"
+    taken.add(name)
+    return name
+
+
+def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[dict, object]]:
+    """Pairs (dense row, masked checkpoint): equal steps, or equal positions (method.md 2 zips by index)."""
+    if how == "index":
+        return list(zip(dense, masked))
+    by_step = {r["step"]: r for r in dense}
+    out = [(by_step[c.step], c) for c in masked if c.step in by_step]
+    if not out:
+        raise SpecdynError(f"{where}: none of its steps is an analyzed step of the dense run; pass --zip index to "
+                           "pair checkpoints by position, or analyze the dense run at the masked run's steps")
+    return out
+
+
+def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) -> dict:
+    from specdyn import branching, open_store
+    from specdyn.checkpoints import discover
+    from specdyn.store import write_session
+    from specdyn.svd import SVDEngine
+
+    t0 = time.perf_counter()
+    densities = sorted({float(d) for d in opts.densities})
+    for d in densities:
+        if not 0.0 < d <= 1.0:
+            raise SpecdynError(f"--density {d}: the kept fraction must be in (0, 1]")
+    if opts.zip not in ("step", "index"):
+        raise SpecdynError(f"--zip {opts.zip!r}: use 'step' or 'index'")
+    if opts.sva_rank < 1:
+        raise SpecdynError(f"--sva-rank {opts.sva_rank}: must be positive")
+    st = open_store(store_path)
+    rows = _rows(st)
+    if not rows:
+        raise SpecdynError(f"{st.path}: no analyzed checkpoints; run `specdyn analyze` first")
+    at = _pick(rows, opts.step, st.path)
+    if not at["path"].exists():
+        raise SpecdynError(f"{at['path']}: checkpoint listed in {st.path} no longer exists; masks need its weights")
+    runs = []
+    for d in opts.masked:
+        ckpts = discover(d)
+        if not ckpts:
+            raise SpecdynError(f"{d}: no checkpoints in this masked run")
+        runs.append((Path(d), ckpts, _zip(rows, ckpts, opts.zip, Path(d))))
+
+    tensors = _read_matrices(at["path"], opts.trust_pickle)
+    if len(tensors) < 2:
+        raise SpecdynError(f"{at['path']}: a single weight matrix (the final layer, which masks leave alone); nothing to mask")
+    masked_names = list(tensors)[:-1]
+    specs = {n: _spec(st, n, tensors[n].shape) for n in tensors}
+    R, L, D = opts.sva_rank, len(masked_names), len(densities)
+    engine, warned = SVDEngine(), set()
+    sva_all = np.full((D, 2, L, R, R), np.nan, dtype=np.float32)
+    scores = np.full((D, 2, L), np.nan)
+    layer_density = np.full((D, 2, L), np.nan)
+    kept = np.zeros((D, 2), dtype=np.int64)
+    total = D * 2 * L + L + sum(len(z) for _, _, z in runs)
+    with progress(show_progress) as bar:
+        tid = bar.add_task("lottery", total=total)
+        dense = {}
+        for n in masked_names:
+            W = specs[n].flatten(tensors[n])
+            dense[n], _ = spectrum_for(st, at["row"], specs[n], W, R, engine, warned)
+            bar.advance(tid)
+        for i, density in enumerate(densities):
+            try:
+                magnitude = branching.global_magnitude_mask(tensors, density)
+            except ValueError as e:
+                raise SpecdynError(f"--density {density}: {e}") from None
+            random = branching.random_mask_like(magnitude, torch.Generator().manual_seed(opts.seed))
+            for t, masks in enumerate((magnitude, random)):
+                kept[i, t] = sum(int(m.sum()) for m in masks.values())
+                for j, n in enumerate(masked_names):
+                    bar.update(tid, description=f"lottery d={density:g} {MASK_TYPES[t]}")
+                    W = specs[n].flatten(tensors[n])
+                    M = specs[n].flatten(masks[n].to(torch.float32))
+                    A = mask_sva(W, M, dense[n], engine, R)
+                    sva_all[i, t, j, : A.shape[0], : A.shape[1]] = A
+                    scores[i, t, j] = score(np.diag(A))
+                    layer_density[i, t, j] = float(masks[n].float().mean())
+                    bar.advance(tid)
+
+        arrays: results.Arrays = {
+            "density": (("lottery_density",), np.array(densities)),
+            "mask_type": (("mask_type",), np.array(MASK_TYPES, dtype=object)),
+            "lottery_matrix": (("lottery_matrix",), np.array(masked_names, dtype=object)),
+            "sva": (("lottery_density", "mask_type", "lottery_matrix", "rank_i", "rank_j"), sva_all),
+            "sva_score": (("lottery_density", "mask_type", "lottery_matrix"), scores),
+            "layer_density": (("lottery_density", "mask_type", "lottery_matrix"), layer_density),
+            "kept": (("lottery_density", "mask_type"), kept),
+        }
+        group_attrs, taken, run_summaries = {}, set(), []
+        for run_dir, _ckpts, zipped in runs:
+            name = _run_name(run_dir, taken)
+            a, info = _masked_run(st, run_dir, zipped, R, engine, opts.trust_pickle, lambda: bar.advance(tid))
+            for k, v in a.items():
+                arrays[f"runs/{name}/{k}"] = v
+            group_attrs[f"runs/{name}"] = info
+            run_summaries.append({"name": name, **info, "steps": a["step"][1].tolist(),
+                                  "mean_sva_score": np.nanmean(a["sva_score"][1], axis=1).tolist()})
+
+    attrs = {"step": at["step"], "checkpoint": str(at["path"]), "seed": opts.seed, "sva_rank": R,
+             "final_layer": list(tensors)[-1], "zip": opts.zip,
+             "mask": "global magnitude over every ndim >= 2 tensor but the last (method.md get_masks); random: "
+                     "per-layer Bernoulli with the magnitude mask's layer densities"}
+    with write_session(Path(store_path), "lottery"):
+        results.write_group(Path(store_path), GROUP, arrays, attrs, row_dim=("run_checkpoint",),
+                            coords=["step", "dense_step", "path"], group_attrs=group_attrs)
+    return {
+        "store": str(store_path), "group": GROUP, "step": at["step"], "checkpoint": str(at["path"]),
+        "seconds": round(time.perf_counter() - t0, 3), "matrices": masked_names,
+        "densities": [
+            {"density": d, **{t: {"kept": int(kept[i, ti]), "kept_fraction": float(kept[i, ti] / sum(v.numel() for k, v in tensors.items() if k in masked_names)),
+                                  "sva_score": dict(zip(masked_names, scores[i, ti].tolist())),
+                                  "layer_density": dict(zip(masked_names, layer_density[i, ti].tolist()))}
+                              for ti, t in enumerate(MASK_TYPES)}}
+            for i, d in enumerate(densities)
+        ],
+        "runs": run_summaries,
+    }
+
+
+def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, tick):
+    """SVA diagonal (first min(R, store top) ranks) and score per matrix between a masked run's checkpoints and
+    the dense run's checkpoints they are zipped with. Dense vectors come from the store; the masked run's from
+    its own store when it was analyzed, else from one SVD per matrix and checkpoint."""
+    from specdyn import open_store
+    from specdyn.analyze import default_store
+    from specdyn.store import is_store
+
+    names = st.matrices
+    r = min(R, st.top)
+    own = open_store(default_store(run_dir)) if is_store(default_store(run_dir)) else None
+    own_rows = {c: int(row) for c, row in zip(own.checkpoints, own.rows)} if own is not None else {}
+    T = len(zipped)
+    diag = np.full((T, len(names), r), np.nan, dtype=np.float32)
+    scores = np.full((T, len(names)), np.nan)
+    for t, (dense_row, ckpt) in enumerate(zipped):
+        tensors = _read_matrices(ckpt.path, trust_pickle)
+        own_row = own_rows.get(ckpt.relpath)
+        for j, n in enumerate(names):
+            if n not in tensors:
+                continue
+            spec = st.matrix_spec(n)
+            if tuple(tensors[n].shape) != spec.original_shape:
+                raise SpecdynError(f"{ckpt.path}: {n} is {tuple(tensors[n].shape)}, the dense run's is "
+                                   f"{spec.original_shape}; a masked run must share the dense run's architecture")
+            g = st.root[f"matrices/{n}"]
+            Ud, Vd = g["U"][dense_row["row"]], g["V"][dense_row["row"]]
+            W = spec.flatten(tensors[n])
+            sp = None
+            if own is not None and own_row is not None:
+                sp, _ = spectrum_for(own, own_row, spec, W, r, engine)
+            if sp is None:
+                sp = spectrum(engine, W, r)
+            d = sva_diag(sp.U[:, :r], sp.V[:, :r], Ud[:, :r], Vd[:, :r])
+            diag[t, j, : len(d)] = d
+            scores[t, j] = score(d)
+        tick()
+    info = run_info(run_dir)
+    arrays = {
+        "step": (("run_checkpoint",), np.array([c.step if c.step is not None else -1 for _, c in zipped], dtype=np.int64)),
+        "dense_step": (("run_checkpoint",), np.array([d["step"] for d, _ in zipped], dtype=np.int64)),
+        "path": (("run_checkpoint",), np.array([c.relpath for _, c in zipped], dtype=object)),
+        "run_matrix": (("run_matrix",), np.array(names, dtype=object)),
+        "sva_diag": (("run_checkpoint", "run_matrix", "run_rank"), diag),
+        "sva_score": (("run_checkpoint", "run_matrix"), scores),
+    }
+    return arrays, {"run_dir": str(Path(run_dir).resolve()), "mask": info.get("mask"), "sva_rank": r}
+
+
+def load_results(store_path: Path) -> dict | None:
+    got = results.read_group(Path(store_path), GROUP)
+    if got is None:
+        return None
+    a, attrs = got
+    return {**{k: v for k, (_, v) in a.items()}, "attrs": attrs}
