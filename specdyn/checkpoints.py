@@ -397,7 +397,7 @@ def _reading(path, what: str = "checkpoint"):
     """Turn any failure while reading `path` into a CheckpointError naming it."""
     try:
         yield
-    except (SpecdynError, KeyError):
+    except SpecdynError:
         raise
     except Exception as e:
         raise unreadable(path, e, what) from e
