@@ -98,11 +98,3 @@ def select_matrices(
             "check the patterns against `specdyn info` or the checkpoint's tensor names"
         )
     return specs
-
-
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(name: str):
-    """Sort key that puts layers.2 before layers.10."""
-    return [int(part) if part.isdigit() else part for part in _NUM.split(name)]

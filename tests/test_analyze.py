@@ -299,3 +299,34 @@ def test_several_run_dirs(tmp_path):
     st = specdyn.open_store(out)
     assert list(st.steps) == [0, 10, 20, 30] and list(st.root["source"][:]) == [0, 0, 1, 1]
     assert st.run_dirs == [a.resolve(), b.resolve()]
+
+
+def test_watch_picks_up_new_checkpoints_until_interrupted(tmp_path):
+    src, run = tmp_path / "src", tmp_path / "run"
+    write_series(src, steps=(0, 10, 20))
+    run.mkdir()
+    shutil.copy(src / "step_0.safetensors", run)
+    cmd = [sys.executable, "-m", "specdyn", "analyze", str(run), "--watch", "--interval", "0.2", "-q", "--svd-route", "gram"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+
+    def wait_rows(n):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if len(specdyn.open_store(run / "specdyn.zarr")) == n:
+                    return True
+            except Exception:
+                pass
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert wait_rows(1)
+        for step in (10, 20):  # training writes new checkpoints
+            shutil.copy(src / f"step_{step}.safetensors", run)
+        assert wait_rows(3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert list(specdyn.open_store(run / "specdyn.zarr").steps) == [0, 10, 20]

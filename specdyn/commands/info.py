@@ -72,8 +72,10 @@ def info_command(
     for s in summary["skipped"]:
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")
-    for col in ("matrix", "kind", "shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
-        table.add_column(col, justify="left" if col in ("matrix", "kind") else "right")
+    table.add_column("matrix", overflow="fold", ratio=3)
+    table.add_column("kind", overflow="fold")
+    for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
+        table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
     for m in summary["matrices"]:
         table.add_row(
