@@ -6,6 +6,7 @@ appended in place, otherwise the store is rebuilt beside itself (done rows copie
 Killing the process at any moment leaves rows marked undone, which the next run computes.
 """
 
+import contextlib
 import os
 import queue
 import shutil
@@ -60,6 +61,7 @@ class AnalyzeOptions:
     svd_route: str = "auto"
     recalibrate: bool = False
     workers: int = 1
+    dask: str | None = None  # "local" or a scheduler address
     strict: bool = False
     trust_pickle: bool = False
     overwrite: bool = False
@@ -411,7 +413,7 @@ def _compute(root, todo, specs, pairs, heads, opts, show_progress):
     bar = console.progress(transient=False) if show_progress else None
     with bar or _Null():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
-        if opts.workers > 1:
+        if opts.workers > 1 or opts.dask:
             rows = _parallel_rows(todo, specs, pairs, heads, opts)
         else:
             rows = _serial_rows(todo, specs, compute, opts, bar)
@@ -486,24 +488,47 @@ def _worker_row(ckpt, specs, pairs, heads, opts):
         return e
 
 
-def _parallel_rows(todo, specs, pairs, heads, opts):
-    """Several processes, each with cores // workers BLAS threads: never more busy threads than cores."""
+@contextlib.contextmanager
+def _executor(opts: AnalyzeOptions):
+    """A concurrent.futures Executor over processes: local, or a Dask cluster (`--dask local|ADDRESS`)."""
+    if opts.dask:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise SpecdynError("--dask needs Dask: pip install 'specdyn[dask]'")
+        if opts.dask == "local":
+            # Dask's nanny sets OMP/MKL/OpenBLAS threads to 1 per worker: workers x threads <= cores.
+            cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        else:
+            cluster, client = None, Client(opts.dask)
+        try:
+            yield client.get_executor()
+        finally:
+            client.close()
+            if cluster:
+                cluster.close()
+        return
     import multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // opts.workers)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: str(threads) for k in saved})  # inherited by the spawned workers before numpy loads
     try:
-        with ProcessPoolExecutor(opts.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as ex:
-            futures = [
-                (i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts))
-                for i, r in todo
-            ]
-            for i, r, f in futures:
-                yield i, r, f.result()
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+            yield ex
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _parallel_rows(todo, specs, pairs, heads, opts):
+    """Checkpoints in parallel processes, each computing whole rows; this process writes them in order."""
+    with _executor(opts) as ex:
+        futures = [(i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts)) for i, r in todo]
+        for i, r, f in futures:
+            yield i, r, f.result()

@@ -262,6 +262,16 @@ def test_workers_match_serial(series, tmp_path):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_dask_local_cluster_matches_serial(series, tmp_path):
+    pytest.importorskip("distributed")
+    run, _ = series
+    analyze([run], tmp_path / "serial.zarr", AnalyzeOptions(**OPTS), show_progress=False)
+    analyze([run], tmp_path / "dask.zarr", AnalyzeOptions(workers=2, dask="local", **OPTS), show_progress=False)
+    a, b = snapshot(tmp_path / "serial.zarr"), snapshot(tmp_path / "dask.zarr")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k) if a[k].dtype.kind == "f" else np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_cli_json_exit_codes_and_info(series, tmp_path):
     run, _ = series
     result = runner.invoke(app, ["analyze", str(run), "--json", "-q", "--svd-route", "gram"])

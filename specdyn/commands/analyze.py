@@ -25,6 +25,7 @@ def analyze_command(
     svd_route: Annotated[str, typer.Option("--svd-route", help="'auto' (fastest measured per shape), or pin 'gram', 'gram_torch', 'lapack'.")] = "auto",
     recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Measure the SVD routes again on this machine (choices are cached in ~/.cache/specdyn).")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes over checkpoints; BLAS threads = cores / workers.")] = 1,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="Run checkpoints on Dask: 'local' (a LocalCluster of --workers processes) or a scheduler address. Needs specdyn[dask].")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable checkpoint instead of skipping it.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow arbitrary pickle in torch checkpoints (runs code: only for files you trust).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing store first.")] = False,
@@ -55,7 +56,7 @@ def analyze_command(
         raise SpecdynError(f"--device {device!r}: use 'cpu' or 'cuda'")
     opts = AnalyzeOptions(
         top=topk, include=include or [], exclude=exclude or [], every=every, log_spaced=log_spaced, steps=steps,
-        order=order, pairs_file=str(pairs) if pairs else None, heads=heads, device=device, svd_route=svd_route, recalibrate=recalibrate, workers=workers,
+        order=order, pairs_file=str(pairs) if pairs else None, heads=heads, device=device, svd_route=svd_route, recalibrate=recalibrate, workers=workers, dask=dask,
         strict=strict, trust_pickle=trust_pickle, overwrite=overwrite,
     )
     # Several run dirs without --out: one store each (batch use); with --out: one merged series.
