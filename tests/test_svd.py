@@ -96,3 +96,30 @@ def test_head_left_vectors_match_per_head_svd():
     for h in range(4):
         Uh = np.linalg.svd(W[h].astype(np.float64))[0]
         np.testing.assert_allclose(np.abs(np.sum(U[h] * Uh, axis=0)), 1.0, atol=1e-5)
+
+
+def test_failed_decomposition_falls_back_to_another_driver(monkeypatch):
+    W = matrix(30, 12)
+
+    def no_convergence(*a, **k):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(np.linalg, "eigh", no_convergence)
+    sp = SVDEngine(top=4, route="gram", cache=False)(W)
+    np.testing.assert_allclose(sp.s, np.linalg.svd(W.astype(np.float64), compute_uv=False), rtol=1e-5)
+
+    import torch
+
+    calls = {"n": 0}
+    real_svd = torch.linalg.svd
+
+    def flaky_svd(A, *a, **k):  # LAPACK gesdd failing once: method.md's safe_svd retries with W + 1e-10 I
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("linalg.svd: The algorithm failed to converge")
+        return real_svd(A, *a, **k)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky_svd)
+    sp = SVDEngine(top=4, route="lapack", cache=False)(W)
+    assert calls["n"] == 2
+    np.testing.assert_allclose(sp.s, np.linalg.svd(W.astype(np.float64), compute_uv=False), rtol=1e-5)
