@@ -118,12 +118,13 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
     rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
     in_place = all(r["row"] == i for i, r in enumerate(rows) if r["done"])
 
-    keep_lock = None
-    with write_session(store, lock=False) as root:
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(write_session(store, lock=False))
         if not existing:
             create_layout(root, specs, pairs, opts.top, {"options": opts.content_options(), "heads": heads})
         if not in_place:
-            root, keep_lock = _rebuild(store, root, rows, specs, pairs, opts)
+            root, new_lock = _rebuild(store, root, rows, specs, pairs, opts)
+            stack.callback(new_lock.close)
         resize_rows(root, len(rows))
         todo = [(i, r) for i, r in enumerate(rows) if not r["done"]]
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
@@ -141,8 +142,6 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
             svd_routes={**attrs.get("svd_routes", {}), **engine.summary()},
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-    if keep_lock:
-        keep_lock.close()
     return {
         "store": str(store),
         "checkpoints": len(now_done),
