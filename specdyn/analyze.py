@@ -118,13 +118,12 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
     rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
     in_place = all(r["row"] == i for i, r in enumerate(rows) if r["done"])
 
-    with contextlib.ExitStack() as stack:
-        root = stack.enter_context(write_session(store, lock=False))
+    with contextlib.ExitStack() as locks, write_session(store, lock=False) as root:  # the session closes first
         if not existing:
             create_layout(root, specs, pairs, opts.top, {"options": opts.content_options(), "heads": heads})
         if not in_place:
             root, new_lock = _rebuild(store, root, rows, specs, pairs, opts)
-            stack.callback(new_lock.close)
+            locks.callback(new_lock.close)
         resize_rows(root, len(rows))
         todo = [(i, r) for i, r in enumerate(rows) if not r["done"]]
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
