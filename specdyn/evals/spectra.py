@@ -20,6 +20,8 @@ def stored_spectrum(st, row: int, spec: MatrixSpec, W: np.ndarray, need: int, wa
 
     if spec.name not in st.matrices or min(st.top, spec.k) < min(need, spec.k):
         return None
+    if st.matrix_spec(spec.name).kind != spec.kind and "tconv" in (spec.kind, st.matrix_spec(spec.name).kind):
+        return None  # the store flattened this tensor the other way (a transposed conv its name did not reveal)
     g = st.root[f"matrices/{spec.name}"]
     s = g["sv"][row]
     norm = float(np.linalg.norm(np.asarray(W, dtype=np.float64)))

@@ -27,14 +27,21 @@ class Matrix:
 
 
 def model_matrices(model: torch.nn.Module, state_map: StateMap, known: Mapping[str, MatrixSpec] | None = None) -> list[Matrix]:
-    """Every matrix parameter in registration order (method.md 0), with its kind taken from the store when it
-    knows the matrix (so flattening agrees with the stored SVDs), else classified from name and shape."""
+    """Every matrix parameter in registration order (method.md 0), with its kind. A transposed convolution is
+    recognised by its module type (its name need not say `tconv`), so it is flattened as (c_out, c_in·kh·kw);
+    otherwise the store's kind (so flattening agrees with the stored SVDs) or the kind from name and shape."""
     params = dict(model.named_parameters())
+    tconv = {f"{mod_name}.{p}" if mod_name else p
+             for mod_name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.modules.conv._ConvTransposeNd)
+             for p, _ in mod.named_parameters(recurse=False)}
     out = []
     for key in matrix_params(model):
         name = state_map.names[key]
         shape = tuple(params[key].shape)
         spec = (known or {}).get(name) or MatrixSpec(name, shape, classify(name, shape))
+        if key in tconv and spec.kind != "tconv":
+            spec = MatrixSpec(name, shape, "tconv")
         out.append(Matrix(key, spec))
     return out
 
