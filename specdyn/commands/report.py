@@ -1,0 +1,51 @@
+"""`specdyn report STORE [STORE ...] -o report.html`: one self-contained HTML page of figures and tables."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def report_command(
+    stores: Annotated[list[Path], typer.Argument(help="Stores (or run dirs holding specdyn.zarr).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[Optional[str], typer.Option("--title", help="Page title.")] = None,
+    dpi: Annotated[int, typer.Option("--dpi", help="Resolution of the embedded PNG figures.")] = 110,
+    json_out: Annotated[bool, typer.Option("--json", help="Print {\"written\": [path], \"figures\": n} on stdout.")] = False,
+):
+    """Write one self-contained HTML report: summary tables, every figure kind, the most interesting matrices,
+    comparisons across stores."""
+    from specdyn import console
+    from specdyn.commands.plot import open_stores
+    from specdyn.errors import SpecdynError
+    from specdyn.report import build_report, count_figures
+
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SpecdynError(f"{out}: the report is an HTML file; name it *.html")
+    if dpi < 50:
+        raise SpecdynError(f"--dpi {dpi}: too small for readable figures; use 80 or more")
+    opened = open_stores(stores)
+    done = 0
+    with console.progress(transient=True) as bar:
+        task = bar.add_task("figures", total=count_figures(opened))
+
+        def step(job):
+            nonlocal done
+            done += 1
+            bar.advance(task)
+
+        page = build_report(opened, title=title, dpi=dpi, on_figure=step)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)  # a killed run never leaves half a report
+    if json_out:
+        console.print_json({"written": [str(out)], "figures": done})
+    else:
+        console.info(f"wrote {out} ({done} figures, {out.stat().st_size / 2**20:.1f} MiB)")
+
+
+def register(app: typer.Typer) -> None:
+    from specdyn.cli import user_errors
+
+    app.command("report")(user_errors(report_command))

@@ -1,0 +1,93 @@
+"""`compare`: one metric for several stores on shared axes (weight decay on/off, random vs true labels), one
+line per store, labelled from what differs in the runs' configs. A per-matrix metric is averaged over the
+chosen matrices (band: ± one standard deviation across them) unless `per_matrix`, which gives one panel per
+matrix; run.json curves (train_loss, val_loss, train_err, val_err) compare as they are."""
+
+import warnings
+
+import numpy as np
+
+from specdyn.errors import SpecdynError
+from specdyn.plots import draw, select, style
+from specdyn.plots.metrics import LINE_METRICS, series
+from specdyn.plots.runlog import HISTORY_KEYS
+from specdyn.store import METRICS
+
+COMPARE_METRICS = LINE_METRICS + HISTORY_KEYS
+
+
+def pooled(run, metric: str, matrices, pairs) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and standard deviation over the chosen matrices (pairs for alignment_score), and their count."""
+    ys, _ = series(run, metric, matrices, pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a checkpoint where every value is NaN stays NaN
+        return np.nanmean(ys, axis=1), np.nanstd(ys, axis=1), ys.shape[1]
+
+
+@style.styled
+def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] | None = None,
+         pairs: list[str] | None = None, per_matrix: bool = False, log_y: bool = False, steps: str | None = None,
+         x: str = "step", log_x: str = "auto", title: str | None = None):
+    metric_list = [metric] if isinstance(metric, str) else list(metric or ["effective_rank"])
+    for m in metric_list:
+        select.check_metric(m, COMPARE_METRICS)
+    runs, axis = select.prepare(stores, steps, x, log_x)
+    colours = {r.label: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, r in enumerate(runs)}
+    if per_matrix:
+        bad = [m for m in metric_list if m not in METRICS]
+        if bad:
+            raise SpecdynError(f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)")
+        names = select.matrices(runs[0], matrices)
+        panels = [(m, n) for m in metric_list for n in names]
+        select.check_panels(len(panels), "compare --per-matrix")
+        nrows, ncols = (len(metric_list), len(names)) if len(names) <= style.MAX_COLS else style.grid(len(panels))
+    else:
+        panels = [(m, None) for m in metric_list]
+        nrows, ncols = style.grid(len(panels))
+    fig = style.figure(nrows, ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    short = dict(zip(runs[0].store.matrices, style.shorten_names(runs[0].store.matrices)))
+    for ax, (m, name) in zip(axes, panels):
+        axis.apply(ax)
+        ys_all = []
+        for run in runs:
+            colour = colours[run.label]
+            if m in HISTORY_KEYS:
+                hx, hy = run.history(m)
+                if len(hx):
+                    ax.plot(hx, hy, color=colour, label=run.label)
+                    ys_all.append(hy)
+                continue
+            if name is not None:
+                if name not in run.store.matrices:
+                    continue
+                y = run.metric(m)[:, run.store.matrices.index(name)]
+                ax.plot(run.x, y, color=colour, label=run.label)
+                ys_all.append(y)
+                continue
+            mean, std, count = pooled(run, m, matrices, pairs)
+            ax.plot(run.x, mean, color=colour, label=run.label)
+            if count > 1:
+                ax.fill_between(run.x, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+            ys_all.append(mean)
+        if not ys_all:
+            draw.note(ax, f"no {style.metric_label(m)} logged")
+            continue
+        ax.margins(x=0)
+        what = "pairs" if m == "alignment_score" else "matrices"
+        ylabel = style.metric_label(m) + ("" if m in HISTORY_KEYS or name else f"\n(mean over {what})")
+        ax.set_ylabel(ylabel)
+        if name:
+            ax.set_title(short.get(name, name))
+        if log_y or (m.endswith("_loss") and draw.log_y(ax, np.concatenate(ys_all))):
+            ax.set_yscale("log")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    draw.legend_below(fig, handles)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -1,0 +1,247 @@
+"""`specdyn report`: one self-contained HTML page that shows a run (or several) at a glance.
+
+A summary table per store (checkpoints, matrices, final metrics and losses), then every figure kind for the
+whole model and for its most interesting matrices (largest effective-rank drop from the first checkpoint to the
+last, least stable at the final-but-one checkpoint), comparisons when several stores are given, and the
+prune / interpolation results where a store holds them. Figures are embedded as base64 PNG: the file can be
+mailed or archived alone.
+"""
+
+import base64
+import datetime
+import html
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from specdyn import __version__
+from specdyn.errors import SpecdynError
+
+REPORT_DPI = 110
+N_INTERESTING = 3
+
+
+@dataclass
+class FigureJob:
+    """One figure of the report: a plot kind, its stores and options, and what it shows."""
+
+    section: str
+    heading: str
+    caption: str
+    kind: str
+    stores: list
+    options: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- choosing matrices
+
+def interesting_matrices(store, n: int = N_INTERESTING) -> dict[str, list[tuple[str, float]]]:
+    """The matrices most worth a look: largest drop of normalized effective rank from the first checkpoint to
+    the last, and lowest stability score at the final-but-one checkpoint (at the final one it is 1 by
+    definition). Each list holds (name, value), most interesting first."""
+    names = store.matrices
+    erank = store.metric("effective_rank")
+    out = {"rank_drop": [], "least_stable": []}
+    if len(erank) >= 2:
+        drop = erank[0] - erank[-1]
+        order = [j for j in np.argsort(-np.nan_to_num(drop, nan=-np.inf)) if np.isfinite(drop[j])]
+        out["rank_drop"] = [(names[j], float(drop[j])) for j in order[:n]]
+        stab = store.metric("stability_score")[-2]
+        order = [j for j in np.argsort(np.nan_to_num(stab, nan=np.inf)) if np.isfinite(stab[j])]
+        out["least_stable"] = [(names[j], float(stab[j])) for j in order[:n]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the figure list
+
+def figure_jobs(stores, labels: list[str]) -> list[FigureJob]:
+    from specdyn.plots import interp, prune, select
+
+    jobs = []
+    if len(stores) > 1:
+        sec = "Comparison"
+        jobs.append(FigureJob(sec, "Spectral metrics, all runs", "Mean over every matrix of each run (band: ± one "
+                              "standard deviation across matrices).", "compare", stores,
+                              {"metric": ["effective_rank", "stable_rank", "stability_score"]}))
+        logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(stores, m)]
+        if logs:
+            jobs.append(FigureJob(sec, "Training curves, all runs", "From each run's run.json.", "compare", stores,
+                                  {"metric": logs}))
+        jobs.append(FigureJob(sec, "Effective rank, all runs", "Normalized effective rank of every matrix; one "
+                              "colour scale, fixed to [0, 1].", "rank-heatmap", stores))
+        jobs.append(FigureJob(sec, "At a glance, all runs", "One row per run (the paper's Fig. 2).", "grokking", stores))
+    for st, label in zip(stores, labels):
+        sec = label
+        pick = interesting_matrices(st)
+        least = pick["least_stable"][0][0] if pick["least_stable"] else None
+        shown = list(dict.fromkeys([n for n, _ in pick["rank_drop"][:2]] + [n for n, _ in pick["least_stable"][:2]]))
+        jobs.append(FigureJob(sec, "At a glance", "Loss and error (run.json), the singular values of one matrix, the "
+                              "effective rank of every matrix, and the alignment diagonal of one pair.", "grokking", [st]))
+        jobs.append(FigureJob(sec, "Effective rank of every matrix", "Normalized effective rank (method.md 1.2), "
+                              "matrices by depth, first at the top.", "rank-heatmap", [st]))
+        jobs.append(FigureJob(sec, "Rank metrics and loss", "Normalized effective rank and stable rank of every "
+                              "matrix, with the logged losses on the right axis.", "metrics", [st],
+                              {"metric": ["effective_rank", "stable_rank"]}))
+        jobs.append(FigureJob(sec, "Stability", "Left: the SVA diagonal of the least stable matrix against the "
+                              "final checkpoint; right: the stability score of every matrix.", "stability", [st],
+                              {"matrix": least} if least else {}))
+        if select.pair_specs(st):
+            jobs.append(FigureJob(sec, "Alignment", "Left: the alignment diagonal of one neighbouring pair; right: "
+                                  "the alignment score of every pair.", "alignment", [st]))
+        if shown:
+            jobs.append(FigureJob(sec, "Singular values of the most interesting matrices", "The largest drops of "
+                                  "effective rank and the least stable matrices (see the table).", "sv", [st],
+                                  {"matrix": shown}))
+        if prune.has_results(st):
+            jobs.append(FigureJob(sec, "Low-rank pruning", "From `specdyn prune-eval`.", "prune", [st]))
+        if interp.has_results(st):
+            jobs.append(FigureJob(sec, "Interpolation", "From `specdyn interpolate`.", "interp", [st]))
+    return jobs
+
+
+def _any_log(stores, key: str) -> bool:
+    from specdyn.plots.runlog import read_run_log
+
+    return any(read_run_log(s).has(key) for s in stores)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+def render_png(fig, dpi: int = REPORT_DPI) -> tuple[str, float]:
+    """A figure as base64 PNG, and its natural width in CSS pixels (96 per inch)."""
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from specdyn.plots import style
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    with mpl.rc_context(style.RC):
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii"), fig.get_figwidth() * 96
+
+
+def summary_rows(store) -> list[dict]:
+    """Per-matrix rows of the summary table."""
+    from specdyn.plots import style
+
+    names = store.matrices
+    short = style.shorten_names(names)
+    er, sr = store.metric("effective_rank"), store.metric("stable_rank")
+    stab, norm = store.metric("stability_score"), store.metric("spectral_norm")
+    rows = []
+    for j, name in enumerate(names):
+        spec = store.matrix_spec(name)
+        rows.append({
+            "name": name, "short": short[j], "kind": spec.kind, "shape": "×".join(map(str, spec.original_shape)),
+            "erank_first": er[0, j], "erank_last": er[-1, j], "stable_last": sr[-1, j],
+            "stability": stab[-2, j] if len(stab) > 1 else np.nan, "norm_last": norm[-1, j],
+        })
+    return rows
+
+
+def _f(v, fmt="{:.3f}") -> str:
+    return "—" if v is None or not np.isfinite(v) else fmt.format(v)
+
+
+def store_table(store, label: str, log, pick) -> str:
+    steps = store.steps
+    facts = [
+        ("store", html.escape(str(store.path))),
+        ("runs", "<br>".join(html.escape(str(d)) for d in store.run_dirs) or "—"),
+        ("task", html.escape(str(log.task or "—"))),
+        ("checkpoints", f"{len(store)} (steps {steps[0]}…{steps[-1]})" if len(store) else "0"),
+        ("matrices / pairs", f"{len(store.matrices)} / {len(store.pairs)}"),
+        ("singular vectors kept", str(store.top)),
+    ]
+    for key, name in (("train_loss", "final train loss"), ("val_loss", "final validation loss"),
+                      ("train_err", "final train error"), ("val_err", "final validation error")):
+        if log.has(key):
+            facts.append((name, _f(log.final(key), "{:.4g}")))
+    if log.config:
+        facts.append(("config", html.escape(", ".join(f"{k}={v}" for k, v in log.config.items()))))
+    out = ['<table class="facts">'] + [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts] + ["</table>"]
+    marks = {n: "rank drop" for n, _ in pick["rank_drop"]}
+    for n, _ in pick["least_stable"]:
+        marks[n] = (marks[n] + ", " if n in marks else "") + "least stable"
+    rows = summary_rows(store)
+    head = ("<tr><th>matrix</th><th>kind</th><th>shape</th><th>eff. rank first → last</th><th>stable rank</th>"
+            "<th>stability (final−1)</th><th>‖W‖₂</th><th></th></tr>")
+    body = []
+    for r in rows:
+        cls = ' class="hot"' if r["name"] in marks else ""
+        body.append(
+            f"<tr{cls}><td title=\"{html.escape(r['name'])}\">{html.escape(r['short'])}</td><td>{r['kind']}</td>"
+            f"<td>{r['shape']}</td><td>{_f(r['erank_first'])} → {_f(r['erank_last'])}</td>"
+            f"<td>{_f(r['stable_last'])}</td><td>{_f(r['stability'])}</td><td>{_f(r['norm_last'], '{:.3g}')}</td>"
+            f"<td>{marks.get(r['name'], '')}</td></tr>"
+        )
+    table = f'<table class="matrices">{head}{"".join(body)}</table>'
+    if len(rows) > 12:
+        table = f"<details><summary>{len(rows)} matrices (final checkpoint)</summary>{table}</details>"
+    return "".join(out) + table
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1500px;
+padding:0 1.5em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}
+h3{margin:1.4em 0 .3em} .meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0} th,td{padding:.2em .6em;text-align:left;
+border-bottom:1px solid #eee} table.matrices td:nth-child(n+4){text-align:right;font-variant-numeric:tabular-nums}
+tr.hot{background:#fff4e0} figure{margin:.4em 0 1.4em} figure img{max-width:100%;height:auto}
+figcaption{color:#555;font-size:.85em;max-width:60em} .note{color:#a00;font-size:.9em} nav a{margin-right:1em}
+"""
+
+
+def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_figure=None) -> str:
+    """The report's HTML for opened stores; on_figure(job) is called after each figure (progress)."""
+    from specdyn.commands.plot import make_figure
+    from specdyn.plots.runlog import read_run_log, run_labels
+
+    if not stores:
+        raise SpecdynError("no store given; pass one or more stores (or run dirs holding specdyn.zarr)")
+    for st in stores:
+        if len(st) == 0:
+            raise SpecdynError(f"{st.path}: no completed checkpoints yet; run `specdyn analyze` on its run dir to finish it")
+    logs = [read_run_log(s) for s in stores]
+    labels = run_labels(stores, logs)
+    jobs = figure_jobs(stores, labels)
+    title = title or ("specdyn report: " + ", ".join(labels))
+    sections: dict[str, list[str]] = {}
+    if len(stores) > 1:
+        sections["Comparison"] = []
+    for st, label, log in zip(stores, labels, logs):
+        sections[label] = [store_table(st, label, log, interesting_matrices(st))]
+    for job in jobs:
+        try:
+            fig = make_figure(job.kind, job.stores, **job.options)
+        except SpecdynError as e:
+            sections[job.section].append(f'<h3>{html.escape(job.heading)}</h3><p class="note">{html.escape(e.message)}</p>')
+        else:
+            data, width = render_png(fig, dpi)
+            sections[job.section].append(
+                f"<h3>{html.escape(job.heading)}</h3><figure><img alt=\"{html.escape(job.kind)}: "
+                f"{html.escape(job.heading)}\" style=\"width:{width:.0f}px\" src=\"data:image/png;base64,{data}\">"
+                f"<figcaption>{html.escape(job.caption)} <code>specdyn plot {job.kind}</code></figcaption></figure>"
+            )
+        if on_figure:
+            on_figure(job)
+    ids = {name: f"s{i}" for i, name in enumerate(sections)}
+    nav = "".join(f'<a href="#{ids[n]}">{html.escape(n)}</a>' for n in sections)
+    body = "".join(f'<h2 id="{ids[n]}">{html.escape(n)}</h2>{"".join(parts)}' for n, parts in sections.items())
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class=\"meta\">specdyn {__version__}, {when}. Figures read the stores "
+        f"only (and each run's run.json); rerun <code>specdyn report</code> after <code>specdyn analyze</code> "
+        f"adds checkpoints.</p><nav>{nav}</nav>{body}</body></html>\n"
+    )
+
+
+def count_figures(stores) -> int:
+    from specdyn.plots.runlog import read_run_log, run_labels
+
+    return len(figure_jobs(stores, run_labels(stores, [read_run_log(s) for s in stores])))
