@@ -17,7 +17,7 @@ from specdyn import __version__
 from specdyn.errors import SpecdynError
 
 # The command registry: module names under specdyn.commands, in the order `--help` lists them.
-COMMANDS = ["analyze", "info", "train", "prune_eval", "interpolate", "lottery"]
+COMMANDS = ["analyze", "info", "train", "prune_eval", "interpolate", "lottery", "plot", "report"]
 
 app = typer.Typer(
     help="Spectral dynamics of weights: analyze checkpoint series into a zarr store, then plot and evaluate.",
