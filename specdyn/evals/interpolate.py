@@ -305,6 +305,20 @@ def _layout(rows: list[dict], grid, metrics, names, sva_rank, existing) -> resul
     return a
 
 
+def _check_compatible(existing, attrs: dict, out: Path) -> None:
+    if existing is None:
+        return
+    old = existing[1]
+    for key in ("task", "points", "keep", "bn_recal", "sva_rank"):
+        if old.get(key) != attrs.get(key):
+            raise SpecdynError(f"{out}/{GROUP}: holds results with another {key} ({old.get(key)!r} vs "
+                               f"{attrs.get(key)!r}); pass --overwrite to replace them, or --out elsewhere")
+
+
+def _short(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
 def _row_id(p: Pair, base: Path) -> tuple[str, str]:
     return results.rel_or_abs(p.a, base), results.rel_or_abs(p.b, base)
 
@@ -349,6 +363,8 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
     base = out.parent
     attrs = {"task": described, "points": opts.points, "keep": opts.keep, "bn_recal": opts.bn_recal,
              "sva_rank": opts.sva_rank, "final_layer": names[-1], "paths_relative_to": "the store's parent folder"}
+    if not opts.overwrite:  # refuse before the write session touches the store
+        _check_compatible(results.read_group(out, GROUP) if out.exists() else None, attrs, out)
     ev = Evaluator(task, model, state_map, matrices, opts)
     computed = 0
     with write_session(out, "interpolate") as root:
@@ -358,12 +374,7 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
             root.attrs["specdyn_evals"] = {"schema_version": 1, "contents": "evaluation results only (no spectra)"}
         results.recover(out, GROUP)
         existing = None if opts.overwrite else results.read_group(out, GROUP)
-        if existing is not None:
-            old = existing[1]
-            for key in ("task", "points", "keep", "bn_recal", "sva_rank"):
-                if old.get(key) != attrs.get(key):
-                    raise SpecdynError(f"{out}/{GROUP}: holds results with another {key} ({old.get(key)!r} vs "
-                                       f"{attrs.get(key)!r}); pass --overwrite to replace them, or --out elsewhere")
+        _check_compatible(existing, attrs, out)
         rows = []
         seen = set()
         for p in pairs:
@@ -371,7 +382,9 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
             if (a, b) not in seen:
                 seen.add((a, b))
                 split = p.split_step if p.split_step >= 0 else infer_split(p.a, p.b)
-                rows.append({"ckpt_a": a, "ckpt_b": b, "split_step": split, "label": p.label, "pair": p})
+                # pairs with neither a split step nor a label are told apart by their checkpoints' names
+                label = p.label or ("" if split >= 0 else f"{_short(p.a)} vs {_short(p.b)}")
+                rows.append({"ckpt_a": a, "ckpt_b": b, "split_step": split, "label": label, "pair": p})
         if existing is not None:
             old = existing[0]
             for i, (a, b) in enumerate(zip(old["ckpt_a"][1], old["ckpt_b"][1])):

@@ -212,7 +212,7 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
     from specdyn.store import is_store
 
     names = st.matrices
-    r = min(R, st.top)
+    r = min(R, st.top, max(st.matrix_spec(n).k for n in names))
     own = open_store(default_store(run_dir)) if is_store(default_store(run_dir)) else None
     own_rows = {c: int(row) for c, row in zip(own.checkpoints, own.rows)} if own is not None else {}
     T = len(zipped)

@@ -157,6 +157,8 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
 
     engine, warned = SVDEngine(), set()
     computed, svd_counts = 0, {"store": 0, "checkpoint": 0}
+    if not opts.overwrite:  # refuse before the write session touches the store
+        _check_compatible(results.read_group(Path(store_path), GROUP), attrs, Path(store_path), False)
     with write_session(Path(store_path), "prune-eval"):
         results.recover(Path(store_path), GROUP)
         existing = None if opts.overwrite else results.read_group(Path(store_path), GROUP)
