@@ -394,3 +394,34 @@ def test_golden_figures(golden_store, tmp_path, kind, options):
         os.makedirs(GOLDEN, exist_ok=True)
         style.save(fig, expected, dpi=40)
     assert compare_images(expected, str(actual), tol=6) is None
+
+
+# ------------------------------------------------------------------------------------------- the batch script
+
+def test_batch_script_analyzes_and_plots_a_folder(tmp_path):
+    """scripts/analyze_and_plot.sh on a tiny run and a folder without checkpoints: four CLI processes (analyze,
+    plot, compare, report), ~15 s because each start imports torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    runs = tmp_path / "runs"
+    write_series(runs / "run0", steps=(0, 10, 20))
+    (runs / "notes").mkdir()
+    env = {**os.environ, "SPECDYN": f"{sys.executable} -m specdyn", "KINDS": "rank-heatmap", "FORMAT": "png",
+           "PYTHONPATH": str(root)}
+    out = tmp_path / "figs"
+    p = subprocess.run(["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(runs), str(out)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "skip" in p.stderr and "notes" in p.stderr
+    for name in ("run0/rank-heatmap.png", "compare.png"):
+        assert matplotlib.image.imread(out / name).shape[0] > 50
+    assert (out / "report.html").read_text().count("<img") > 5
+    assert (runs / "run0" / "specdyn.zarr" / "zarr.json").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = subprocess.run(["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(empty)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and "no run with checkpoints" in p.stderr

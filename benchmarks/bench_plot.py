@@ -1,0 +1,73 @@
+"""Benchmark every `specdyn plot` kind (and `specdyn report`) on a store of 50 matrices x 400 checkpoints.
+
+Builds once (in --dir, reused) a synthetic store shaped like a 12-layer transformer (embedding, 4 matrices per
+layer, decoder; d = 48, top 48 vectors) with a grokking-shaped run.json, then times, for each kind, drawing the
+figure from a freshly opened store and saving it as PNG at the CLI's default 200 dpi. Target: < 3 s each.
+
+    python benchmarks/bench_plot.py [--dir /tmp/specdyn-bench-plot] [--checkpoints 400] [--layers 12]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: specdyn and tests.synthetic_store
+
+import specdyn  # noqa: E402
+from specdyn.errors import SpecdynError  # noqa: E402
+from specdyn.plots import PLOTS, style  # noqa: E402
+from tests.synthetic_store import grokking_log, transformer_shapes, write_store  # noqa: E402
+
+
+def build(store: Path, n_ckpt: int, layers: int) -> None:
+    if (store / "zarr.json").exists():
+        print(f"reusing {store}", file=sys.stderr)
+        return
+    steps = [0] + list(np.unique(np.round(np.geomspace(1, 40000, n_ckpt * 2)).astype(int)))[: n_ckpt - 1]
+    steps = sorted(set(steps))
+    shapes = transformer_shapes(layers, d=48, vocab=97)
+    t = time.perf_counter()
+    write_store(store, shapes, steps, top=48, run_log=grokking_log(steps))
+    print(f"built {store}: {len(shapes)} matrices x {len(steps)} checkpoints in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "specdyn-bench-plot")
+    ap.add_argument("--checkpoints", type=int, default=400)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--dpi", type=int, default=200)
+    args = ap.parse_args()
+    store = args.dir / "run" / "specdyn.zarr"
+    build(store, args.checkpoints, args.layers)
+    st = specdyn.open_store(store)
+    print(f"\n{len(st.matrices)} matrices, {len(st.pairs)} pairs, {len(st)} checkpoints, png at {args.dpi} dpi\n")
+    print(f"| kind | draw (s) | save png (s) | total (s) | size (KiB) |")
+    print(f"|---|---:|---:|---:|---:|")
+    out = args.dir / "figures"
+    for kind, fn in PLOTS.items():
+        st = specdyn.open_store(store)  # cold: reading the store is part of the cost
+        t0 = time.perf_counter()
+        try:
+            fig = fn([st])
+        except SpecdynError as e:
+            print(f"| {kind} | n/a ({e.message.split(';')[0].split(': ', 1)[1]}) | | | |")
+            continue
+        t1 = time.perf_counter()
+        path = style.save(fig, out / f"{kind}.png", dpi=args.dpi)
+        t2 = time.perf_counter()
+        print(f"| {kind} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t2 - t0:.2f} | {path.stat().st_size / 1024:.0f} |")
+    from specdyn.report import build_report
+
+    t0 = time.perf_counter()
+    page = build_report([specdyn.open_store(store)])
+    (out / "report.html").write_text(page)
+    print(f"| report (every kind, 1 store) | | | {time.perf_counter() - t0:.2f} | {len(page) / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
