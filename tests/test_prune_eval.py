@@ -14,6 +14,7 @@ from specdyn.errors import SpecdynError
 from specdyn.evals import prune as prune_mod
 from specdyn.evals.prune import PruneOptions, load_results, prune_eval
 from tests.eval_tasks import analyzed, bn_task, conv_task, evaluate_state, mlp_task, spec, write_series
+from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
 
 STEPS = (0, 10, 20)
 
@@ -213,7 +214,7 @@ def test_cli_json_and_user_errors(tmp_path):
                               "--no-bn-recal", "--json", "-q"])
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
-    assert s["keep"] == [0.25, 0.5] and s["steps"] == list(STEPS)
+    assert s["keep"] == [0.25, 0.5] and s["steps"] == list(STEPS) and s["store"] == str(store)
     assert set(s["top_kept"]) == {"0.25", "0.5"} and len(s["full"]["val"]["err"]) == 3
     # a task whose model does not fit: one line, before any work, nothing written
     write_series(tmp_path / "other", mlp_task, STEPS)

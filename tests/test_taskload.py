@@ -21,6 +21,7 @@ from specdyn.evals.taskload import (
     resolve_task,
 )
 from tests.eval_tasks import TinyTask, analyzed, mlp_task, spec, write_series
+from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
