@@ -319,7 +319,6 @@ def train(
         raise SpecdynError(f"the run starts at step {start} and config steps is {cfg.steps}: nothing to train; "
                            f"pass --steps larger than {start}")
     schedule = save_steps(start, cfg.steps, every=every, log=log)
-    prepare_run_dir(run_dir, overwrite)
 
     edited = False
     if branch.perturb_scale:
@@ -337,6 +336,7 @@ def train(
         edited = True
     if edited:
         recalibrate(task, model)
+    prepare_run_dir(run_dir, overwrite)
 
     optimizer = task.make_optimizer(model)
     if branch.init_from is not None and branch.init_from.optimizer_path is not None:
@@ -349,8 +349,9 @@ def train(
     written: list[Path] = []
     run_info = {"task": task.name, "config": config, "history": history, "format": fmt, "save_dtype": save_dtype,
                 "torch": torch.__version__, "threads": torch.get_num_threads(), **info}  # fmt: skip
-    if task.data_info():
-        run_info["data"] = task.data_info()
+    data_info = task.data_info()
+    if data_info:
+        run_info["data"] = data_info
 
     def save(step: int) -> None:
         history.append(_metrics_entry(step, task, model))
@@ -386,11 +387,13 @@ def train(
             step += 1
             if step % spe == 0:
                 epoch, batches = epoch + 1, None
-            if not math.isfinite(loss.item()):
-                raise SpecdynError(f"{task.name}: the training loss became {loss.item()} at step {step}; lower --lr")
+            value = loss.item()
+            if not math.isfinite(value):
+                raise SpecdynError(f"{task.name}: the training loss became {value} at step {step}; lower --lr "
+                                   f"(checkpoints up to step {history[-1]['step']} are in {run_dir})")
             if step in save_at:
                 save(step)
-            advance(loss.item(), history[-1])
+            advance(value, history[-1])
     if fmt == "lightning-style":
         shutil.copyfile(written[-1], run_dir / "last.ckpt")  # as Lightning's save_last does
     return RunResult(run_dir, written, history, info)

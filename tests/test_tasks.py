@@ -189,7 +189,7 @@ def test_lr_schedules():
     assert t.lr_at(0) == pytest.approx(0.01) and t.lr_at(99) == pytest.approx(1.0)
     assert t.lr_at(100) == pytest.approx(1.0) and t.lr_at(600) == pytest.approx(0.55)
     assert t.lr_at(1100) == pytest.approx(0.1)
-    assert make_task("modadd").lr_at(1234) == 1e-3
+    assert make_task("modadd", lr=1e-3).lr_at(1234) == 1e-3  # constant
 
 
 def test_config_overrides_are_typed_and_checked():

@@ -22,8 +22,8 @@ class Config(TrainConfig):
     channels: int = 3
     n_classes: int = 10
     widths: tuple[int, ...] = (16, 16, 32, 32, 64, 64)  # conv widths; a 2x2 max-pool follows every second conv
-    max_shift: int = 3
-    noise_std: float = 0.5
+    max_shift: int = 8  # circular shifts up to half the image: the position carries no information
+    noise_std: float = 2.5
     n_train: int = 5000
     n_val: int = 1000
     steps: int = 800

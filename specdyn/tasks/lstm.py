@@ -22,8 +22,8 @@ class Config(TrainConfig):
     n_states: int = 8
     feature_dim: int = 16
     seq_len: int = 40
-    stay_prob: float = 0.85
-    noise_std: float = 1.5
+    stay_prob: float = 0.9
+    noise_std: float = 3.0  # one frame alone is ambiguous; its neighbours disambiguate it
     hidden: int = 64
     n_layers: int = 2
     bidirectional: bool = True
@@ -31,7 +31,7 @@ class Config(TrainConfig):
     n_val: int = 400
     steps: int = 1200
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0

@@ -2,7 +2,10 @@
 
 The paper's "rethinking generalization" MLP (3072-256-256-256-10, SGD with momentum) on CIFAR-10; here the
 inputs are a Gaussian mixture whose classes are each a union of several clusters (learnable, not linearly
-separable), and `random_labels` permutes every target before the split, as the paper does.
+separable). Like natural images, the data has low intrinsic dimension: the cluster centres lie in a random
+`signal_dim`-dimensional subspace and isotropic noise fills all `in_dim` dimensions, so true labels can be
+learned from a few input directions while memorising random labels needs all of them. `random_labels`
+permutes every target before the split, as the paper does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ class Config(TrainConfig):
     n_hidden: int = 3  # hidden layers; the model has n_hidden + 1 weight matrices
     n_classes: int = 10
     clusters_per_class: int = 4
-    cluster_std: float = 0.5  # within-cluster noise; cluster centres are N(0, I / in_dim) * 2
+    signal_dim: int = 8  # the cluster centres ~ N(0, I) live in a random subspace of this dimension
+    noise_std: float = 0.5  # isotropic noise per input dimension
     n_train: int = 4000
     n_val: int = 1000
     random_labels: bool = False
@@ -31,7 +35,7 @@ class Config(TrainConfig):
     steps: int = 6000
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.01
+    lr: float = 0.005
     momentum: float = 0.9
     weight_decay: float = 0.0
 
@@ -57,10 +61,11 @@ class MLPTask(BuiltinTask):
         c = self.config
         g = torch.Generator().manual_seed(c.data_seed)
         n_clusters = c.n_classes * c.clusters_per_class
-        centres = torch.randn(n_clusters, c.in_dim, generator=g) * 2 / c.in_dim**0.5
+        basis = torch.linalg.qr(torch.randn(c.in_dim, c.signal_dim, generator=g))[0]  # orthonormal columns
+        centres = torch.randn(n_clusters, c.signal_dim, generator=g) @ basis.T
         n = c.n_train + c.n_val
         cluster = torch.randint(n_clusters, (n,), generator=g)
-        x = centres[cluster] + c.cluster_std * torch.randn(n, c.in_dim, generator=g) / c.in_dim**0.5
+        x = centres[cluster] + c.noise_std * torch.randn(n, c.in_dim, generator=g)
         y = cluster % c.n_classes
         if c.random_labels:
             y = y[torch.randperm(n, generator=torch.Generator().manual_seed(c.label_seed))]
