@@ -254,3 +254,6 @@ def test_prune_figure_draws_the_stored_values(tmp_path):
     np.testing.assert_allclose({l.get_label(): l for l in fig.axes[0].lines}["top 0.25 of σ kept"].get_ydata(), r["top_kept"][:, 0, 0, 1])
     with pytest.raises(SpecdynError, match="no prune-eval results for --keep 0.6"):
         plot([specdyn.open_store(store)], keep=0.6)
+    res = CliRunner().invoke(app, ["plot", "prune", str(store), "-o", str(tmp_path / "fig4.png"), "--metric", "err"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fig4.png").stat().st_size > 0

@@ -11,7 +11,7 @@ from matplotlib.colors import Normalize
 
 from specdyn.errors import SpecdynError
 from specdyn.plots import draw, select, style
-from specdyn.plots.prune import COLOURS
+from specdyn.plots.prune import COLOURS, one_metric
 
 MISSING = "no interpolation results; run `specdyn interpolate CKPT_A CKPT_B` first"
 CURVE_LABELS = {"full": "full model", "top_kept": "top f of σ kept", "bottom_kept": "bottom 1 - f of σ kept"}
@@ -84,8 +84,9 @@ def _name(step: int, label: str) -> str:
 
 
 @style.styled
-def plot(stores, *, metric: str = "loss", split: str = "train", curve: str = "full", steps: str | None = None,
-         x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(stores, *, metric: str | list[str] = "loss", split: str = "train", curve: str = "full",
+         steps: str | None = None, x: str = "step", log_x: str = "auto", title: str | None = None):
+    metric = one_metric(metric)
     if curve not in CURVE_LABELS:
         raise SpecdynError(f"--curve {curve!r}: one of {', '.join(CURVE_LABELS)}")
     if split not in ("train", "val"):

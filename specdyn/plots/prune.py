@@ -15,6 +15,15 @@ MISSING = "no prune-eval results; run `specdyn prune-eval RUN_DIR` first"
 COLOURS = {"full": "#D55E00", "top_kept": "#0072B2", "bottom_kept": "#009E73"}
 
 
+def one_metric(metric) -> str:
+    """`--metric` arrives as a list from the plot command; these figures show one metric (loss by default)."""
+    if isinstance(metric, (list, tuple)):
+        if len(metric) != 1:
+            raise SpecdynError(f"--metric: this figure shows one metric (loss, err, ...), got {len(metric)}")
+        metric = metric[0]
+    return str(metric)
+
+
 def has_results(store) -> bool:
     return select.eval_group(store, "prune") is not None
 
@@ -65,10 +74,11 @@ def kept_fraction(r, store, j: int) -> tuple[float, float]:
 
 
 @style.styled
-def plot(stores, *, keep: float | None = None, metric: str = "loss", steps: str | None = None, x: str = "step",
+def plot(stores, *, keep: float | None = None, metric: str | list[str] = "loss", steps: str | None = None, x: str = "step",
          log_x: str = "auto", title: str | None = None):
     from specdyn.selection import parse_steps
 
+    metric = one_metric(metric)
     data = [_results(st) for st in stores]
     for st, r in zip(stores, data):
         if metric not in [str(m) for m in r["metric"]]:
