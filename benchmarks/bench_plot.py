@@ -8,6 +8,7 @@ figure from a freshly opened store and saving it as PNG at the CLI's default 200
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -46,27 +47,29 @@ def main() -> None:
     build(store, args.checkpoints, args.layers)
     st = specdyn.open_store(store)
     print(f"\n{len(st.matrices)} matrices, {len(st.pairs)} pairs, {len(st)} checkpoints, png at {args.dpi} dpi\n")
-    print(f"| kind | draw (s) | save png (s) | total (s) | size (KiB) |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| kind | draw (s) | save png (s) | total (s) | CPU (s) | size (KiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     out = args.dir / "figures"
     for kind, fn in PLOTS.items():
         st = specdyn.open_store(store)  # cold: reading the store is part of the cost
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             fig = fn([st])
         except SpecdynError as e:
-            print(f"| {kind} | n/a ({e.message.split(';')[0].split(': ', 1)[1]}) | | | |")
+            print(f"| {kind} | n/a ({e.message.split(';')[0].split(': ', 1)[1]}) | | | | |")
             continue
         t1 = time.perf_counter()
         path = style.save(fig, out / f"{kind}.png", dpi=args.dpi)
-        t2 = time.perf_counter()
-        print(f"| {kind} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t2 - t0:.2f} | {path.stat().st_size / 1024:.0f} |")
+        t2, c2 = time.perf_counter(), time.process_time()
+        print(f"| {kind} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t2 - t0:.2f} | {c2 - c0:.2f} | {path.stat().st_size / 1024:.0f} |")
     from specdyn.report import build_report
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     page = build_report([specdyn.open_store(store)])
     (out / "report.html").write_text(page)
-    print(f"| report (every kind, 1 store) | | | {time.perf_counter() - t0:.2f} | {len(page) / 1024:.0f} |")
+    t2, c2 = time.perf_counter(), time.process_time()
+    print(f"| report (1 store, {page.count('<img')} figures) | | | {t2 - t0:.2f} | {c2 - c0:.2f} | {len(page) / 1024:.0f} |")
+    print(f"\nload average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
@@ -115,6 +116,28 @@ def test_log_x_decision_and_edges():
     assert_same(lin.edges(np.array([0, 10, 30.0])), [-5, 5, 20, 40])
     with pytest.raises(SpecdynError):
         style.XAxis.build([x], "epoch")
+
+
+def test_heatmap_cells_grey_where_nan():
+    from matplotlib.figure import Figure
+
+    from specdyn.plots import draw
+
+    ax = Figure().subplots()
+    data = np.array([[0.1, np.nan, 0.3], [0.4, 0.5, 0.6]])
+    mesh = draw.heatmap(ax, style.XAxis("step"), np.array([0, 10, 20]), data, cmap=style.cmap("rank"))
+    arr = mesh.get_array()
+    assert arr.mask.tolist() == [[False, True, False], [False, False, False]]
+    assert mesh.cmap.get_bad().tolist() == list(matplotlib.colors.to_rgba(style.BAD))
+
+
+def test_single_checkpoint_store(tmp_path):
+    st = specdyn.open_store(write_store(tmp_path / "one" / "specdyn.zarr", transformer_shapes(1, d=4, vocab=6), [0], top=4))
+    for kind in ("rank-heatmap", "sv", "stability", "alignment", "metrics", "grokking", "compare"):
+        fig = PLOTS[kind]([st])
+        style.save(fig, tmp_path / f"{kind}.png", dpi=30)
+    data, _ = mesh_data(PLOTS["rank-heatmap"]([st]).axes[0])
+    assert_same(data, st.metric("effective_rank").T)
 
 
 # ------------------------------------------------------------------------------------------- data equal the store's

@@ -16,6 +16,7 @@ FLAGS = {
     "metric": "--metric", "matrices": "--matrices", "matrix": "--matrix", "pair": "--pair", "pairs": "--pairs",
     "top": "--top", "normalize": "--normalize", "log_y": "--log-y", "per_matrix": "--per-matrix",
     "loss": "--no-loss", "steps": "--steps", "x": "--x", "log_x": "--log-x", "title": "--title",
+    "keep": "--keep", "split": "--split", "curve": "--curve",
 }
 
 
@@ -75,6 +76,9 @@ def plot_command(
     log_y: Annotated[bool, typer.Option("--log-y", help="Log y axis (sv, metrics, compare).")] = False,
     per_matrix: Annotated[bool, typer.Option("--per-matrix", help="compare: one panel per matrix instead of the mean.")] = False,
     loss: Annotated[bool, typer.Option("--loss/--no-loss", help="metrics: the run's train/val loss on a right-hand axis.")] = True,
+    keep: Annotated[Optional[float], typer.Option("--keep", help="prune: the kept fraction to draw (of a --keep sweep).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="interp: `train` or `val` curves.")] = None,
+    curve: Annotated[Optional[str], typer.Option("--curve", help="interp: full, top_kept or bottom_kept model along the path.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print {\"written\": [paths]} on stdout.")] = False,
 ):
     """Draw one figure kind from one or more stores (plots read only the store and the runs' run.json)."""
@@ -87,8 +91,8 @@ def plot_command(
 
         raise SpecdynError(f"--dpi {dpi}: too small; use 72 or more (200 is print quality)")
     given = {"steps": steps, "title": title, "matrices": matrices, "matrix": matrix, "pair": pair, "pairs": pairs,
-             "metric": metric, "top": top}
-    given = {k: v for k, v in given.items() if v}
+             "metric": metric, "top": top, "keep": keep, "split": split, "curve": curve}
+    given = {k: v for k, v in given.items() if v is not None}
     given.update({k: True for k, v in (("normalize", normalize), ("log_y", log_y), ("per_matrix", per_matrix)) if v})
     if not loss:
         given["loss"] = False

@@ -183,4 +183,7 @@ def legend_below(fig, handles: dict) -> None:
     longest = max(len(k) for k in handles)
     per = 0.45 + 0.6 * style.RC["legend.fontsize"] / 72 * longest
     ncols = max(1, min(len(handles), int(fig.get_figwidth() / per)))
+    rows = math.ceil(len(handles) / ncols)
+    # the legend gets its own room: the panels keep their height
+    fig.set_figheight(fig.get_figheight() + 0.1 + rows * 1.5 * style.RC["legend.fontsize"] / 72)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=ncols)

@@ -29,7 +29,7 @@ def plot(stores, *, matrix: str | None = None, pair: str | None = None, matrices
         panel = dict(zip(cols, row))
         if "loss" in panel:
             draw.history_panel(panel["loss"], axis, run, "loss")
-            panel["loss"].set_title(f"{run.label}: loss" if len(runs) > 1 else "loss")
+            panel["loss"].set_title("loss")
         if "err" in panel:
             draw.history_panel(panel["err"], axis, run, "err")
             panel["err"].set_title("error")
@@ -48,18 +48,26 @@ def plot(stores, *, matrix: str | None = None, pair: str | None = None, matrices
         elif run is runs[0]:
             panel["erank"].legend(loc="best", fontsize=6.5, handlelength=1.2, labelspacing=0.3)
         if "align" in panel:
-            if not select.pair_specs(st):
-                draw.note(panel["align"], "no alignment pairs")
-                continue
-            p = select.one_pair(run, pair)
-            full = st.alignment(p)[run.rows]
-            n = alignment.diag_ranks(full, top)
-            mesh = draw.heatmap(panel["align"], axis, run.x, full[:, :n].T, cmap=style.cmap("alignment"), first_row=1)
-            draw.rank_axis(panel["align"], n)
-            specs = select.pair_specs(st)
-            labels = dict(zip([q["name"] for q in specs], style.shorten_pairs(specs, st.matrices)))
-            panel["align"].set_title(f"alignment {labels[p]}", fontsize=8)
-            draw.colorbar(fig, mesh, panel["align"], "|⟨vᵢ(next), uᵢ(prev)⟩|", shrink=1.0, aspect=25)
+            align_panel(fig, panel["align"], axis, run, pair, top)
+        if len(runs) > 1:  # which run a row shows, on its first panel
+            row[0].set_title(f"{run.label}: {row[0].get_title()}")
     if title:
         fig.suptitle(title)
     return fig
+
+
+def align_panel(fig, ax, axis, run, pair, top) -> None:
+    """The alignment diagonal of one pair (rank x checkpoint), or a note for a store without pairs."""
+    st = run.store
+    specs = select.pair_specs(st)
+    if not specs:
+        draw.note(ax, "no alignment pairs")
+        return
+    p = select.one_pair(run, pair)
+    full = st.alignment(p)[run.rows]
+    n = alignment.diag_ranks(full, top)
+    mesh = draw.heatmap(ax, axis, run.x, full[:, :n].T, cmap=style.cmap("alignment"), first_row=1)
+    draw.rank_axis(ax, n)
+    labels = dict(zip([q["name"] for q in specs], style.shorten_pairs(specs, st.matrices)))
+    ax.set_title(f"alignment {labels[p]}", fontsize=8)
+    draw.colorbar(fig, mesh, ax, "|⟨vᵢ(next), uᵢ(prev)⟩|", shrink=1.0, aspect=25)

@@ -24,6 +24,7 @@ class Run:
     x: np.ndarray
     label: str
     log: RunLog
+    by_index: bool = False  # x is the checkpoint index, not the step
 
     @property
     def name(self) -> str:
@@ -41,9 +42,7 @@ class Run:
         s, y = self.log.history["step"], self.log.history[key]
         keep = (s >= self.steps[0]) & (s <= self.steps[-1]) & np.isfinite(y)
         s, y = s[keep], y[keep]
-        if len(self.steps) and np.array_equal(self.x, self.steps.astype(float)):
-            return s, y
-        return np.interp(s, self.steps, self.x), y
+        return (np.interp(s, self.steps, self.x) if self.by_index else s), y
 
 
 def prepare(stores: list[SpectralStore], steps: str | None = None, x: str = "step", log_x: str = "auto"):
@@ -70,7 +69,7 @@ def prepare(stores: list[SpectralStore], steps: str | None = None, x: str = "ste
                 f"(steps {all_steps[0]}..{all_steps[-1]})"
             )
         sel = all_steps[rows]
-        runs.append(Run(st, rows, sel, sel.astype(float) if x == "step" else rows.astype(float), label, log))
+        runs.append(Run(st, rows, sel, rows.astype(float) if x == "index" else sel.astype(float), label, log, x == "index"))
     axis = style.XAxis.build([r.steps for r in runs], x, log_x)
     return runs, axis
 

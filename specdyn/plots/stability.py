@@ -33,15 +33,14 @@ def plot(stores, *, matrix: str | None = None, matrices: list[str] | None = None
         mesh = draw.heatmap(left, axis, run.x, diag, cmap=cm, first_row=1)
         draw.rank_axis(left, n)
         prefix = f"{run.label}: " if len(runs) > 1 else ""
-        left.set_title(f"{prefix}{short[name]}: SVA diagonal")
+        left.set_title(f"{prefix}{short[name]}: SVA vs step {int(st.steps[-1])}")
         idx = [st.matrices.index(m) for m in names]
         score = run.metric("stability_score")[:, idx].T
         draw.heatmap(right, axis, run.x, score, cmap=cm)
         draw.row_labels(right, [short[m] for m in names], height - 0.75)
         right.set_ylabel("matrix (by depth)")
         right.set_title(f"{prefix}stability score (top-10 mean)")
-    final = ", ".join(sorted({str(int(r.store.steps[-1])) for r in runs}))
-    draw.colorbar(fig, mesh, axes.ravel().tolist(), f"|⟨uᵢ(t),uᵢ(T)⟩⟨vᵢ(t),vᵢ(T)⟩|, T = step {final}")
+    draw.colorbar(fig, mesh, axes.ravel().tolist(), "|⟨uᵢ(t),uᵢ(T)⟩⟨vᵢ(t),vᵢ(T)⟩|, T final")
     if title:
         fig.suptitle(title)
     return fig

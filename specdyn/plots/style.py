@@ -6,7 +6,6 @@ text. Colour maps are matplotlib's perceptually uniform ones; the paper used sea
 `mako`, for which `magma`, a truncated `magma` and `viridis` stand in (seaborn is not a dependency).
 """
 
-import contextlib
 import functools
 import math
 import re
@@ -316,14 +315,3 @@ def save(fig: Figure, path, dpi: int | None = None) -> Path:
     with mpl.rc_context(RC):
         fig.savefig(path, format=fmt, dpi=dpi or RC["savefig.dpi"], metadata=meta)
     return path
-
-
-@contextlib.contextmanager
-def quiet_layout():
-    """Silence constrained layout's warning when a figure is too small for its decorations (it still draws)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*constrained_layout not applied.*")
-        warnings.filterwarnings("ignore", message=".*layout not applied.*")
-        yield
