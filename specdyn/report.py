@@ -167,7 +167,7 @@ def store_table(store, label: str, log, pick) -> str:
         marks[n] = (marks[n] + ", " if n in marks else "") + "least stable"
     rows = summary_rows(store)
     head = ("<tr><th>matrix</th><th>kind</th><th>shape</th><th>eff. rank first → last</th><th>stable rank</th>"
-            "<th>stability (final−1)</th><th>‖W‖₂</th><th></th></tr>")
+            "<th>stability (final−1)</th><th>‖W‖₂</th><th>shown below for</th></tr>")
     body = []
     for r in rows:
         cls = ' class="hot"' if r["name"] in marks else ""

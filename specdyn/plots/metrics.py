@@ -33,8 +33,12 @@ def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] |
         select.check_metric(m, LINE_METRICS)
     runs, axis = select.prepare(stores, steps, x, log_x)
     select.check_panels(len(metric_list) * len(runs), "metrics")
-    fig = style.figure(len(metric_list), len(runs), panel_w=style.PANEL_W + 0.3)
-    axes = fig.subplots(len(metric_list), len(runs), squeeze=False)
+    # rows are metrics and columns stores; one store lays its metrics side by side
+    shape = (1, len(metric_list)) if len(runs) == 1 else (len(metric_list), len(runs))
+    fig = style.figure(*shape, panel_w=style.PANEL_W + 0.3)
+    axes = fig.subplots(*shape, squeeze=False)
+    if len(runs) == 1:
+        axes = axes.T
     legend, depth = {}, None
     for r, m in enumerate(metric_list):
         for c, run in enumerate(runs):

@@ -146,13 +146,19 @@ _CONTAINERS = {"layers", "layer", "blocks", "block", "h", "resblocks", "stages",
 _SUFFIX = re.compile(r"(\.|_)(weight|kernel)$")
 
 
-def _compact(parts: list[str]) -> str:
-    """`layers.11.attn.in_proj_weight` -> `11.attn.in_proj`: drop container words before an index and the
-    `weight` suffix."""
-    kept = [p for i, p in enumerate(parts) if not (p in _CONTAINERS and i + 1 < len(parts) and parts[i + 1].isdigit())]
-    name = ".".join(kept)
-    short = _SUFFIX.sub("", name)
-    return short or name
+def _compact(parts: list[str], start: int = 0) -> str:
+    """`layers.11.attn.in_proj_weight` -> `11.attn.in_proj`: the components from `start` on, without container
+    words before a layer index and without the `weight` suffix; a bare index keeps its container
+    (`layers.2.weight` -> `layers.2`, never `2`)."""
+    name = _SUFFIX.sub("", ".".join(parts)) or ".".join(parts)
+    full = name.split(".")
+    kept = [i for i in range(start, len(full))
+            if not (full[i] in _CONTAINERS and i + 2 < len(full) and full[i + 1].isdigit())]
+    if not kept:
+        return name
+    if all(full[i].isdigit() for i in kept) and kept[0] > 0:
+        kept.insert(0, kept[0] - 1)
+    return ".".join(full[i] for i in kept)
 
 
 def _ellipsize(name: str, n: int) -> str:
@@ -175,8 +181,8 @@ def shorten_names(names: list[str], max_chars: int = LABEL_MAX_CHARS) -> list[st
         while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
             common += 1
     levels = [
-        [_ellipsize(_compact(p[common:]), max_chars) for p in parts],
-        [_compact(p[common:]) for p in parts],
+        [_ellipsize(_compact(p, common), max_chars) for p in parts],
+        [_compact(p, common) for p in parts],
         [".".join(p[common:]) for p in parts],
         names,
     ]
