@@ -111,9 +111,10 @@ def test_log_x_decision_and_edges():
     assert axis.log and axis.linthresh == 1
     x = np.array([0, 1, 10, 100, 1000.0])
     e = axis.edges(x)
-    assert len(e) == 6 and np.all(np.diff(e) > 0) and np.all((e[:-1] < x) & (x < e[1:]))
+    assert len(e) == 6 and np.all(np.diff(e) > 0) and e[0] == 0 and np.all((e[:-1] <= x) & (x < e[1:]))
     lin = style.XAxis.build([np.array([0, 10, 30])], "step", "off")
-    assert_same(lin.edges(np.array([0, 10, 30.0])), [-5, 5, 20, 40])
+    assert_same(lin.edges(np.array([0, 10, 30.0])), [0, 5, 20, 40])  # never before step 0
+    assert_same(lin.edges(np.array([10, 20, 40.0])), [5, 15, 30, 50])
     with pytest.raises(SpecdynError):
         style.XAxis.build([x], "epoch")
 

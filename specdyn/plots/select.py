@@ -26,10 +26,6 @@ class Run:
     log: RunLog
     by_index: bool = False  # x is the checkpoint index, not the step
 
-    @property
-    def name(self) -> str:
-        return str(self.store.path)
-
     def metric(self, name: str) -> np.ndarray:
         """(checkpoint, matrix) over the selected checkpoints."""
         return self.store.metric(name)[self.rows]
@@ -80,16 +76,18 @@ def _has_glob(p: str) -> bool:
     return any(c in p for c in "*?[")
 
 
-def pick(names: list[str], patterns: list[str] | None, what: str, store) -> list[str]:
-    """The names matching any glob (or exact name, or short label), in store order; all when no pattern."""
+def pick(names: list[str], patterns: list[str] | None, what: str, store, labels: list[str] | None = None) -> list[str]:
+    """The names matching any glob (or exact name, or the short label figures show), in store order; all when
+    no pattern."""
     if not patterns:
         return list(names)
-    short = dict(zip(style.shorten_names(names), names))
+    short = dict(zip(labels or style.shorten_names(names), names))
     chosen = set()
     for p in patterns:
         hit = [n for n in names if fnmatch.fnmatchcase(n, p)]
-        if not hit and p in short:
-            hit = [short[p]]
+        label = p.replace("->", "→")
+        if not hit and label in short:
+            hit = [short[label]]
         if not hit:
             if _has_glob(p):
                 raise SpecdynError(f"{store.path}: no {what} matches {p!r}; {_listing(p, names)}")
@@ -145,8 +143,9 @@ def require_pairs(run: Run) -> list[dict]:
 
 
 def pairs(run: Run, patterns: list[str] | None) -> list[str]:
-    names = [p["name"] for p in require_pairs(run)]
-    return pick(names, patterns, "pair", run.store)
+    specs = require_pairs(run)
+    names = [p["name"] for p in specs]
+    return pick(names, patterns, "pair", run.store, style.shorten_pairs(specs, run.store.matrices))
 
 
 def default_pair(store) -> str:
@@ -163,7 +162,9 @@ def one_pair(run: Run, name: str | None) -> str:
     require_pairs(run)
     if name is None:
         return default_pair(run.store)
-    return pick([p["name"] for p in pair_specs(run.store)], [name], "pair", run.store)[0]
+    specs = pair_specs(run.store)
+    labels = style.shorten_pairs(specs, run.store.matrices)
+    return pick([p["name"] for p in specs], [name], "pair", run.store, labels)[0]
 
 
 # ------------------------------------------------------------------------------------------- metrics and counts

@@ -16,7 +16,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, Locator
 
 from specdyn.errors import SpecdynError
 
@@ -213,7 +213,8 @@ def shorten_pairs(pairs: list[dict], matrix_names: list[str]) -> list[str]:
         k = 0
         while k < min(len(pa), len(pb)) - 1 and pa[k] == pb[k]:
             k += 1
-        labels.append(f"{a} → {'.'.join(pb[k:])}")
+        rest = pb[k:]
+        labels.append(f"{a} → {b if all(c.isdigit() for c in rest) else '.'.join(rest)}")
     if len(set(labels)) < len(labels):  # never ambiguous: fall back to both names in full
         labels = [f"{short.get(p['prev'], p['prev'])} → {short.get(p['next'], p['next'])}" for p in pairs]
     return labels
@@ -243,6 +244,25 @@ def compact_number(v: float, _pos=None) -> str:
         if a >= div:
             return f"{v / div:.3g}{suf}"
     return f"{v:.3g}" if a else "0"
+
+
+class StepLogLocator(Locator):
+    """Ticks of a symlog step axis: 0, then the powers of ten from the first positive step on (symlog's own
+    locator also ticks decades inside the linear part, where their labels collide with 0)."""
+
+    def __init__(self, linthresh: float):
+        self.linthresh = linthresh
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = min(vmin, vmax), max(vmin, vmax)
+        ticks = [0.0] if lo <= 0 <= hi else []
+        if hi >= self.linthresh:
+            first = math.ceil(math.log10(self.linthresh) - 1e-9)
+            ticks += [10.0**k for k in range(first, math.floor(math.log10(hi) + 1e-9) + 1) if 10.0**k >= lo]
+        return ticks
 
 
 @dataclass
@@ -279,6 +299,7 @@ class XAxis:
     def apply(self, ax, label: bool = True) -> None:
         if self.log:
             ax.set_xscale("symlog", linthresh=self.linthresh, linscale=LINSCALE)
+            ax.xaxis.set_major_locator(StepLogLocator(self.linthresh))
         if self.mode == "step":
             ax.xaxis.set_major_formatter(FuncFormatter(compact_number))
         else:
@@ -298,7 +319,10 @@ class XAxis:
         else:
             mid = (u[1:] + u[:-1]) / 2
             e = np.concatenate([[2 * u[0] - mid[0]], mid, [2 * u[-1] - mid[-1]]])
-        return t.inverted().transform(e[:, None])[:, 0] if t is not None else e
+        e = t.inverted().transform(e[:, None])[:, 0] if t is not None else e
+        if self.mode == "step" and x[0] >= 0:
+            e[0] = max(e[0], 0.0)  # nothing happens before step 0: no negative steps on the axis
+        return e
 
 
 # ------------------------------------------------------------------------------------------- saving
