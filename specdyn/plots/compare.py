@@ -68,7 +68,7 @@ def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] |
             mean, std, count = pooled(run, m, matrices, pairs)
             ax.plot(run.x, mean, color=colour, label=run.label)
             if count > 1:
-                ax.fill_between(run.x, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+                ax.fill_between(run.x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
             ys_all.append(mean)
         if not ys_all:
             draw.note(ax, f"no {style.metric_label(m)} logged")
