@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from specdyn.errors import SpecdynError
 
@@ -50,8 +49,10 @@ class MatrixSpec:
             return self.original_shape[0]
         return self.shape[1]
 
-    def flatten(self, t: torch.Tensor) -> np.ndarray:
-        """The float32 m x n matrix of a tensor with this spec's shape."""
+    def flatten(self, t) -> np.ndarray:
+        """The float32 m x n matrix of a torch tensor with this spec's shape."""
+        import torch  # not at module level: reading a store must not pay torch's import time
+
         t = t.detach()
         if t.dtype != torch.float32:
             t = t.to(torch.float32)

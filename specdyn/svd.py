@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions that use it, so that reading a store does not pay its import time.
 
 # The Gram route recovers the large side's vectors as W v / s; below this ratio s_i / s_1 that division loses
 # accuracy (and is undefined for exact zeros), so such matrices go to LAPACK instead.
@@ -91,6 +92,8 @@ def svd_gram(W: np.ndarray, top: int) -> Spectrum | None:
 
 def svd_gram_torch(W: np.ndarray, top: int) -> Spectrum | None:
     """Gram-eigh route in torch (MKL)."""
+    import torch
+
     wide = W.shape[0] < W.shape[1]
     T = torch.from_numpy(W).double()
     G = T @ T.T if wide else T.T @ T
@@ -100,6 +103,8 @@ def svd_gram_torch(W: np.ndarray, top: int) -> Spectrum | None:
 
 def svd_lapack(W: np.ndarray, top: int, device: str = "cpu") -> Spectrum:
     """torch.linalg.svd (gesdd); method.md's safe_svd retry with W + 1e-10 I, then float64, if it fails."""
+    import torch
+
     T = torch.from_numpy(W).to(device)
     attempts = (lambda: T, lambda: T + 1e-10 * torch.eye(*T.shape, dtype=T.dtype, device=T.device), lambda: T.double())
     last = None
@@ -159,6 +164,8 @@ class SVDEngine:
         self.candidates = ("cuda",) if self.device.startswith("cuda") else CPU_ROUTES
 
     def _key(self, shape) -> str:
+        import torch
+
         return f"{shape[0]}x{shape[1]}/{self.device}/threads={torch.get_num_threads()}"
 
     def __call__(self, W: np.ndarray) -> Spectrum:
