@@ -192,6 +192,10 @@ def test_cli_default_output_and_figure(tmp_path):
     np.testing.assert_allclose(lines[0].get_ydata(), r["full"][0, :, 0, 0])
     np.testing.assert_allclose(lines[0].get_xdata(), r["alpha"])
     assert len(bars.patches) == 6  # one split group per start (unknown split steps): 2 groups x 3 models
+    out = tmp_path / "interp.png"  # the plot command reads the standalone results zarr too
+    res = runner.invoke(app, ["plot", "interp", str(tmp_path / "run"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SpecdynError, match="run `specdyn interpolate"):
         plot([specdyn.open_store(_analyzed_copy(tmp_path))])
 

@@ -42,10 +42,15 @@ def call_options(kind: str, fn, given: dict) -> dict:
     return given
 
 
-def open_stores(paths: list[Path]):
+def open_stores(paths: list[Path], kind: str = ""):
+    """Open each store; `interp` also reads an evaluation-only `interp.zarr`."""
     from specdyn import open_store
     from specdyn.commands.info import resolve_store
 
+    if kind == "interp":
+        from specdyn.plots.interp import open_any
+
+        return [open_any(p) for p in paths]
     return [open_store(resolve_store(p)) for p in paths]
 
 
@@ -104,7 +109,7 @@ def plot_command(
         from specdyn.errors import SpecdynError
 
         raise SpecdynError(f"{out}: unknown figure format {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
-    fig = make_figure(kind, open_stores(stores), **given)
+    fig = make_figure(kind, open_stores(stores, kind), **given)
     path = style.save(fig, out, dpi)
     if json_out:
         console.print_json({"written": [str(path)]})
