@@ -68,7 +68,7 @@ def recalibrate(task: Task, model: nn.Module) -> None:
     custom = getattr(task, "recalibrate", None)
     if callable(custom):
         custom(model)
-    else:
+    elif has_batchnorm(model):
         recalibrate_bn(model, task.batches("train"))
 
 
