@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-import torch
-
 from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from specdyn.safeload import (
     CheckpointError,
@@ -403,12 +401,16 @@ def _reading(path, what: str = "checkpoint"):
         raise unreadable(path, e, what) from e
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-}
+def _safetensors_dtype(code: str):
+    """torch dtype of a safetensors header dtype code."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+    }[code]
 
 
 class _Safetensors:
@@ -450,7 +452,10 @@ class _Safetensors:
         path = self.weight_map[key]
         with _reading(path):
             code = self._open(path).get_slice(key).get_dtype()
-        return _SAFETENSORS_DTYPES.get(code) or self.tensor(key).dtype
+        try:
+            return _safetensors_dtype(code)
+        except KeyError:  # a dtype code newer than this table: ask torch
+            return self.tensor(key).dtype
 
     def tensor(self, key: str) -> torch.Tensor:
         path = self.weight_map[key]
@@ -488,6 +493,8 @@ class _Torch:
     ordered = True
 
     def __init__(self, files: list[Path], trust_pickle: bool):
+        import torch
+
         self.tensors: dict[str, torch.Tensor] = {}
         self.top = None
         for f in files:
@@ -526,12 +533,16 @@ class _Torch:
 
 
 def _holds_tensors(mapping: Mapping, deep: bool = True) -> bool:
+    import torch
+
     return any(isinstance(v, torch.Tensor) or (deep and isinstance(v, Mapping) and _holds_tensors(v))
                for v in mapping.values())
 
 
 def _pick_state_dict(obj, path: Path) -> Mapping:
     """The model's state dict inside a loaded file: the file itself, or nested under a usual key."""
+    import torch
+
     if isinstance(obj, torch.nn.Module):  # torch.save(model), only loadable with --trust-pickle
         return obj.state_dict()
     if isinstance(obj, Mapping):
@@ -554,6 +565,8 @@ def _pick_state_dict(obj, path: Path) -> Mapping:
 
 def _flatten(mapping: Mapping, prefix: str = ""):
     """(dotted name, tensor) for every tensor in a possibly nested state dict; non-tensor entries are dropped."""
+    import torch
+
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
@@ -623,6 +636,8 @@ class _Dcp:
         return self.tensor_md[self.fqn[key]].properties.dtype
 
     def tensor(self, key: str) -> torch.Tensor:
+        import torch
+
         fqn = self.fqn[key]
         out = {fqn: torch.empty(self.shape(key), dtype=self.dtype(key))}
         with _reading(self._file_of(fqn)):

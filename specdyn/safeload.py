@@ -19,8 +19,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import torch
-
 from specdyn.errors import EXIT_UNSAFE_PICKLE, SpecdynError
 
 
@@ -115,6 +113,8 @@ def safe_torch_load(path, trust_pickle: bool = False, *, mmap: bool = True):
     Raises UnsafePickleError for globals outside `inert_globals()`, CheckpointError for anything unreadable.
     Legacy (pre-zip) files cannot be memory-mapped and are read whole.
     """
+    import torch
+
     path = Path(path)
     try:
         use_mmap = mmap and zipfile.is_zipfile(path)
@@ -129,6 +129,8 @@ def safe_torch_load(path, trust_pickle: bool = False, *, mmap: bool = True):
 
 def safe_load_bytes(data: bytes, label, trust_pickle: bool = False):
     """The same policy for a torch.save payload held in memory (DCP stores non-tensor items this way)."""
+    import torch
+
     try:
         if trust_pickle:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
@@ -141,6 +143,8 @@ def safe_load_bytes(data: bytes, label, trust_pickle: bool = False):
 
 def _weights_only_load(source, label, use_mmap: bool):
     """weights_only load; on refusal, retry once with the inert globals the file needs, or refuse."""
+    import torch
+
 
     def load():
         f = source() if callable(source) else source
@@ -191,6 +195,8 @@ def _canonical(name: str) -> str:
 
 def _unsafe_globals(f) -> list[str]:
     """Globals in a torch.save file that torch does not allow by default (zip files via torch, legacy via peek)."""
+    import torch
+
     try:
         return torch.serialization.get_unsafe_globals_in_checkpoint(f)
     except ValueError:  # legacy format: torch only scans zip files
@@ -252,6 +258,8 @@ def peek_pickle(f) -> tuple[object, list[str]]:
 
     `f` is a path or a binary file object. Raises on a corrupt file.
     """
+    import torch
+
     if isinstance(f, (str, Path)):
         with open(f, "rb") as fh:
             return peek_pickle(fh)
@@ -282,6 +290,8 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
     """Rebuilds a DCP `.metadata` from torch's own metadata dataclasses and plain types only."""
 
     def find_class(self, module, name):
+        import torch
+
         import importlib
 
         obj = None
