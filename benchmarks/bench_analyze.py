@@ -9,7 +9,7 @@ Writes (once) a series of 8 safetensors checkpoints shaped like GPT-2 small (12 
   metrics, 2 for pruning), timed on --ref-checkpoints checkpoints and scaled to all of them;
 - rerun: `specdyn analyze` again with nothing new (in a fresh process, and the in-process time).
 
-    python benchmarks/bench_analyze.py [--dir /tmp/specdyn-bench] [--checkpoints 8] [--ref-checkpoints 2]
+    python benchmarks/bench_analyze.py [--dir /tmp/specdyn-bench] [--checkpoints 8] [--ref-checkpoints 1]
 """
 
 import argparse
@@ -135,9 +135,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/specdyn-bench"))
     ap.add_argument("--checkpoints", type=int, default=8)
-    ap.add_argument("--ref-checkpoints", type=int, default=2)
+    ap.add_argument("--ref-checkpoints", type=int, default=1)
+    ap.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     series = args.dir / "gpt2-series"
+    if args.write_only:
+        write_series(series, args.checkpoints)
+        return
+    # Written by a child process: a child's peak RSS (ru_maxrss) starts from its parent's size at fork, so this
+    # process must stay small until analyze has run.
+    subprocess.run([sys.executable, __file__, "--write-only", "--dir", str(args.dir), "--checkpoints", str(args.checkpoints)], check=True)
     paths = write_series(series, args.checkpoints)
     store = args.dir / "bench.zarr"
     ckpt_bytes = paths[0].stat().st_size
