@@ -120,7 +120,7 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
 
     with contextlib.ExitStack() as locks, write_session(store, lock=False) as root:  # the session closes first
         if not existing:
-            create_layout(root, specs, pairs, opts.top, {"options": opts.content_options(), "heads": heads})
+            create_layout(root, specs, pairs, opts.top, {"options": opts.content_options(), "heads": heads, "pairs_file": opts.pairs_file})
         if not in_place:
             root, new_lock = _rebuild(store, root, rows, specs, pairs, opts)
             locks.callback(new_lock.close)
@@ -189,10 +189,15 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
     before = attrs.get("options", {})
     now = opts.content_options()
     diff = [k for k in now if k in before and before[k] != now[k]]
+    # --pairs and --heads may be left out on a rerun (the store keeps them), but not changed
+    given = {"pairs_file": opts.pairs_file, "heads": opts.heads}
+    diff += [k for k, v in given.items() if v is not None and attrs.get(k) != v]
+    before = {**before, **{k: attrs.get(k) for k in given}}
+    now = {**now, **given}
     if diff:
         k = diff[0]
         raise SpecdynError(
-            f"{store}: made with --{k.replace('_', '-')} {before[k]!r}, now {now[k]!r}; "
+            f"{store}: made with --{k.replace('_file', '').replace('_', '-')} {before[k]!r}, now {now[k]!r}; "
             "use the same options, a new --out, or --overwrite"
         )
 

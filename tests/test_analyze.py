@@ -248,6 +248,9 @@ def test_options_must_match_the_store(series):
         analyze([run], options=AnalyzeOptions(top=8, **OPTS), show_progress=False)
     summary = analyze([run], options=AnalyzeOptions(top=8, overwrite=True, **OPTS), show_progress=False)
     assert summary["computed"] == 5 and specdyn.open_store(run / "specdyn.zarr").top == 8
+    with pytest.raises(SpecdynError, match="--heads"):  # heads and pairs may be omitted on a rerun, not changed
+        analyze([run], options=AnalyzeOptions(top=8, heads=2, **OPTS), show_progress=False)
+    assert analyze([run], options=AnalyzeOptions(top=8, **OPTS), show_progress=False)["computed"] == 0
 
 
 def test_workers_match_serial(series, tmp_path):
