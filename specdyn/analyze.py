@@ -8,9 +8,6 @@ Killing the process at any moment leaves rows marked undone, which the next run 
 
 import contextlib
 import os
-import queue
-import shutil
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -24,15 +21,16 @@ from specdyn.checkpoints import Checkpoint, CheckpointError, CheckpointReader, d
 from specdyn.errors import SpecdynError
 from specdyn.matrices import MatrixSpec, select_matrices
 from specdyn.pairs import PairSpec, find_pairs, read_pairs_file
+from specdyn.prefetch import prefetch
 from specdyn.selection import subsample
 from specdyn.store import (
     LOCK_NAME,
-    acquire_lock,
-    checkpoint_arrays,
     create_layout,
     is_store,
     locked,
-    read_attrs,
+    rebuild,
+    recover,
+    recoverable,
     remove_store,
     resize_rows,
     update_attrs,
@@ -86,9 +84,9 @@ def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptio
     t0 = time.perf_counter()
     if opts.overwrite:
         remove_store(store)
-    elif store.exists() and any(p.name != LOCK_NAME for p in store.iterdir()) and not is_store(store) and not _recoverable(store):
+    elif store.exists() and any(p.name != LOCK_NAME for p in store.iterdir()) and not is_store(store) and not recoverable(store):
         raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
-    _recover(store)
+    recover(store)
     with locked(store):
         return _analyze_locked(run_dirs, store, opts, show_progress, t0)
 
@@ -122,7 +120,7 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         if not existing:
             create_layout(root, specs, pairs, opts.top, {"options": opts.content_options(), "heads": heads, "pairs_file": opts.pairs_file})
         if not in_place:
-            root, new_lock = _rebuild(store, root, rows, specs, pairs, opts)
+            root, new_lock = rebuild(store, root, rows, specs, pairs, opts.top)
             locks.callback(new_lock.close)
         resize_rows(root, len(rows))
         todo = [(i, r) for i, r in enumerate(rows) if not r["done"]]
@@ -278,60 +276,6 @@ def _check_architecture(reference: list[MatrixSpec], got: list[MatrixSpec], c: C
         raise SpecdynError(f"{c.path}: architecture change: new tensor {extra[0]!r} not in earlier checkpoints")
 
 
-# --------------------------------------------------------------------------------------------- rebuild
-
-
-def _side(store: Path, what: str) -> Path:
-    return store.with_name(f"{store.name}.{what}-tmp")
-
-
-def _recoverable(store: Path) -> bool:
-    return _side(store, "replaced").exists()
-
-
-def _recover(store: Path) -> None:
-    """Finish or undo a rebuild that was killed: the old store is kept until the new one is in place."""
-    replaced, rebuilt = _side(store, "replaced"), _side(store, "rebuild")
-    if replaced.exists():
-        if is_store(store):
-            shutil.rmtree(replaced)
-        else:
-            if store.exists():
-                shutil.rmtree(store)
-            os.rename(replaced, store)
-    if rebuilt.exists():
-        shutil.rmtree(rebuilt)
-
-
-def _rebuild(store: Path, root, rows, specs, pairs, opts):
-    """Write a new store beside the old one with the done rows at their new positions, then swap it in.
-    Returns the new root and the new store's lock (taken before the swap, so no other run slips in)."""
-    import zarr
-
-    tmp = _side(store, "rebuild")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    new = zarr.open_group(str(tmp), mode="w-")
-    create_layout(new, specs, pairs, opts.top, {})
-    new.attrs["specdyn"] = read_attrs(root)
-    resize_rows(new, len(rows))
-    old_arrays, new_arrays = checkpoint_arrays(root), checkpoint_arrays(new)
-    for j, r in enumerate(rows):
-        if r["done"]:
-            for a, b in zip(old_arrays[1:], new_arrays[1:]):  # `done` (index 0) is written last
-                b[j] = a[r["row"]]
-            new_arrays[0][j] = True
-    for child in store.iterdir():  # groups other commands added (evals/...) travel unchanged
-        if child.is_dir() and not (tmp / child.name).exists():
-            shutil.copytree(child, tmp / child.name)
-    lock = acquire_lock(tmp)
-    replaced = _side(store, "replaced")
-    os.rename(store, replaced)
-    os.rename(tmp, store)
-    shutil.rmtree(replaced)
-    return zarr.open_group(str(store), mode="a", use_consolidated=False), lock
-
-
 # --------------------------------------------------------------------------------------------- computing
 
 
@@ -340,57 +284,6 @@ def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool):
     with CheckpointReader(ckpt, trust_pickle=trust_pickle) as reader:
         for spec in specs:
             yield spec, spec.flatten(reader.tensor(spec.name))
-
-
-class _ByteBudget:
-    """Lets a reader thread run at most `limit` bytes ahead of the consumer (one item always fits)."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used, self.cv = limit, 0, threading.Condition()
-
-    def take(self, n: int, stop: threading.Event) -> bool:
-        with self.cv:
-            while self.used and self.used + n > self.limit:
-                if stop.is_set():
-                    return False
-                self.cv.wait(0.1)
-            self.used += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self.cv:
-            self.used -= n
-            self.cv.notify_all()
-
-
-def _prefetch(items, max_bytes: int = PREFETCH_BYTES):
-    """Iterate `items` (tuples whose last element may be an ndarray) in a background thread, bounded in bytes."""
-    q: queue.Queue = queue.Queue()
-    budget, stop = _ByteBudget(max_bytes), threading.Event()
-
-    def produce():
-        try:
-            for item in items:
-                n = getattr(item[-1], "nbytes", 0)
-                if not budget.take(n, stop):
-                    return
-                q.put((item, n))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put((e, 0))
-        q.put((None, 0))
-
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            item, n = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            budget.give(n)
-    finally:
-        stop.set()
 
 
 def _checkpoint_stream(todo, specs, trust_pickle):
@@ -414,7 +307,7 @@ def _compute(root, todo, specs, pairs, heads, opts, show_progress):
         return engine, failures
     compute = RowComputer(specs, pairs, opts.top, heads, engine)
     bar = console.progress(transient=False) if show_progress else None
-    with bar or _Null():
+    with bar or contextlib.nullcontext():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
         if opts.workers > 1 or opts.dask:
             rows = _parallel_rows(todo, specs, pairs, heads, opts)
@@ -441,7 +334,7 @@ def _compute(root, todo, specs, pairs, heads, opts, show_progress):
 
 def _serial_rows(todo, specs, compute, opts, bar):
     """One process: the SVDs use every core's BLAS threads while a thread reads the next matrices."""
-    stream = _prefetch(_checkpoint_stream(todo, specs, opts.trust_pickle))
+    stream = prefetch(_checkpoint_stream(todo, specs, opts.trust_pickle), PREFETCH_BYTES)
     matrix_task = bar.add_task("matrices", total=len(specs)) if bar else None
 
     def one_checkpoint():
@@ -466,14 +359,6 @@ def _serial_rows(todo, specs, compute, opts, bar):
         yield i, r, result
     if bar:
         bar.remove_task(matrix_task)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _worker_init(threads: int):

@@ -215,6 +215,58 @@ def update_attrs(root, **changes) -> None:
     root.attrs["specdyn"] = attrs
 
 
+# --------------------------------------------------------------------------------------------- reordering rows
+
+
+def _side(store: Path, what: str) -> Path:
+    return store.with_name(f"{store.name}.{what}-tmp")
+
+
+def recoverable(store: Path) -> bool:
+    return _side(store, "replaced").exists()
+
+
+def recover(store: Path) -> None:
+    """Finish or undo a rebuild that was killed: the old store is kept until the new one is in place."""
+    replaced, rebuilt = _side(store, "replaced"), _side(store, "rebuild")
+    if replaced.exists():
+        if is_store(store):
+            shutil.rmtree(replaced)
+        else:
+            if store.exists():
+                shutil.rmtree(store)
+            os.rename(replaced, store)
+    if rebuilt.exists():
+        shutil.rmtree(rebuilt)
+
+
+def rebuild(store: Path, root, rows: list[dict], specs: list[MatrixSpec], pairs: list[PairSpec], top: int):
+    """Write a new store beside the old one with the done rows (dicts with "done" and the old "row") at their new
+    positions, then swap it in. Returns the new root and the new store's lock (taken before the swap)."""
+    tmp = _side(store, "rebuild")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    new = zarr.open_group(str(tmp), mode="w-")
+    create_layout(new, specs, pairs, top, {})
+    new.attrs["specdyn"] = read_attrs(root)
+    resize_rows(new, len(rows))
+    old_arrays, new_arrays = checkpoint_arrays(root), checkpoint_arrays(new)
+    for j, r in enumerate(rows):
+        if r["done"]:
+            for a, b in zip(old_arrays[1:], new_arrays[1:]):  # `done` (index 0) is written last
+                b[j] = a[r["row"]]
+            new_arrays[0][j] = True
+    for child in store.iterdir():  # groups other commands added (evals/...) travel unchanged
+        if child.is_dir() and not (tmp / child.name).exists():
+            shutil.copytree(child, tmp / child.name)
+    lock = acquire_lock(tmp)
+    replaced = _side(store, "replaced")
+    os.rename(store, replaced)
+    os.rename(tmp, store)
+    shutil.rmtree(replaced)
+    return zarr.open_group(str(store), mode="a", use_consolidated=False), lock
+
+
 # --------------------------------------------------------------------------------------------- reading
 
 
