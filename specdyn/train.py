@@ -199,20 +199,14 @@ class Source:
     optimizer_path: Path | None = None
 
 
-def read_source(path) -> Source:
-    """Read a checkpoint written by `specdyn train` (any --format) or any layout specdyn reads.
-
-    The task and config come from the safetensors metadata, HF config.json, Lightning hyper_parameters, or
-    else from the run.json next to the checkpoint.
-    """
+def read_task(path):
+    """The checkpoint, and the (task, config) `specdyn train` recorded for it in any --format (or its run.json),
+    read from metadata only: no tensor is loaded."""
     from specdyn.checkpoints import CheckpointReader, open_checkpoint
 
     ckpt = open_checkpoint(path)
     with CheckpointReader(ckpt) as reader:
-        state_dict = {name: reader.tensor(name) for name in reader.names()}
         meta = reader.metadata()
-    if ckpt.format == "lightning" and state_dict and all(k.startswith("model.") for k in state_dict):
-        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}  # our LightningModule attribute
     task, config = None, None
     if isinstance(meta.get("config"), dict) and "specdyn_task" in meta["config"]:  # hf-style
         config = dict(meta["config"])
@@ -228,6 +222,20 @@ def read_source(path) -> Source:
         if run_json.is_file():
             info = json.loads(run_json.read_text())
             task, config = info.get("task"), info.get("config")
+    return ckpt, task, config
+
+
+def read_source(path) -> Source:
+    """Read a checkpoint written by `specdyn train` (any --format) or any layout specdyn reads: its tensors, and
+    the task and config from the safetensors metadata, HF config.json, Lightning hyper_parameters, or run.json.
+    """
+    from specdyn.checkpoints import CheckpointReader
+
+    ckpt, task, config = read_task(path)
+    with CheckpointReader(ckpt) as reader:
+        state_dict = {name: reader.tensor(name) for name in reader.names()}
+    if ckpt.format == "lightning" and state_dict and all(k.startswith("model.") for k in state_dict):
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}  # our LightningModule attribute
     step = ckpt.step
     optimizer_path = ckpt.run_dir / "optimizer" / f"step_{step:06d}.optim" if step is not None else None
     if optimizer_path is not None and not optimizer_path.is_file():

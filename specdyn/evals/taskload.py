@@ -99,14 +99,13 @@ def trained_task(path: Path) -> tuple[str | None, dict | None]:
     """The (task name, config) `specdyn train` recorded for a checkpoint, in any of its --format layouts
     (or its run.json); (None, None) for checkpoints from elsewhere."""
     from specdyn.errors import SpecdynError as _Err
-    from specdyn.train import read_source
+    from specdyn.train import read_task
 
     try:
-        src = read_source(path)
+        _, task, config = read_task(path)
     except _Err:  # e.g. a pickle that needs --trust-pickle: then the task must be named
         return None, None
-    config = src.config if isinstance(src.config, Mapping) else None
-    return (src.task if isinstance(src.task, str) else None), config
+    return (task if isinstance(task, str) else None), (config if isinstance(config, Mapping) else None)
 
 
 def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None):
