@@ -36,6 +36,38 @@ def build(store: Path, n_ckpt: int, layers: int) -> None:
     print(f"built {store}: {len(shapes)} matrices x {len(steps)} checkpoints in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
 
+def add_eval_results(store: Path) -> None:
+    """Synthetic `prune-eval` (3 keep fractions at every checkpoint) and `interpolate` (8 split steps x 9 pairs x
+    11 points) results, written with the evaluation commands' own layouts, so `prune` and `interp` are timed too."""
+    from specdyn.evals import interpolate, prune, results
+    from specdyn.evals.lowrank import keep_rank
+
+    if results.read_group(store, prune.GROUP) is not None:
+        return
+    st = specdyn.open_store(store)
+    rng = np.random.default_rng(0)
+    rows = [{"step": int(s), "checkpoint": c, "source": 0} for s, c in zip(st.steps, st.checkpoints)]
+    keep, metrics, names = [0.25, 0.5, 0.75], ["loss", "err"], st.matrices[:-1]
+    ranks = {f: {m: keep_rank(st.matrix_spec(m).k, f) for m in names} for f in keep}
+    a = prune._layout(None, rows, keep, metrics, names, ranks, {})
+    loss = 4.6 * np.exp(-np.arange(len(rows)) / 60)[:, None, None]
+    a["full"][1][:] = loss * np.array([1, 1.2])[None, :, None] + rng.uniform(0, 0.01, a["full"][1].shape)
+    a["top_kept"][1][:] = a["full"][1][:, None] * np.array([1.5, 1.1, 1.02])[None, :, None, None]
+    a["bottom_kept"][1][:] = 4.7
+    a["done"][1][:] = True
+    results.write_group(store, prune.GROUP, a, {"task": "synthetic", "bn_recal": False}, row_dim=prune.ROW, coords=prune.COORDS)
+    pairs = [{"ckpt_a": f"b{s}-{i}", "ckpt_b": f"b{s}-{i + 1}", "split_step": s, "label": ""} for s in st.steps[::50] for i in range(9)]
+    grid = interpolate.alphas(11)
+    b = interpolate._layout(pairs, grid, metrics, st.matrices, 48, None)
+    bump = np.sin(np.pi * grid)[None, :, None, None]
+    for c, height in zip(interpolate.CURVES, (0.3, 0.35, 0.05)):
+        b[c][1][:] = 1.0 + height * bump * rng.uniform(0.5, 1.5, (len(pairs), 1, 1, 1))
+        b[f"{c}_barrier"][1][:] = np.stack([interpolate.curve_barriers(y) for y in b[c][1]])
+    b["effective_rank"][1][:] = rng.uniform(0.3, 0.9, b["effective_rank"][1].shape)
+    b["done"][1][:] = True
+    results.write_group(store, interpolate.GROUP, b, {"task": "synthetic"}, row_dim=interpolate.ROW, coords=interpolate.COORDS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "specdyn-bench-plot")
@@ -45,6 +77,10 @@ def main() -> None:
     args = ap.parse_args()
     store = args.dir / "run" / "specdyn.zarr"
     build(store, args.checkpoints, args.layers)
+    from specdyn.store import write_session
+
+    with write_session(store, "bench"):  # re-consolidates the metadata, so readers see the new groups
+        add_eval_results(store)
     st = specdyn.open_store(store)
     print(f"\n{len(st.matrices)} matrices, {len(st.pairs)} pairs, {len(st)} checkpoints, png at {args.dpi} dpi\n")
     print("| kind | draw (s) | save png (s) | total (s) | CPU (s) | size (KiB) |")
