@@ -7,7 +7,6 @@ split). Models are small enough that every evaluation takes milliseconds.
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -121,12 +120,3 @@ def evaluate_state(task: TinyTask, state: dict) -> dict:
     model = task.build_model()
     model.load_state_dict(state)
     return {split: task.evaluate(model, split) for split in ("train", "val")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -24,7 +24,8 @@ from specdyn.evals.interpolate import (
 )
 from specdyn.metrics import barrier, effective_rank
 from tests.eval_tasks import bn_task, conv_task, evaluate_state, mlp_task, spec, write_series
-from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lerp_state_endpoints_are_exact_and_integers_round():

@@ -11,7 +11,8 @@ from specdyn.cli import app
 from specdyn.errors import SpecdynError
 from specdyn.evals.lottery import LotteryOptions, load_results, lottery
 from tests.eval_tasks import analyzed, mlp_task, write_series
-from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = (0, 10, 20)
 

@@ -7,7 +7,8 @@ import torch
 from specdyn.evals.lowrank import keep_rank, split_top_bottom, top_part, unflatten
 from specdyn.matrices import MatrixSpec
 from specdyn.svd import SVDEngine
-from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _svd(W):

@@ -14,7 +14,8 @@ from specdyn.errors import SpecdynError
 from specdyn.evals import prune as prune_mod
 from specdyn.evals.prune import PruneOptions, load_results, prune_eval
 from tests.eval_tasks import analyzed, bn_task, conv_task, evaluate_state, mlp_task, spec, write_series
-from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = (0, 10, 20)
 

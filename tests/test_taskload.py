@@ -21,7 +21,8 @@ from specdyn.evals.taskload import (
     resolve_task,
 )
 from tests.eval_tasks import TinyTask, analyzed, mlp_task, spec, write_series
-from tests.eval_tasks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,9 @@ from specdyn.cli import app
 from specdyn.errors import EXIT_NOT_FOUND, EXIT_USAGE, SpecdynError
 from specdyn.tasks import make_task
 from specdyn.train import Branch, read_source, save_steps, train
-from tests.test_tasks import SMALL, one_thread, small  # noqa: F401 (one_thread is an autouse fixture)
+from tests.test_tasks import SMALL, small
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 
