@@ -13,7 +13,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 
 from specdyn import console
 from specdyn.analysis import RowComputer, derive, derived_marker

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from specdyn.safeload import (
@@ -26,6 +27,9 @@ from specdyn.safeload import (
     safe_torch_load,
     unreadable,
 )
+
+if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
+    import torch
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointReader", "UnsafePickleError", "discover", "natural_key",
            "open_checkpoint", "step_from_name", "strip_prefixes"]
@@ -493,8 +497,6 @@ class _Torch:
     ordered = True
 
     def __init__(self, files: list[Path], trust_pickle: bool):
-        import torch
-
         self.tensors: dict[str, torch.Tensor] = {}
         self.top = None
         for f in files:

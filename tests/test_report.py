@@ -115,7 +115,6 @@ def test_prune_results_are_detected(stores, tmp_path):
     copy = tmp_path / "copy" / "specdyn.zarr"
     shutil.copytree(stores[0].path, copy)
     assert not prune.has_results(specdyn.open_store(copy))
-    import zarr
 
     with write_session(copy, "test") as root:  # as evaluation commands write: metadata re-consolidated
         root.require_group("evals/prune")

@@ -94,7 +94,7 @@ def test_evaluate_is_an_example_weighted_mean(name):
 
 def test_modadd_data_split_and_labels():
     task = make_task("modadd")
-    (xt, yt), (xv, yv) = task.data("train"), task.data("val")
+    (xt, yt), (xv, _) = task.data("train"), task.data("val")
     assert len(xt) == int(0.3 * 113 * 113) == 3830 and len(xt) + len(xv) == 113 * 113
     pairs = {tuple(r[:2].tolist()) for r in torch.cat([xt, xv])}
     assert len(pairs) == 113 * 113  # disjoint and complete

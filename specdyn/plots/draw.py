@@ -7,7 +7,6 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
-from matplotlib.ticker import MaxNLocator
 
 from specdyn.plots import style
 
