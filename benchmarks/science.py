@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from specdyn.checkpoints import CheckpointReader, discover  # noqa: E402
-from specdyn.matrices import select_matrices  # noqa: E402
-from specdyn.metrics import effective_rank  # noqa: E402
+from specdyn.io import CheckpointReader, discover  # noqa: E402
+from specdyn.spectral.matrices import select_matrices  # noqa: E402
+from specdyn.spectral.metrics import effective_rank  # noqa: E402
 
 SAMPLES = ROOT / "sample_checkpoints"
 # The commands of sample_checkpoints/README.md (without --out), used by --fresh.

@@ -10,35 +10,38 @@ import contextlib
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from specdyn import console
-from specdyn.analysis import RowComputer, derive, derived_marker
-from specdyn.checkpoints import Checkpoint, CheckpointError, CheckpointReader, discover
-from specdyn.errors import SpecdynError
-from specdyn.matrices import MatrixSpec, select_matrices
-from specdyn.pairs import PairSpec, find_pairs, read_pairs_file
-from specdyn.prefetch import prefetch
+from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
+from specdyn.io import Checkpoint, CheckpointError, CheckpointReader, discover, number_by_name
+from specdyn.io.prefetch import prefetch
 from specdyn.selection import subsample
-from specdyn.store import (
-    LOCK_NAME,
-    create_layout,
-    is_store,
-    locked,
+from specdyn.spectral.matrices import MatrixSpec, select_matrices
+from specdyn.spectral.pairs import find_pairs, read_pairs_file
+from specdyn.spectral.rows import RowComputer
+from specdyn.spectral.svd import SVDEngine
+from specdyn.store import LOCK_NAME, default_store, is_store, locked
+from specdyn.store.layout import create_layout, pairs_of, read_attrs, specs_of
+from specdyn.store.writing import (
+    derive,
+    derived_marker,
+    done_keys,
+    open_root,
     rebuild,
     recover,
     recoverable,
     remove_store,
     resize_rows,
+    stored_rows,
     update_attrs,
+    write_identity,
     write_row,
     write_session,
 )
-from specdyn.svd import SVDEngine
 
-STORE_NAME = "specdyn.zarr"
 PREFETCH_BYTES = 512 << 20  # matrices read ahead of the SVDs, overlapping I/O with compute
 HEAD_KEYS = ("n_heads", "num_heads", "num_attention_heads", "n_head", "nhead", "num_heads_attn")
 
@@ -68,10 +71,6 @@ class AnalyzeOptions:
         return {"top": self.top, "include": list(self.include), "exclude": list(self.exclude), "order": self.order}
 
 
-def default_store(run_dir: Path) -> Path:
-    return Path(run_dir) / STORE_NAME
-
-
 def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptions | None = None, show_progress=True) -> dict:
     """Analyze one series (from one or more run dirs, merged by step) into one store; returns a summary dict."""
     opts = options or AnalyzeOptions()
@@ -92,7 +91,7 @@ def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptio
 
 def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
     existing = is_store(store)
-    attrs = _open(store).attrs.get("specdyn", {}) if existing else {}
+    attrs = read_attrs(open_root(store)) if existing else {}
     if existing:
         _check_options(store, attrs, opts)
     sources = _sources(store, run_dirs, attrs)
@@ -101,12 +100,12 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
     for run_dir in run_dirs:
         ckpts = discover(run_dir, order=opts.order)
         if opts.order == "name":
-            ckpts = [c if c.step is not None else replace(c, step=i) for i, c in enumerate(ckpts)]
+            ckpts = number_by_name(ckpts)
         found += [(source_of[run_dir], c) for c in ckpts]
     selected = subsample(sorted(found, key=lambda sc: sc[1].step), opts.every, opts.log_spaced, opts.steps, key=lambda sc: sc[1].step)
     _check_duplicate_steps([c for _, c in selected])
 
-    stored = _stored_rows(store) if existing else []
+    stored = stored_rows(open_root(store)) if existing else []
     stored_done = {(r["source"], r["checkpoint"]) for r in stored if r["done"]}
     new = [(src, c) for src, c in selected if (src, c.relpath) not in stored_done]
     specs, pairs, heads, valid, skipped = _validate(store, new, attrs, opts, existing)
@@ -124,12 +123,12 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         resize_rows(root, len(rows))
         todo = [(i, r) for i, r in enumerate(rows) if not r["done"]]
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
-            root["step"][i], root["checkpoint"][i], root["source"][i] = r["step"], r["checkpoint"], r["source"]
+            write_identity(root, i, r["step"], r["checkpoint"], r["source"])
         engine, failures = _compute(root, todo, specs, pairs, heads, opts, show_progress)
         skipped += failures
         if todo or not in_place or attrs.get("derived") != derived_marker(root):
             derive(root)
-        now_done = {(int(s), str(c)) for s, c, d in zip(root["source"][:], root["checkpoint"][:], root["done"][:]) if d}
+        now_done = done_keys(root)
         previous = [s for s in attrs.get("skipped", []) if (s["source"], s["checkpoint"]) not in now_done and s not in skipped]
         update_attrs(
             root,
@@ -147,12 +146,6 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         "pairs": len(pairs),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-
-
-def _open(store: Path):
-    import zarr
-
-    return zarr.open_group(str(store), mode="r", use_consolidated=False)
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -199,16 +192,6 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
         )
 
 
-def _stored_rows(store: Path) -> list[dict]:
-    root = _open(store)
-    done = root["done"][:]
-    steps, names, sources = root["step"][:], root["checkpoint"][:], root["source"][:]
-    return [
-        {"row": i, "done": bool(d), "step": int(s), "checkpoint": str(n), "source": int(src)}
-        for i, (d, s, n, src) in enumerate(zip(done, steps, names, sources))
-    ]
-
-
 def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
     return {name: tuple(reader.shape(name)) for name in reader.names()}
 
@@ -230,10 +213,8 @@ def _validate(store, new, attrs, opts, existing):
     skipped, valid = [], []
     specs = pairs = heads = None
     if existing:
-        root = _open(store)
-        a = root["matrix"].attrs
-        specs = [MatrixSpec(str(n), tuple(a["original_shapes"][str(n)]), a["kinds"][str(n)]) for n in root["matrix"][:]]
-        pairs = [PairSpec(p["prev"], p["next"], p["kind"]) for p in root["pair"].attrs["pairs"]]
+        root = open_root(store)
+        specs, pairs = specs_of(root), pairs_of(root)
         heads = attrs.get("heads")
     for src, c in new:
         try:
@@ -255,7 +236,7 @@ def _validate(store, new, attrs, opts, existing):
         raise SpecdynError(
             f"{store}: no readable checkpoint to analyze"
             + (f" ({len(skipped)} skipped, see the warnings above)" if skipped else ""),
-            code=3,
+            code=EXIT_NO_CHECKPOINTS,
         )
     return specs, pairs, heads, valid, skipped
 

@@ -197,7 +197,7 @@ figcaption{color:#555;font-size:.85em;max-width:60em} .note{color:#a00;font-size
 
 def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_figure=None) -> str:
     """The report's HTML for opened stores; on_figure(job) is called after each figure (progress)."""
-    from specdyn.commands.plot import make_figure
+    from specdyn.plots.dispatch import make_figure
     from specdyn.plots.runlog import read_run_log, run_labels
 
     if not stores:

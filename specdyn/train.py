@@ -11,11 +11,9 @@ Determinism: on CPU, the same config, torch version and thread count give bit-id
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ import torch
 
 from specdyn import branching
 from specdyn.errors import SpecdynError
+from specdyn.io.runmeta import write_run_info
 from specdyn.tasks.base import BuiltinTask, config_dict, recalibrate
 
-FORMATS = ("safetensors", "torch", "lightning-style", "hf-style")
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MASK_TYPES = ("magnitude", "random")
 DEFAULT_SAVES = 20
@@ -75,37 +73,9 @@ def _storable(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) ->
     return out
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """`safetensors.torch.save` with the metadata in a fixed order.
-
-    The library writes metadata from a hash map whose order changes from run to run, so two identical runs
-    would differ in their bytes; rewriting the header (same tensors, same offsets) makes files reproducible.
-    """
-    from safetensors.torch import save
-
-    raw = save(state_dict, metadata=metadata)
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        f.write(raw[8 + n :])
-
-
 def checkpoint_name(fmt: str, step: int, epoch: int = 0) -> str:
-    """The file (or folder) name of the checkpoint at `step` in format `fmt`."""
-    if fmt == "safetensors":
-        return f"step_{step:06d}.safetensors"
-    if fmt == "torch":
-        return f"step_{step:06d}.pt"
-    if fmt == "lightning-style":
-        return f"epoch={epoch}-step={step}.ckpt"
-    if fmt == "hf-style":
-        return f"checkpoint-{step}"
-    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    """The file (or folder) name of the checkpoint at `step` in format `fmt` (a name in specdyn.io.FORMATS)."""
+    return _writer(fmt).checkpoint_name(step, epoch)
 
 
 def write_checkpoint(
@@ -118,51 +88,29 @@ def write_checkpoint(
     epoch: int = 0,
     history: list[dict] | None = None,
 ) -> Path:
-    """Write one checkpoint in one of the layouts users have (`FORMATS`); returns its path.
-
-    safetensors: metadata step, task, config (JSON), param_order (JSON, state_dict order, buffers included),
-    format "pt". torch: {"state_dict", "step"}. lightning-style: {"state_dict": {"model." + name}, "global_step",
-    "epoch", "hyper_parameters"}. hf-style: checkpoint-<step>/ with model.safetensors ({"format": "pt"} only, as
-    Hugging Face writes), trainer_state.json and config.json.
-    """
-    path = run_dir / checkpoint_name(fmt, step, epoch)
+    """Write one checkpoint through its format's writer (`specdyn.io.FORMATS`), atomically; returns its path."""
+    writer = _writer(fmt)
+    path = run_dir / writer.checkpoint_name(step, epoch)
     tmp = path.with_name(path.name + ".tmp")
-    if fmt == "safetensors":
-        meta = {"step": str(step), "task": task_name, "config": json.dumps(config),
-                "param_order": json.dumps(list(state_dict)), "format": "pt"}  # fmt: skip
-        save_safetensors(state_dict, tmp, meta)
-        os.replace(tmp, path)
-    elif fmt == "torch":
-        torch.save({"state_dict": state_dict, "step": step}, tmp)
-        os.replace(tmp, path)
-    elif fmt == "lightning-style":
-        ckpt = {"state_dict": {f"model.{k}": v for k, v in state_dict.items()}, "global_step": step,
-                "epoch": epoch, "hyper_parameters": {"task": task_name, **config}}  # fmt: skip
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    elif fmt == "hf-style":
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_safetensors(state_dict, tmp / "model.safetensors", {"format": "pt"})
-        hf_config = {"specdyn_task": task_name, **config}
-        if "n_heads" in config:
-            hf_config["num_attention_heads"] = config["n_heads"]
-        _write_json(tmp / "config.json", hf_config)
-        _write_json(tmp / "trainer_state.json", {"global_step": step, "epoch": epoch, "log_history": history or []})
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    writer.write(tmp, state_dict, step, task_name, config, epoch, history)
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
     return path
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+def _writer(fmt: str):
+    from specdyn.io import registry
+
+    try:
+        writer = registry.get_format(fmt)
+    except KeyError:
+        writer = None
+    if writer is None or not writer.writable:
+        raise SpecdynError(f"unknown --format {fmt!r}; one of {', '.join(registry.writable())}")
+    return writer
 
 
 # Everything a run writes; --overwrite removes exactly these (never other files a user keeps there).
@@ -202,26 +150,13 @@ class Source:
 def read_task(path):
     """The checkpoint, and the (task, config) `specdyn train` recorded for it in any --format (or its run.json),
     read from metadata only: no tensor is loaded."""
-    from specdyn.checkpoints import CheckpointReader, open_checkpoint
+    from specdyn.io import CheckpointReader, open_checkpoint
+    from specdyn.io.runmeta import recorded_task
 
     ckpt = open_checkpoint(path)
     with CheckpointReader(ckpt) as reader:
         meta = reader.metadata()
-    task, config = None, None
-    if isinstance(meta.get("config"), dict) and "specdyn_task" in meta["config"]:  # hf-style
-        config = dict(meta["config"])
-        task = config.pop("specdyn_task")
-        config.pop("num_attention_heads", None)
-    elif isinstance(meta.get("hyper_parameters"), dict) and "task" in meta["hyper_parameters"]:  # lightning-style
-        config = dict(meta["hyper_parameters"])
-        task = config.pop("task")
-    elif isinstance(meta.get("config"), dict) and isinstance(meta.get("task"), str):  # safetensors
-        task, config = meta["task"], meta["config"]
-    else:
-        run_json = ckpt.run_dir / "run.json"
-        if run_json.is_file():
-            info = json.loads(run_json.read_text())
-            task, config = info.get("task"), info.get("config")
+    task, config = recorded_task(meta, ckpt.run_dir)
     return ckpt, task, config
 
 
@@ -229,7 +164,7 @@ def read_source(path) -> Source:
     """Read a checkpoint written by `specdyn train` (any --format) or any layout specdyn reads: its tensors, and
     the task and config from the safetensors metadata, HF config.json, Lightning hyper_parameters, or run.json.
     """
-    from specdyn.checkpoints import CheckpointReader
+    from specdyn.io import CheckpointReader
 
     ckpt, task, config = read_task(path)
     with CheckpointReader(ckpt) as reader:
@@ -306,8 +241,7 @@ def train(
     Steps count optimizer updates; the checkpoint at step s holds the weights after s updates (step 0 = the
     initialisation, or the branch point after its edits). Every save evaluates train and val in full.
     """
-    if fmt not in FORMATS:
-        raise SpecdynError(f"unknown --format {fmt!r}; one of {', '.join(FORMATS)}")
+    fmt = _writer(fmt).name
     if save_dtype not in SAVE_DTYPES:
         raise SpecdynError(f"unknown --save-dtype {save_dtype!r}; one of {', '.join(SAVE_DTYPES)}")
     branch = branch or Branch()
@@ -368,7 +302,7 @@ def train(
         if save_optimizer:
             (run_dir / "optimizer").mkdir(exist_ok=True)
             torch.save(optimizer.state_dict(), run_dir / "optimizer" / f"step_{step:06d}.optim")
-        _write_json(run_dir / "run.json", run_info)
+        write_run_info(run_dir, run_info)
 
     save_at = set(schedule)
     model.train()
@@ -402,7 +336,7 @@ def train(
             if step in save_at:
                 save(step)
             advance(value, history[-1])
-    if fmt == "lightning-style":
+    if fmt == "lightning":
         shutil.copyfile(written[-1], run_dir / "last.ckpt")  # as Lightning's save_last does
     return RunResult(run_dir, written, history, info)
 

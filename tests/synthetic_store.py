@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.analysis import RowComputer, derive
-from specdyn.matrices import MatrixSpec, classify
-from specdyn.pairs import find_pairs
-from specdyn.store import ROW_METRICS, consolidate, create_layout, resize_rows, update_attrs
-from specdyn.svd import SVDEngine
+from specdyn.spectral.rows import RowComputer
+from specdyn.spectral.matrices import MatrixSpec, classify
+from specdyn.spectral.pairs import find_pairs
+from specdyn.store.layout import ROW_METRICS, create_layout
+from specdyn.store.writing import consolidate, derive, resize_rows, update_attrs
+from specdyn.spectral.svd import SVDEngine
 
 
 def transformer_shapes(n_layers: int, d: int = 32, vocab: int = 40, d_mlp: int | None = None) -> list[tuple[str, tuple]]:

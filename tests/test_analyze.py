@@ -19,7 +19,7 @@ import specdyn
 from specdyn.analyze import AnalyzeOptions, analyze
 from specdyn.cli import app
 from specdyn.errors import SpecdynError
-from specdyn.metrics import count90, effective_rank, stable_rank
+from specdyn.spectral.metrics import count90, effective_rank, stable_rank
 from tests.series import Net, write_series
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from specdyn.checkpoints import (
+from specdyn.io import (
     Checkpoint,
     CheckpointError,
     CheckpointReader,

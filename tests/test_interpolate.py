@@ -22,7 +22,7 @@ from specdyn.evals.interpolate import (
     load_results,
     read_pairs_file,
 )
-from specdyn.metrics import barrier, effective_rank
+from specdyn.spectral.metrics import barrier, effective_rank
 from tests.eval_tasks import bn_task, conv_task, evaluate_state, mlp_task, spec, write_series
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,7 +172,8 @@ def test_architecture_mismatch_fails_before_any_work(tmp_path):
 
 
 def test_cli_default_output_and_figure(tmp_path):
-    from specdyn.plots.interp import open_any, plot
+    from specdyn.plots.interp import plot
+    from specdyn.store.reading import open_any
 
     write_series(tmp_path / "run", mlp_task, (0, 10, 20))
     runner = CliRunner()
@@ -184,7 +185,7 @@ def test_cli_default_output_and_figure(tmp_path):
     s = json.loads(res.stdout)
     assert s["store"] == str(tmp_path / "run" / "interp.zarr")  # no analyzed store: a standalone results zarr
     assert s["pairs"] == 2 and len(s["results"][1]["top_kept"]["val"]["loss"]) == 4
-    st = open_any(tmp_path / "run")
+    st = open_any(tmp_path / "run", "interp.zarr")
     fig = plot([st])
     r = load_results(st.path)
     bars, paths = fig.axes[0], fig.axes[1]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from specdyn.evals.lowrank import keep_rank, split_top_bottom, top_part, unflatten
-from specdyn.matrices import MatrixSpec
-from specdyn.svd import SVDEngine
+from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.svd import SVDEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdyn import metrics
+from specdyn.spectral import metrics
 
 
 def known_svd(m, n, s, seed=0):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from specdyn.errors import SpecdynError
-from specdyn.matrices import MatrixSpec, classify, select_matrices
-from specdyn.pairs import find_pairs, pair_diag, read_pairs_file, slice_needs, slice_vectors
-from specdyn.svd import SVDEngine
+from specdyn.spectral.matrices import MatrixSpec, classify, select_matrices
+from specdyn.spectral.pairs import find_pairs, pair_diag, read_pairs_file, slice_needs, slice_vectors
+from specdyn.spectral.svd import SVDEngine
 
 
 def specs_of(model: torch.nn.Module):

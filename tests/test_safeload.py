@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from specdyn.checkpoints import CheckpointReader, discover, open_checkpoint
+from specdyn.io import CheckpointReader, discover, open_checkpoint
 from specdyn.errors import EXIT_UNSAFE_PICKLE
-from specdyn.safeload import (
-    CheckpointError,
-    UnsafePickleError,
+from specdyn.errors import CheckpointError, UnsafePickleError
+from specdyn.io.safeload import (
     peek_pickle,
     read_dcp_metadata,
     safe_load_bytes,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from specdyn.svd import CPU_ROUTES, SVDEngine, head_left_vectors, sign_normalize, svd_gram, svd_gram_torch, svd_lapack
+from specdyn.spectral.svd import CPU_ROUTES, SVDEngine, head_left_vectors, sign_normalize, svd_gram, svd_gram_torch, svd_lapack
 
 ROUTES = {"gram": svd_gram, "gram_torch": svd_gram_torch, "lapack": svd_lapack}
 

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from specdyn.checkpoints import CheckpointReader, discover
+from specdyn.io import CheckpointReader, discover
 from specdyn.cli import app
 from specdyn.errors import EXIT_NOT_FOUND, EXIT_USAGE, SpecdynError
 from specdyn.tasks import make_task

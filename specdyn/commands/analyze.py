@@ -43,7 +43,7 @@ def analyze_command(
 
     if order not in ("step", "name"):
         raise SpecdynError(f"--order {order!r}: use 'step' or 'name'")
-    from specdyn.svd import ROUTES
+    from specdyn.spectral.svd import ROUTES
 
     if svd_route not in ("auto", *ROUTES):
         raise SpecdynError(f"--svd-route {svd_route!r}: use auto, {', '.join(ROUTES)}")

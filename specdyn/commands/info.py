@@ -6,15 +6,6 @@ from typing import Annotated
 import typer
 
 
-def resolve_store(path: Path) -> Path:
-    """A store path, or a run dir holding the default store."""
-    from specdyn.analyze import STORE_NAME
-
-    if not (path / "zarr.json").exists() and (path / STORE_NAME / "zarr.json").exists():
-        return path / STORE_NAME
-    return path
-
-
 def store_summary(st) -> dict:
     """A JSON-able summary of a store: the `--json` document of `specdyn info`."""
     import numpy as np
@@ -57,6 +48,7 @@ def info_command(
     from rich.table import Table
 
     from specdyn import console, open_store
+    from specdyn.store import resolve_store
 
     summary = store_summary(open_store(resolve_store(store)))
     if json_out:

@@ -27,7 +27,7 @@ def lottery_command(
     from rich.table import Table
 
     from specdyn import console
-    from specdyn.commands.info import resolve_store
+    from specdyn.store import resolve_store
     from specdyn.evals.lottery import LotteryOptions, lottery
 
     opts = LotteryOptions(densities=parse_fractions(density, "--density", [0.05]), step=step, seed=seed,

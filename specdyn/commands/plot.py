@@ -1,66 +1,11 @@
 """`specdyn plot KIND STORE [STORE ...] -o FILE`: one of the paper's figures from one or more stores."""
 
-import difflib
-import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-# The kinds of specdyn.plots.PLOTS, listed here so that `--help` does not import matplotlib (a test keeps the
-# two in step).
-KINDS = ("rank-heatmap", "sv", "stability", "alignment", "metrics", "grokking", "compare", "prune", "interp")
-
-# CLI flag of each plot-function keyword, for messages.
-FLAGS = {
-    "metric": "--metric", "matrices": "--matrices", "matrix": "--matrix", "pair": "--pair", "pairs": "--pairs",
-    "top": "--top", "normalize": "--normalize", "log_y": "--log-y", "per_matrix": "--per-matrix",
-    "loss": "--no-loss", "steps": "--steps", "x": "--x", "log_x": "--log-x", "title": "--title",
-    "keep": "--keep", "split": "--split", "curve": "--curve",
-}
-
-
-def check_kind(kind: str) -> str:
-    from specdyn.errors import SpecdynError
-
-    if kind not in KINDS:
-        near = difflib.get_close_matches(kind, KINDS, n=2, cutoff=0.5)
-        hint = f"did you mean {' or '.join(near)}? " if near else ""
-        raise SpecdynError(f"unknown plot kind {kind!r}; {hint}known: {', '.join(KINDS)}")
-    return kind
-
-
-def call_options(kind: str, fn, given: dict) -> dict:
-    """The keyword arguments for a plot function: the options the user gave, each checked to apply to it."""
-    from specdyn.errors import SpecdynError
-
-    params = inspect.signature(fn).parameters
-    for name in given:
-        if name not in params:
-            takes = " ".join(FLAGS[p] for p in params if p in FLAGS)
-            raise SpecdynError(f"{FLAGS[name]} does not apply to `{kind}`; it takes: {takes}")
-    return given
-
-
-def open_stores(paths: list[Path], kind: str = ""):
-    """Open each store; `interp` also reads an evaluation-only `interp.zarr`."""
-    from specdyn import open_store
-    from specdyn.commands.info import resolve_store
-
-    if kind == "interp":
-        from specdyn.plots.interp import open_any
-
-        return [open_any(p) for p in paths]
-    return [open_store(resolve_store(p)) for p in paths]
-
-
-def make_figure(kind: str, stores, **given):
-    """Draw a figure kind from opened stores with the options given (errors for options it does not take)."""
-    from specdyn.plots import PLOTS
-
-    fn = PLOTS[check_kind(kind)]
-    return fn(stores, **call_options(kind, fn, given))
-
+from specdyn.plots.registry import KINDS
 
 def plot_command(
     kind: Annotated[str, typer.Argument(help=f"Figure kind: {', '.join(KINDS)}.", show_default=False)],
@@ -89,6 +34,7 @@ def plot_command(
     """Draw one figure kind from one or more stores (plots read only the store and the runs' run.json)."""
     from specdyn import console
     from specdyn.plots import style
+    from specdyn.plots.dispatch import check_kind, make_figure, open_stores
 
     check_kind(kind)
     if dpi < 10:

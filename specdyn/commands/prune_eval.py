@@ -50,7 +50,7 @@ def prune_eval_command(
     At each analyzed checkpoint: the full model, and every matrix but the final layer keeping its top ceil(f·k) singular directions, or the other k - ceil(f·k). Singular vectors come from the store when it holds enough of them (top-64 covers f·k <= 64), else from the checkpoint. Reruns compute only checkpoints and fractions not yet done.
     """
     from specdyn import console
-    from specdyn.commands.info import resolve_store
+    from specdyn.store import resolve_store
     from specdyn.evals.prune import PruneOptions, prune_eval
     from specdyn.evals.taskload import parse_overrides
 

@@ -16,7 +16,7 @@ def report_command(
     """Write one self-contained HTML report: summary tables, every figure kind, the most interesting matrices,
     comparisons across stores."""
     from specdyn import console
-    from specdyn.commands.plot import open_stores
+    from specdyn.plots.dispatch import open_stores
     from specdyn.errors import SpecdynError
     from specdyn.report import build_report, count_figures
 

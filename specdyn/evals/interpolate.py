@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from specdyn.errors import SpecdynError
-from specdyn.evals import results
+from specdyn.store import results
 from specdyn.evals.lowrank import keep_rank
 from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task, run_info
 from specdyn.evals.variants import (
@@ -32,7 +32,7 @@ from specdyn.evals.variants import (
     progress,
     run_variant,
 )
-from specdyn.metrics import barrier, effective_rank, score, sva_diag
+from specdyn.spectral.metrics import barrier, effective_rank, score, sva_diag
 
 GROUP = "evals/interp"
 ROW = "interp_pair"
@@ -128,7 +128,7 @@ def read_pairs_file(path: Path) -> list[Pair]:
 def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pair]:
     """All pairs of branches that start from the same trunk checkpoint (and perturbation), compared at their
     final checkpoints (or at `at_step`): the paper's split-point experiment (method.md 3)."""
-    from specdyn.checkpoints import discover
+    from specdyn.io import discover
 
     groups: dict[tuple, list[tuple[int, Path]]] = {}
     for d in branch_dirs:
@@ -169,7 +169,7 @@ def infer_split(a: Path, b: Path) -> int:
 def default_out(pairs: list[Pair]) -> Path:
     """Where results go without --out: the trunk's specdyn store when every pair branches from one trunk
     that has been analyzed, else CKPT_A's run store, else a standalone `interp.zarr` in CKPT_A's run dir."""
-    from specdyn.analyze import default_store
+    from specdyn.store import default_store
     from specdyn.store import is_store
 
     trunks = set()
@@ -201,7 +201,7 @@ class Evaluator:
     """Evaluates states of one architecture with one model instance; caches endpoint results by path."""
 
     def __init__(self, task, model, state_map, matrices, opts: InterpOptions):
-        from specdyn.svd import SVDEngine
+        from specdyn.spectral.svd import SVDEngine
 
         self.task, self.model, self.state_map, self.opts = task, model, state_map, opts
         self.matrices = matrices  # every matrix (effective rank); the pruned ones are all but the last
@@ -219,7 +219,7 @@ class Evaluator:
             ep.reader.close()
 
     def point(self, state, endpoint: bool, tick) -> PointResult:
-        from specdyn.svd import Spectrum
+        from specdyn.spectral.svd import Spectrum
         from specdyn.evals.spectra import spectrum
 
         full = run_variant(self.task, self.model, state, {}, self.opts.bn_recal)

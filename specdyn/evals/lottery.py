@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from specdyn.errors import SpecdynError
-from specdyn.evals import results
+from specdyn.store import results
 from specdyn.evals.spectra import spectrum, spectrum_for
 from specdyn.evals.taskload import run_info
 from specdyn.evals.variants import progress
-from specdyn.matrices import MatrixSpec, classify
-from specdyn.metrics import score, sva, sva_diag
+from specdyn.spectral.matrices import MatrixSpec, classify
+from specdyn.spectral.metrics import score, sva, sva_diag
 
 GROUP = "evals/lottery"
 MASK_TYPES = ("magnitude", "random")
@@ -41,7 +41,7 @@ class LotteryOptions:
 
 
 def _rows(st) -> list[dict]:
-    sources = st.root["source"][:][st.rows]
+    sources = st.source_index
     return [{"step": int(s), "checkpoint": c, "row": int(r), "path": st.run_dirs[int(src)] / c}
             for s, c, src, r in zip(st.steps, st.checkpoints, sources, st.rows)]
 
@@ -58,7 +58,7 @@ def _pick(rows: list[dict], step: int | None, where: Path) -> dict:
 
 def _read_matrices(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     """Every ndim >= 2 tensor of a checkpoint, in its depth (registration) order, as float32."""
-    from specdyn.checkpoints import CheckpointReader, open_checkpoint
+    from specdyn.io import CheckpointReader, open_checkpoint
 
     with CheckpointReader(open_checkpoint(path), trust_pickle=trust_pickle) as reader:
         return {n: reader.tensor(n).to(torch.float32) for n in reader.names() if len(reader.shape(n)) >= 2}
@@ -99,9 +99,9 @@ def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[d
 
 def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) -> dict:
     from specdyn import branching, open_store
-    from specdyn.checkpoints import discover
+    from specdyn.io import discover
     from specdyn.store import write_session
-    from specdyn.svd import SVDEngine
+    from specdyn.spectral.svd import SVDEngine
 
     t0 = time.perf_counter()
     densities = sorted({float(d) for d in opts.densities})
@@ -208,7 +208,7 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
     the dense run's checkpoints they are zipped with. Dense vectors come from the store; the masked run's from
     its own store when it was analyzed, else from one SVD per matrix and checkpoint."""
     from specdyn import open_store
-    from specdyn.analyze import default_store
+    from specdyn.store import default_store
     from specdyn.store import is_store
 
     names = st.matrices
@@ -228,8 +228,7 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
             if tuple(tensors[n].shape) != spec.original_shape:
                 raise SpecdynError(f"{ckpt.path}: {n} is {tuple(tensors[n].shape)}, the dense run's is "
                                    f"{spec.original_shape}; a masked run must share the dense run's architecture")
-            g = st.root[f"matrices/{n}"]
-            Ud, Vd = g["U"][dense_row["row"]], g["V"][dense_row["row"]]
+            _, Ud, Vd = st.row_spectrum(n, dense_row["row"])
             W = spec.flatten(tensors[n])
             sp = None
             if own is not None and own_row is not None:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from specdyn.matrices import MatrixSpec
+from specdyn.spectral.matrices import MatrixSpec
 
 VARIANTS = ("top_kept", "bottom_kept")  # paper names: pruned_bot (bottom removed), pruned_top (top removed)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from specdyn.errors import SpecdynError
-from specdyn.evals import results
+from specdyn.store import results
 from specdyn.evals.lowrank import keep_rank
 from specdyn.evals.spectra import spectrum_for
 from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task
@@ -48,7 +48,7 @@ def _selected(st, opts: PruneOptions) -> list[dict]:
 
     rows = [
         {"step": int(step), "checkpoint": ck, "source": int(src), "row": int(r)}
-        for step, ck, src, r in zip(st.steps, st.checkpoints, st.root["source"][:][st.rows], st.rows)
+        for step, ck, src, r in zip(st.steps, st.checkpoints, st.source_index, st.rows)
     ]
     rows = subsample(rows, opts.every, None, opts.steps, key=lambda r: r["step"])
     if not rows:
@@ -126,7 +126,7 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
     """Run (or resume) the pruning evaluation of a store's checkpoints; returns the JSON summary."""
     from specdyn import open_store
     from specdyn.store import write_session
-    from specdyn.svd import SVDEngine
+    from specdyn.spectral.svd import SVDEngine
 
     t0 = time.perf_counter()
     keep = sorted({float(f) for f in opts.keep})

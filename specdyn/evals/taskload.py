@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from specdyn.checkpoints import CheckpointReader
+from specdyn.io import CheckpointReader
 from specdyn.errors import SpecdynError
 
 
@@ -248,7 +248,7 @@ class Endpoint:
 
     @classmethod
     def open(cls, path, trust_pickle: bool = False) -> "Endpoint":
-        from specdyn.checkpoints import open_checkpoint
+        from specdyn.io import open_checkpoint
 
         reader = CheckpointReader(open_checkpoint(path), trust_pickle=trust_pickle)  # errors are SpecdynErrors
         return cls(Path(path), reader, reader.metadata(), _shapes(reader))

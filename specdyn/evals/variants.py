@@ -13,7 +13,7 @@ import torch
 
 from specdyn.evals.lowrank import split_top_bottom, unflatten
 from specdyn.evals.taskload import StateMap, load_state_, matrix_params
-from specdyn.matrices import MatrixSpec, classify
+from specdyn.spectral.matrices import MatrixSpec, classify
 
 SPLITS = ("train", "val")
 

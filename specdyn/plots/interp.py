@@ -23,36 +23,8 @@ def curve_label(curve: str, keep: float | None) -> str:
     return f"top {keep:g} of σ kept" if curve == "top_kept" else f"bottom {1 - keep:g} of σ kept"
 
 
-class ResultsStore:
-    """A zarr folder that holds only evaluation results (interpolate's standalone `interp.zarr`), with the two
-    attributes the figure functions read from a SpectralStore: `path` and `root`."""
-
-    def __init__(self, path):
-        import zarr
-
-        self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="r")
-
-
-def open_any(path):
-    """A SpectralStore for a specdyn store (or a run dir holding one), else a ResultsStore for an
-    evaluation-only zarr such as `interp.zarr`."""
-    from specdyn import open_store
-    from specdyn.commands.info import resolve_store
-    from specdyn.store import is_store
-
-    p = resolve_store(Path(path))
-    if is_store(p):
-        return open_store(p)
-    if (p / "zarr.json").exists():
-        return ResultsStore(p)
-    if (Path(path) / "interp.zarr" / "zarr.json").exists():
-        return ResultsStore(Path(path) / "interp.zarr")
-    return open_store(p)  # raises the usual "no specdyn store here"
-
-
 def has_results(store) -> bool:
-    return select.eval_group(store, "interp") is not None
+    return select.eval_group(store, "interp")
 
 
 def _results(store):

@@ -25,7 +25,7 @@ def one_metric(metric) -> str:
 
 
 def has_results(store) -> bool:
-    return select.eval_group(store, "prune") is not None
+    return select.eval_group(store, "prune")
 
 
 def _results(store):

@@ -1,70 +1,24 @@
-"""A run's training log (`run.json`, written by `specdyn train`) next to its store, and legend labels.
+"""A store's training log (read by `specdyn.io.runmeta`) and legend labels that tell runs apart.
 
-run.json: {"task": name, "config": {...}, "history": [{"step", "train_loss", "train_err", "val_loss", "val_err"}]}
-(error keys absent for tasks without an error rate). A store merged from several run dirs merges their
-histories by step. Plots only ever read it; a missing or unreadable log just means no loss curves.
+A store merged from several run dirs merges their histories by step; a missing or unreadable log just means no
+loss curves.
 """
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from specdyn.io import runmeta
+from specdyn.io.runmeta import HISTORY_KEYS, RunLog
 
-HISTORY_KEYS = ("train_loss", "val_loss", "train_err", "val_err")
+__all__ = ["HISTORY_KEYS", "RunLog", "read_run_log", "run_labels", "store_name"]
+
 # Config keys that say where or how often, not what was trained: never used to tell runs apart in a legend.
 _BOOKKEEPING = ("dir", "path", "device", "every", "log", "save", "workers", "compile", "progress", "out")
 
 
-@dataclass
-class RunLog:
-    task: str | None = None
-    config: dict = field(default_factory=dict)
-    history: dict[str, np.ndarray] = field(default_factory=dict)  # "step" and HISTORY_KEYS present in the log
-
-    def has(self, key: str) -> bool:
-        return key in self.history and np.isfinite(self.history[key]).any()
-
-    def final(self, key: str) -> float | None:
-        if not self.has(key):
-            return None
-        v = self.history[key]
-        return float(v[np.isfinite(v)][-1])
-
-
 def read_run_log(store) -> RunLog:
-    """The merged run.json of a store's run dirs (an empty RunLog when there is none)."""
-    from specdyn.console import warn
-
-    log, rows = RunLog(), {}
-    for run_dir in store.run_dirs:
-        path = Path(run_dir) / "run.json"
-        if not path.is_file():
-            continue
-        try:
-            doc = json.loads(path.read_text())
-            entries = doc.get("history", [])
-            for h in entries:
-                rows[int(h["step"])] = {**rows.get(int(h["step"]), {}), **h}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            warn(f"{path}: unreadable training log ({type(e).__name__}: {e}); plotting without loss curves")
-            continue
-        log.task = log.task or doc.get("task")
-        log.config = log.config or dict(doc.get("config") or {})
-    if rows:
-        steps = sorted(rows)
-        log.history["step"] = np.array(steps, dtype=float)
-        for key in HISTORY_KEYS:
-            if any(key in rows[s] for s in steps):
-                log.history[key] = np.array([_num(rows[s].get(key)) for s in steps])
-    return log
-
-
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
+    """The merged training log of a store's run dirs (an empty RunLog when there is none)."""
+    return runmeta.read_run_log(store.run_dirs)
 
 
 def store_name(store) -> str:

@@ -129,7 +129,7 @@ def _exact(run: Run, name: str) -> str:
 
 
 def pair_specs(store) -> list[dict]:
-    return list(store.root["pair"].attrs.get("pairs", []))
+    return store.pair_docs()
 
 
 def require_pairs(run: Run) -> list[dict]:
@@ -201,15 +201,13 @@ def check_top(top: int | None) -> None:
 
 # ------------------------------------------------------------------------------------------- evaluation results
 
-def eval_group(store, name: str, missing: str | None = None):
-    """The store's `evals/<name>` group written by a model-based evaluation command; None when absent, or a
-    SpecdynError saying `missing` (what to run first) when one is given."""
-    group = store.root
-    for key in ("evals", name):
-        try:
-            group = group[key]
-        except KeyError:
-            if missing:
-                raise SpecdynError(f"{store.path}: {missing}") from None
-            return None
-    return group
+def eval_group(store, name: str, missing: str | None = None) -> bool:
+    """Whether the store holds the `evals/<name>` group of a model-based evaluation; with `missing` (what to run
+    first), a SpecdynError saying so when it does not."""
+    from specdyn.store.results import has_group
+
+    if has_group(store.path, f"evals/{name}"):
+        return True
+    if missing:
+        raise SpecdynError(f"{store.path}: {missing}")
+    return False

@@ -19,24 +19,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from specdyn.errors import EXIT_UNSAFE_PICKLE, SpecdynError
-
-
-class CheckpointError(SpecdynError):
-    """A checkpoint that cannot be read (truncated, corrupt, not a checkpoint); the message names the file."""
-
-
-class UnsafePickleError(SpecdynError):
-    """A pickle that needs globals outside the inert allowlist; the message names the file and the globals."""
-
-    def __init__(self, path, globals_: list[str]):
-        self.path = Path(path)
-        self.globals = sorted(set(globals_))
-        super().__init__(
-            f"{path}: refusing to unpickle {', '.join(self.globals) or 'unknown globals'} (a pickle can run "
-            "arbitrary code); if you trust this file, rerun with --trust-pickle",
-            code=EXIT_UNSAFE_PICKLE,
-        )
+from specdyn.errors import CheckpointError, SpecdynError, UnsafePickleError
 
 
 def unreadable(path, exc: BaseException, what: str = "checkpoint") -> CheckpointError:

@@ -1,8 +1,9 @@
 """From matrices to store rows: one SVD per matrix per checkpoint, then every measurement derived from it.
 
-`compute_row` turns one checkpoint's matrices into a RowResult (metrics, spectra, alignment). `derive` fills the
-arrays that compare checkpoints (stability against the final checkpoint and the previous one) from the singular
-vectors already in the store, so growing a series never recomputes an SVD.
+`RowComputer` turns one checkpoint's matrices into a RowResult (metrics, spectra, alignment).
+`derive_stability` computes the arrays that compare checkpoints (stability against the final checkpoint and the
+previous one) from singular vectors already computed, so growing a series never recomputes an SVD. Pure
+functions of arrays: the store (`specdyn.store`) reads their inputs and writes their outputs.
 """
 
 from dataclasses import dataclass
@@ -10,11 +11,10 @@ from typing import Iterable
 
 import numpy as np
 
-from specdyn.matrices import MatrixSpec
-from specdyn.metrics import score, spectrum_metrics, sva_diag, subspace_overlap
-from specdyn.pairs import PairSpec, pair_diag, slice_needs, slice_vectors
-from specdyn.store import ROW_METRICS, update_attrs
-from specdyn.svd import Spectrum, SVDEngine
+from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.metrics import SPECTRUM_METRICS, score, spectrum_metrics, subspace_overlap, sva_diag
+from specdyn.spectral.pairs import PairSpec, pair_diag, slice_needs, slice_vectors
+from specdyn.spectral.svd import Spectrum, SVDEngine
 
 # Rows of U/V read at once while deriving: bounds memory for tall matrices (a 50257 x 64 float32 U is 13 MB).
 DERIVE_BLOCK_BYTES = 256 << 20
@@ -39,7 +39,7 @@ class RowComputer:
 
     def __call__(self, matrices: Iterable[tuple[MatrixSpec, np.ndarray]], on_matrix=None) -> RowResult:
         spectra, slices, nonfinite = {}, {}, []
-        per_metric = {name: np.full(len(self.specs), np.nan) for name in ROW_METRICS}
+        per_metric = {name: np.full(len(self.specs), np.nan) for name in SPECTRUM_METRICS}
         for j, (spec, W) in enumerate(matrices):
             sp = self.engine(W)
             spectra[spec.name] = sp
@@ -66,44 +66,29 @@ class RowComputer:
         )
 
 
-def derive(root) -> None:
-    """Fill stability, stability_score, subspace_overlap (against the final completed checkpoint) and
-    stability_prev_score (against the previous one) for every completed row, from the stored vectors."""
-    done = np.flatnonzero(root["done"][:])
-    n_rows = root["done"].shape[0]
-    names = [str(m) for m in root["matrix"][:]]
-    top = root["stability"].shape[-1]
-    stability = np.full((n_rows, len(names), top), np.nan, dtype=np.float32)
-    overlap = np.full((n_rows, len(names)), np.nan)
-    prev_score = np.full((n_rows, len(names)), np.nan)
+def derive_stability(done: np.ndarray, n_rows: int, n_matrices: int, top: int, vectors) -> dict[str, np.ndarray]:
+    """stability, stability_score, subspace_overlap (against the final completed row) and stability_prev_score
+    (against the previous completed row), for every row of a store with `n_rows` rows.
+
+    `done`: the completed rows in order; `vectors(j, rows)` returns matrix j's (U, V) stacked over those rows.
+    Rows are read in blocks of DERIVE_BLOCK_BYTES, so memory stays bounded for tall matrices."""
+    stability = np.full((n_rows, n_matrices, top), np.nan, dtype=np.float32)
+    overlap = np.full((n_rows, n_matrices), np.nan)
+    prev_score = np.full((n_rows, n_matrices), np.nan)
     if len(done):
-        final = done[-1]
-        for j, name in enumerate(names):
-            g = root[f"matrices/{name}"]
-            Uf, Vf = g["U"][final], g["V"][final]
-            row_bytes = (Uf.size + Vf.size) * 4
-            block = max(1, DERIVE_BLOCK_BYTES // max(row_bytes, 1))
+        final = done[-1:]
+        for j in range(n_matrices):
+            Uf, Vf = (a[0] for a in vectors(j, final))
+            block = max(1, DERIVE_BLOCK_BYTES // max((Uf.size + Vf.size) * 4, 1))
             prev = None
             for b in range(0, len(done), block):
                 rows = done[b : b + block]
-                Us = g["U"].get_orthogonal_selection((rows, slice(None), slice(None)))
-                Vs = g["V"].get_orthogonal_selection((rows, slice(None), slice(None)))
-                for i, U, V in zip(rows, Us, Vs):
+                for i, U, V in zip(rows, *vectors(j, rows)):
                     d = sva_diag(U, V, Uf, Vf)
                     stability[i, j, : d.shape[0]] = d
                     overlap[i, j] = subspace_overlap(U, Uf)
                     if prev is not None:
                         prev_score[i, j] = score(sva_diag(U, V, *prev))
                     prev = (U, V)
-    root["stability"][:] = stability
-    root["stability_score"][:] = score(stability)
-    root["subspace_overlap"][:] = overlap
-    root["stability_prev_score"][:] = prev_score
-    update_attrs(root, derived=derived_marker(root))
-
-
-def derived_marker(root) -> dict:
-    """Identifies the rows the derived arrays were computed for; a rerun with nothing new skips `derive`."""
-    done = np.flatnonzero(root["done"][:])
-    final = int(done[-1]) if len(done) else -1
-    return {"rows": len(done), "final": str(root["checkpoint"][final]) if final >= 0 else None}
+    return {"stability": stability, "stability_score": score(stability), "subspace_overlap": overlap,
+            "stability_prev_score": prev_score}

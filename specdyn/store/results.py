@@ -1,42 +1,34 @@
 """Result groups of the evaluations (`evals/<name>` inside a zarr store), written so that a kill never loses data.
 
 A result group is small (floats per checkpoint or pair), so it is handled whole: `read_group` loads it into
-numpy, `write_group` writes a complete new version beside the store and swaps it in (the old version is kept
-until the new one is in place; `recover` finishes or undoes a swap that was killed), and `write_row` fills one
-row in place, its `done` flags last. Arrays along the row axis have chunks of one row. Callers hold the store's
-write session (specdyn.store.write_session), so nobody else writes meanwhile.
+numpy, `write_group` writes a complete new version beside the store and swaps it in (`store.swap`, the same
+swap a rebuild of the whole store uses), and `write_row` fills one row in place, its `done` flags last. Arrays
+along the row axis have chunks of one row. Callers hold the store's write session (`store.write_session`), so
+nobody else writes meanwhile.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from specdyn.store.swap import Swap
+
 Arrays = dict[str, tuple[tuple[str, ...], np.ndarray]]  # name -> (dimension names, values)
 
 
-def _side(store: Path, group: str, what: str) -> Path:
-    return store.with_name(f"{store.name}.{group.replace('/', '-')}.{what}-tmp")
+def _swap(store: Path, group: str) -> Swap:
+    return Swap(Path(store) / group, beside=Path(store), tag=group)
 
 
 def recover(store: Path, group: str) -> None:
     """Finish or undo a `write_group` that was killed part-way."""
-    store = Path(store)
-    live, new, old = store / group, _side(store, group, "new"), _side(store, group, "old")
-    complete = new.with_name(new.name + ".complete")
-    if new.exists() and complete.exists() and not live.exists():
-        os.rename(new, live)
-    if new.exists():
-        shutil.rmtree(new)
-    complete.unlink(missing_ok=True)
-    if old.exists():
-        if live.exists():
-            shutil.rmtree(old)
-        else:
-            os.rename(old, live)
+    _swap(store, group).recover()
+
+
+def has_group(store: Path, group: str) -> bool:
+    return (Path(store) / group / "zarr.json").exists()
 
 
 def read_group(store: Path, group: str) -> tuple[Arrays, dict] | None:
@@ -89,27 +81,18 @@ def write_group(store: Path, group: str, arrays: Arrays, attrs: dict, row_dim: s
 
     row_dims = (row_dim,) if isinstance(row_dim, str) else tuple(row_dim or ())
     store = Path(store)
-    recover(store, group)
-    live, new, old = store / group, _side(store, group, "new"), _side(store, group, "old")
-    complete = new.with_name(new.name + ".complete")
     for name, (dims, data) in arrays.items():
         if len(dims) != np.ndim(data):
             raise ValueError(f"{group}/{name}: {len(dims)} dimension names for a {np.ndim(data)}-d array")
-    g = zarr.open_group(str(new), mode="w-")
+    swap = _swap(store, group)
+    g = zarr.open_group(str(swap.begin()), mode="w-")
     g.attrs["specdyn"] = attrs
     for name, (dims, data) in arrays.items():
         _create(g, name, dims, data, row_dims, coords or [])
     for sub, sub_attrs in (group_attrs or {}).items():
         g.require_group(sub).attrs["specdyn"] = sub_attrs
-    complete.touch()
-    live.parent.mkdir(parents=True, exist_ok=True)
     _ensure_groups(store, group)
-    if live.exists():
-        os.rename(live, old)
-    os.rename(new, live)
-    complete.unlink()
-    if old.exists():
-        shutil.rmtree(old)
+    swap.commit()
 
 
 def _ensure_groups(store: Path, group: str) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from specdyn.errors import SpecdynError
-from specdyn.matrices import MatrixSpec
-from specdyn.metrics import alignment_diag
-from specdyn.svd import Spectrum, head_left_vectors
+from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.metrics import alignment_diag
+from specdyn.spectral.svd import Spectrum, head_left_vectors
 
 PAIR_KINDS = ("plain", "embedding", "vo", "qk", "lstm_gate")
 

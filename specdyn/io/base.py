@@ -1,0 +1,200 @@
+"""What every checkpoint format provides, and the name and step helpers they share.
+
+A format (one module each, listed in `specdyn.io.registry.FORMATS`) says which files or folders are its
+checkpoints, finds the training step a checkpoint records, opens it as a `TensorSource` (tensors one at a time),
+and optionally writes one (`specdyn train --format NAME`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from specdyn.errors import CheckpointError, SpecdynError
+from specdyn.io.safeload import unreadable
+
+if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
+    import torch
+
+STEP_KEYS = ("global_step", "step", "iter_num", "iteration")  # where training scripts store the step
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module")  # where they nest the weights
+IN_PROGRESS = (".tmp", ".part", ".partial", ".incomplete", ".lock")  # writers' staging names
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a series: where it is, which run it belongs to, its training step and format."""
+
+    path: Path  # the checkpoint file or folder, absolute
+    run_dir: Path  # the run directory it belongs to, absolute
+    step: int | None  # None only under order="name" (or from open_checkpoint) when no step is found
+    format: str  # a key of specdyn.io.registry.FORMATS
+
+    @property
+    def relpath(self) -> str:
+        return self.path.relative_to(self.run_dir).as_posix()
+
+
+class TensorSource(Protocol):
+    """An open checkpoint: raw tensor keys, shapes and dtypes from headers, one tensor at a time."""
+
+    ordered: bool  # keys() are in registration (depth) order; else param_order() or a natural sort decides
+
+    def keys(self) -> list[str]: ...
+    def shape(self, key: str) -> tuple[int, ...]: ...
+    def dtype(self, key: str) -> torch.dtype: ...
+    def tensor(self, key: str) -> torch.Tensor: ...
+    def metadata(self) -> dict: ...
+    def param_order(self) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+class CheckpointFormat:
+    """Base of the formats: the defaults say "not mine", "no step recorded" and "cannot write"."""
+
+    name: ClassVar[str]
+    describe: ClassVar[str]  # for "supported layouts" messages
+
+    def claim_file(self, path: Path) -> Path | None:
+        """The checkpoint this file is, if it is one of this format."""
+        return None
+
+    def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
+        """The checkpoint this folder is (the folder, or a folder inside it). `inside_series`: the folder was
+        found inside a run dir (then only conventionally named checkpoint folders count)."""
+        return None
+
+    def skip_reason(self, path: Path, siblings: set[str]) -> str | None:
+        """Why a claimed file in a run dir is not a checkpoint of the series ("" to ignore silently)."""
+        return None
+
+    def recorded_step(self, path: Path, run_dir: Path) -> int | None:
+        """The step stored in the checkpoint itself (headers and plain values only), else None."""
+        return None
+
+    def step_from_name(self, path: Path) -> int | None:
+        return step_from_name(path.name)
+
+    def open(self, path: Path, trust_pickle: bool) -> TensorSource:
+        raise NotImplementedError
+
+    def metadata(self, path: Path, source: TensorSource) -> dict:
+        """Plain-data metadata of an opened checkpoint (JSON-like)."""
+        return source.metadata()
+
+    # Writing (formats `specdyn train` can save in).
+    writable: ClassVar[bool] = False
+
+    def checkpoint_name(self, step: int, epoch: int = 0) -> str:
+        raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
+
+    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
+              epoch: int = 0, history: list[dict] | None = None) -> None:
+        raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
+
+
+# --- names and steps ---------------------------------------------------------------------------------------
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key treating digit runs as numbers: "layers.2" < "layers.10"."""
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def strip_prefixes(name: str) -> str:
+    """Drop the wrappers DDP (`module.`) and torch.compile (`_orig_mod.`) add to parameter names.
+
+    `_orig_mod.` is also removed inside a name (a compiled submodule of a LightningModule); `module.` only in front,
+    since inside a name it can be a real attribute.
+    """
+    while name.startswith(("module.", "_orig_mod.")):
+        name = name.split(".", 1)[1]
+    while "._orig_mod." in name:
+        name = name.replace("._orig_mod.", ".")
+    return name
+
+
+_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def step_from_name(name: str, explicit_only: bool = False) -> int | None:
+    """The step a file or folder name states: `step_100`, `step=100`, `global_step100`, `iter_5`, else (unless
+    `explicit_only`) the last integer in the stem (`checkpoint-500`, `ckpt_2000.pt`)."""
+    stem = name
+    for suffix in _SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    found = re.findall(r"(?:step|iter|iteration)[_=-]?(\d+)", stem, re.I)
+    if found:
+        return int(found[-1])
+    if explicit_only:
+        return None
+    numbers = re.findall(r"\d+", stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def as_step(value) -> int | None:
+    """A step value from metadata (int or digit string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def step_in(obj) -> int | None:
+    """The step under one of STEP_KEYS of a mapping, else None."""
+    if isinstance(obj, Mapping):
+        for key in STEP_KEYS:
+            step = as_step(obj.get(key))
+            if step is not None:
+                return step
+    return None
+
+
+# --- shared reading helpers ----------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; {} when missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a reader never sees a half-written file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def parse_json(value: str):
+    """A metadata string parsed as JSON where it is JSON, else the string itself."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+@contextlib.contextmanager
+def reading(path, what: str = "checkpoint"):
+    """Turn any failure while reading `path` into a CheckpointError naming it."""
+    try:
+        yield
+    except SpecdynError:
+        raise
+    except Exception as e:
+        raise unreadable(path, e, what) from e
+

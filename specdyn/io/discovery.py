@@ -1,0 +1,133 @@
+"""Find the checkpoints of a training run and order them by step (headers and plain values only, no tensors)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
+from specdyn.io import registry
+from specdyn.io.base import IN_PROGRESS, Checkpoint, natural_key
+from specdyn.io.hf import FINAL_MODEL
+
+# Files next to checkpoints that are not model weights (HF Trainer, accelerate, DeepSpeed, open_lth).
+_NOT_WEIGHTS = re.compile(r"(optimizer|scheduler|lr_scheduler|scaler|rng_state|random_states|training_args|mask)"
+                          r"(_\d+)?|.*optim_states")
+_SHARD = re.compile(r".+-\d+-of-\d+\.(safetensors|bin)")
+
+
+def discover(run_dir, order: str = "step") -> list[Checkpoint]:
+    """All checkpoints of the series in `run_dir`, ordered by training step (order="name": natural sort of
+    relative paths, steps filled where known, no step required and equal steps allowed).
+
+    Looks at the files directly in `run_dir` and at checkpoint-*/DCP folders directly inside it; reads only
+    headers and pickles' plain values to find steps, never tensor data. Ignored: `*.zarr` stores, optimizer/
+    scheduler/rng/scaler files, `training_args.bin`, Lightning's `last.ckpt` and `-vN` duplicates, PEFT
+    `adapter_model.*` (adapters are not the model's weights), a final `model.safetensors` saved next to HF
+    checkpoint folders, and files or folders still being written (`*.tmp`, `*.partial`, ...). A `run_dir` that
+    is itself one HF or DCP checkpoint folder yields that one checkpoint.
+    """
+    if order not in ("step", "name"):
+        raise ValueError(f"order must be 'step' or 'name', not {order!r}")
+    root = Path(run_dir).expanduser().resolve()
+    if not root.exists():
+        raise SpecdynError(f"{root}: no such directory", code=EXIT_NOT_FOUND)
+    if not root.is_dir():
+        raise SpecdynError(f"{root} is a file; pass the directory that holds the checkpoint series")
+    itself = registry.claim_dir(root)
+    if itself and itself[0].name == "hf" and any(root.glob("checkpoint-*/")):
+        itself = None  # an HF output_dir: its top-level model is the final save, the series is in checkpoint-*
+    if itself:
+        found, skipped = [(itself[1], itself[0])], []
+        root = root.parent
+    else:
+        found, skipped = _scan(root)
+    if not found:
+        note = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+        raise SpecdynError(f"no checkpoints found in {root}{note}; supported layouts: {registry.supported_layouts()}",
+                           code=EXIT_NO_CHECKPOINTS)
+    formats = Counter(fmt.name for _, fmt in found)
+    if len(formats) > 1:
+        listing = ", ".join(f"{n} {name} (e.g. {next(p.name for p, f in found if f.name == name)})"
+                            for name, n in formats.most_common())
+        raise SpecdynError(f"{root} mixes checkpoint formats: {listing}; pass a directory that holds one series")
+    checkpoints = [Checkpoint(path, root, find_step(path, fmt, root), fmt.name) for path, fmt in found]
+    return _ordered(checkpoints, order)
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """A single checkpoint given by its own path (a file, or an HF/DCP folder); its run_dir is its parent.
+
+    The step is filled where the file or name states it, else None.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise SpecdynError(f"{p}: no such file or directory", code=EXIT_NOT_FOUND)
+    kind = registry.claim_dir(p) if p.is_dir() else registry.claim_file(p)
+    if kind is None:
+        raise SpecdynError(f"{p} is not a checkpoint specdyn can read; supported layouts: "
+                           f"{registry.supported_layouts()}")
+    fmt, target = kind
+    return Checkpoint(target, p.parent, find_step(target, fmt, p.parent), fmt.name)
+
+
+def find_step(path: Path, fmt, run_dir: Path) -> int | None:
+    """The step stored in the checkpoint, else the one its name states. An unreadable file falls back to its
+    name: reading it later reports the damage."""
+    step = fmt.recorded_step(path, run_dir)
+    return step if step is not None else fmt.step_from_name(path)
+
+
+def _scan(root: Path):
+    entries = sorted(root.iterdir())
+    names = {e.name for e in entries}
+    has_hf_folders = any(e.is_dir() and e.name.startswith("checkpoint-") for e in entries)
+    found, skipped = [], []
+    for p in entries:
+        name = p.name
+        if name.startswith(".") or name.endswith((".zarr", *IN_PROGRESS)):
+            continue
+        if p.is_dir():
+            kind = registry.claim_dir(p, inside_series=True)
+            if kind:
+                found.append((kind[1], kind[0]))
+            elif name.startswith("checkpoint-"):
+                adapter = any(p.glob("adapter_model.*"))
+                skipped.append(f"{name}/ has no model weights" + (" (PEFT adapters are not read)" if adapter else ""))
+            continue
+        kind = registry.claim_file(p)
+        if kind is None:
+            continue
+        stem = name.rsplit(".", 1)[0]
+        if _SHARD.fullmatch(name) or stem.startswith("adapter_model") or _NOT_WEIGHTS.fullmatch(stem):
+            continue
+        if has_hf_folders and name in FINAL_MODEL:
+            continue  # the final model HF Trainer.save_model writes next to the checkpoint folders
+        reason = kind[0].skip_reason(p, names)
+        if reason:
+            skipped.append(reason)
+            continue
+        found.append((kind[1], kind[0]))
+    return found, skipped
+
+
+def _ordered(checkpoints: list[Checkpoint], order: str) -> list[Checkpoint]:
+    if order == "name":
+        return sorted(checkpoints, key=lambda c: natural_key(c.relpath))
+    for c in checkpoints:
+        if c.step is None:
+            raise SpecdynError(f"{c.path}: no training step found in the file or its name; rename it "
+                               "(e.g. step_100.safetensors) or pass --order name to order by name")
+    checkpoints = sorted(checkpoints, key=lambda c: (c.step, natural_key(c.relpath)))
+    for a, b in zip(checkpoints, checkpoints[1:], strict=False):
+        if a.step == b.step:
+            raise SpecdynError(f"{a.path} and {b.path} both hold step {a.step}; remove one, pass a narrower "
+                               "directory, or pass --order name")
+    return checkpoints
+
+
+def number_by_name(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
+    """Under --order name, a checkpoint without a step takes its index as its step."""
+    return [c if c.step is not None else replace(c, step=i) for i, c in enumerate(checkpoints)]

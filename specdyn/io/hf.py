@@ -1,0 +1,88 @@
+"""Hugging Face model folders: `checkpoint-<step>/` from the Trainer, or any folder with `config.json` and
+`model.safetensors`, sharded `model-*-of-*.safetensors` with their index, or `pytorch_model.bin` (+ index)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from specdyn.errors import CheckpointError
+from specdyn.io.base import CheckpointFormat, TensorSource, as_step, read_json, reading, write_json
+from specdyn.io.safetensors_file import SafetensorsSource, save_file
+from specdyn.io.torch_file import TorchSource
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+FINAL_MODEL = ("model.safetensors", "pytorch_model.bin")  # what Trainer.save_model writes next to checkpoint-*/
+
+
+def weights_file(folder: Path) -> Path | None:
+    return next((folder / n for n in WEIGHTS if (folder / n).is_file()), None)
+
+
+def trainer_step(folder: Path) -> int | None:
+    return as_step(read_json(folder / "trainer_state.json").get("global_step"))
+
+
+def trainer_metadata(folder: Path) -> dict:
+    """{"config": config.json, "trainer_state": trainer_state.json} where present."""
+    return {key: data for key, name in (("config", "config.json"), ("trainer_state", "trainer_state.json"))
+            if (data := read_json(folder / name))}
+
+
+class HFFormat(CheckpointFormat):
+    name = "hf"
+    describe = ("Hugging Face checkpoint-<step>/ folders (model.safetensors, sharded model-*-of-*.safetensors + "
+                "index, pytorch_model.bin)")
+    writable = True
+
+    def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
+        if inside_series and not path.name.startswith("checkpoint-"):
+            return None
+        weights = weights_file(path)
+        if weights and (weights.name.endswith(".index.json") or (path / "config.json").is_file()
+                        or (path / "trainer_state.json").is_file() or path.name.startswith("checkpoint-")):
+            return path
+        return None
+
+    def recorded_step(self, path: Path, run_dir: Path) -> int | None:
+        return trainer_step(path)
+
+    def open(self, path: Path, trust_pickle: bool) -> TensorSource:
+        weights = weights_file(path)
+        if weights is None:
+            raise CheckpointError(f"{path}: no model weights ({' or '.join(WEIGHTS)}) in this folder")
+        if weights.name.endswith(".index.json"):
+            with reading(weights, "shard index"):
+                weight_map = json.loads(weights.read_text())["weight_map"]
+            shards = {k: path / f for k, f in weight_map.items()}
+            if weights.name.startswith("model.safetensors"):
+                return SafetensorsSource(shards)
+            return TorchSource(sorted(set(shards.values())), trust_pickle)  # HF shards in state-dict order
+        if weights.suffix == ".safetensors":
+            return SafetensorsSource.file(weights)
+        return TorchSource([weights], trust_pickle)
+
+    def metadata(self, path: Path, source: TensorSource) -> dict:
+        return trainer_metadata(path)
+
+    def checkpoint_name(self, step: int, epoch: int = 0) -> str:
+        return f"checkpoint-{step}"
+
+    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
+              epoch: int = 0, history: list[dict] | None = None) -> None:
+        """model.safetensors ({"format": "pt"} only, as Hugging Face writes), trainer_state.json, config.json."""
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir()
+        save_file(state_dict, path / "model.safetensors", {"format": "pt"})
+        hf_config = {"specdyn_task": task, **config}
+        if "n_heads" in config:
+            hf_config["num_attention_heads"] = config["n_heads"]
+        write_json(path / "config.json", hf_config)
+        write_json(path / "trainer_state.json", {"global_step": step, "epoch": epoch, "log_history": history or []})
+

@@ -1,0 +1,80 @@
+"""Read one checkpoint tensor by tensor, whatever its format, with names in depth order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from specdyn.errors import CheckpointError
+from specdyn.io.base import Checkpoint, natural_key, strip_prefixes
+from specdyn.io.registry import FORMATS
+
+if TYPE_CHECKING:
+    import torch
+
+
+class CheckpointReader:
+    """Reads one checkpoint tensor by tensor (safetensors safe_open, torch.load mmap=True, DCP per-item loads), so
+    memory stays near one tensor plus whatever the caller keeps. Use as a context manager."""
+
+    def __init__(self, ckpt: Checkpoint, trust_pickle: bool = False):
+        self.checkpoint = ckpt
+        self.trust_pickle = trust_pickle
+        self._format = FORMATS[ckpt.format]
+        self._source = self._format.open(ckpt.path, trust_pickle)
+        self._raw = self._index()  # stripped name -> the source's key, in depth order
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def names(self) -> list[str]:
+        """Every tensor's name, prefixes stripped, in registration order where the format keeps it (torch and
+        Lightning state dicts, DCP, safetensors with specdyn's `param_order` metadata), else natural order.
+
+        Lightning names keep the LightningModule's attribute prefix (`model.`, `net.`): it is part of the module
+        path, and a module may hold several submodules (a model and an EMA copy) that only it tells apart.
+        """
+        return list(self._raw)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._source.shape(self._key(name))
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._source.dtype(self._key(name))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor on CPU in its stored dtype (bf16 stays bf16; the caller upcasts)."""
+        return self._source.tensor(self._key(name))
+
+    def metadata(self) -> dict:
+        """Plain-data metadata: specdyn safetensors {"step", "task", "config", "param_order", ...} (JSON parsed);
+        HF {"config", "trainer_state"}; Lightning {"hyper_parameters", "epoch", "global_step", ...}; torch files
+        their plain top-level entries (nanoGPT's "model_args", "iter_num", ...); DCP its top-level plain items."""
+        return self._format.metadata(self.checkpoint.path, self._source)
+
+    def close(self) -> None:
+        self._source.close()
+
+    def _key(self, name: str) -> str:
+        try:
+            return self._raw[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a tensor of {self.checkpoint.path}") from None
+
+    def _index(self) -> dict[str, str]:
+        raw: dict[str, str] = {}
+        for key in self._source.keys():
+            name = strip_prefixes(key)
+            if name in raw:
+                raise CheckpointError(f"{self.checkpoint.path}: tensors {raw[name]!r} and {key!r} are both "
+                                      f"{name!r} once the module./_orig_mod. prefixes are stripped")
+            raw[name] = key
+        if self._source.ordered:
+            return raw
+        listed = self._source.param_order()
+        rank = {n: i for i, n in enumerate(listed)} if listed else {}
+        rank.update({strip_prefixes(n): i for n, i in list(rank.items())})
+        order = sorted(raw, key=lambda n: (rank.get(n, len(rank)), natural_key(n)))
+        return {n: raw[n] for n in order}

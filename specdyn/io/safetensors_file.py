@@ -1,0 +1,164 @@
+"""safetensors checkpoints: `*.safetensors` files (specdyn's own format), and the reader HF folders share.
+
+safetensors sorts its entries by name, so registration order survives only through specdyn's `param_order`
+metadata; other files fall back to a natural sort. Headers are parsed without touching tensor data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from specdyn.errors import CheckpointError
+from specdyn.io.base import CheckpointFormat, as_step, parse_json, reading
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_HEADER = 100_000_000  # bytes; a longer header is damage, not a model
+
+
+def parse_header(raw: bytes) -> tuple[dict, int]:
+    """The JSON header at the start of safetensors bytes, and the offset where tensor data begins."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    if length > MAX_HEADER:
+        raise ValueError(f"implausible safetensors header length {length}")
+    return json.loads(raw[8 : 8 + length]), 8 + length
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, read without touching tensor data."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER:
+            raise ValueError(f"implausible safetensors header length {length}")
+        return parse_header(head + f.read(length))[0]
+
+
+def save_file(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save` with the metadata in a fixed order.
+
+    The library writes metadata from a hash map whose order changes from run to run, so two identical runs
+    would differ in their bytes; rewriting the header (same tensors, same offsets) makes files reproducible.
+    """
+    from safetensors.torch import save
+
+    raw = save(state_dict, metadata=metadata)
+    header, data_start = parse_header(raw)
+    header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        f.write(raw[data_start:])
+
+
+def _dtype(code: str):
+    """torch dtype of a safetensors header dtype code."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+    }[code]  # fmt: skip
+
+
+class SafetensorsSource:
+    """One safetensors file, or a sharded set (name -> shard file); each file opened lazily with safe_open."""
+
+    ordered = False  # safetensors sorts its entries; registration order only via param_order metadata
+
+    def __init__(self, weight_map: dict[str, Path]):
+        self.weight_map = weight_map
+        self._handles: dict[Path, object] = {}
+        self._single: Path | None = None
+
+    @classmethod
+    def file(cls, path: Path) -> SafetensorsSource:
+        source = cls({})
+        source._single = path
+        source.weight_map = {k: path for k in source._open(path).keys()}
+        return source
+
+    def _open(self, path: Path):
+        if path not in self._handles:
+            from safetensors import safe_open
+
+            if not path.is_file():
+                raise CheckpointError(f"{path}: shard listed in the index is missing")
+            with reading(path):
+                self._handles[path] = safe_open(str(path), framework="pt", device="cpu")
+        return self._handles[path]
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        path = self.weight_map[key]
+        with reading(path):
+            return tuple(self._open(path).get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        path = self.weight_map[key]
+        with reading(path):
+            code = self._open(path).get_slice(key).get_dtype()
+        try:
+            return _dtype(code)
+        except KeyError:  # a dtype code newer than this table: ask torch
+            return self.tensor(key).dtype
+
+    def tensor(self, key: str) -> torch.Tensor:
+        path = self.weight_map[key]
+        with reading(path):
+            return self._open(path).get_tensor(key)
+
+    def metadata(self) -> dict:
+        if self._single is None:
+            return {}
+        with reading(self._single):
+            raw = self._open(self._single).metadata() or {}
+        return {k: parse_json(v) for k, v in raw.items()}
+
+    def param_order(self) -> list[str]:
+        order = self.metadata().get("param_order")
+        return [n for n in order if isinstance(n, str)] if isinstance(order, list) else []
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            with contextlib.suppress(Exception):
+                handle.__exit__(None, None, None)
+        self._handles.clear()
+
+
+class SafetensorsFormat(CheckpointFormat):
+    name = "safetensors"
+    describe = "*.safetensors files"
+    writable = True
+
+    def claim_file(self, path: Path) -> Path | None:
+        return path if path.suffix == ".safetensors" else None
+
+    def recorded_step(self, path: Path, run_dir: Path) -> int | None:
+        with contextlib.suppress(Exception):
+            return as_step(read_header(path).get("__metadata__", {}).get("step"))
+        return None
+
+    def open(self, path: Path, trust_pickle: bool) -> SafetensorsSource:
+        return SafetensorsSource.file(path)
+
+    def checkpoint_name(self, step: int, epoch: int = 0) -> str:
+        return f"step_{step:06d}.safetensors"
+
+    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
+              epoch: int = 0, history: list[dict] | None = None) -> None:
+        """Metadata: step, task, config (JSON), param_order (JSON, state_dict order, buffers included), format pt."""
+        meta = {"step": str(step), "task": task, "config": json.dumps(config),
+                "param_order": json.dumps(list(state_dict)), "format": "pt"}  # fmt: skip
+        save_file(state_dict, path, meta)

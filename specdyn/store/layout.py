@@ -1,0 +1,128 @@
+"""Where a store is and what it holds: names, paths and the zarr layout (docs/store.md is the contract).
+
+Every array along the checkpoint axis has chunks of exactly one checkpoint, so concurrent writers of different
+rows never lose data; `done[i]` is written last, after every array of row i.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from specdyn import __version__
+from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.metrics import SPECTRUM_METRICS
+from specdyn.spectral.pairs import PairSpec
+
+STORE_NAME = "specdyn.zarr"  # the default store inside a run dir
+SCHEMA_VERSION = 1
+LOCK_NAME = ".specdyn.lock"
+ROW_METRICS = tuple(SPECTRUM_METRICS)  # computed per checkpoint from its own SVD
+DERIVED_METRICS = ("stability_score", "subspace_overlap", "stability_prev_score")  # against other checkpoints
+METRICS = ROW_METRICS + DERIVED_METRICS
+IDENTITY = ("step", "checkpoint", "source")  # what names a row
+
+
+def default_store(run_dir: Path) -> Path:
+    return Path(run_dir) / STORE_NAME
+
+
+def resolve_store(path: Path) -> Path:
+    """A store path, or a run dir holding the default store."""
+    path = Path(path)
+    if not (path / "zarr.json").exists() and (path / STORE_NAME / "zarr.json").exists():
+        return path / STORE_NAME
+    return path
+
+
+def is_store(path: Path) -> bool:
+    meta = Path(path) / "zarr.json"
+    if not meta.exists():
+        return False
+    try:
+        return "specdyn" in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def _array(group, name, shape, chunks, dtype, dims, fill=np.nan, **attrs):
+    arr = group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=False
+    )
+    if attrs:
+        arr.attrs.update(attrs)
+    return arr
+
+
+def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, attrs: dict) -> None:
+    """Create every array of an empty store with zero checkpoints (rows are added with `resize_rows`)."""
+    M, P = len(specs), len(pairs)
+    root.attrs["specdyn"] = {"schema_version": SCHEMA_VERSION, "specdyn_version": __version__, "top": top, **attrs}
+    _array(root, "step", (0,), (1,), "int64", ("checkpoint",), fill=-1, long_name="training step")
+    _array(root, "checkpoint", (0,), (1,), str, ("checkpoint",), fill="", long_name="path relative to its run dir")
+    _array(root, "source", (0,), (1,), "int16", ("checkpoint",), fill=-1, long_name="index into attrs sources")
+    _array(root, "done", (0,), (1,), "bool", ("checkpoint",), fill=False, long_name="row complete")
+    mat = _array(root, "matrix", (M,), (max(M, 1),), str, ("matrix",), fill="")
+    mat[:] = np.array([s.name for s in specs], dtype=object)
+    mat.attrs.update(
+        {
+            "shapes": {s.name: list(s.shape) for s in specs},
+            "original_shapes": {s.name: list(s.original_shape) for s in specs},
+            "kinds": {s.name: s.kind for s in specs},
+        }
+    )
+    pair = _array(root, "pair", (P,), (max(P, 1),), str, ("pair",), fill="")
+    if P:
+        pair[:] = np.array([p.name for p in pairs], dtype=object)
+    pair.attrs["pairs"] = [p.to_json() for p in pairs]
+    for name in METRICS:
+        _array(root, name, (0, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+    _array(root, "stability", (0, M, top), (1, max(M, 1), top), "float32", ("checkpoint", "matrix", "rank"))
+    _array(root, "alignment", (0, P, top), (1, max(P, 1), top), "float32", ("checkpoint", "pair", "rank"))
+    _array(root, "alignment_score", (0, P), (1, max(P, 1)), "float64", ("checkpoint", "pair"))
+    for s in specs:
+        g = root.require_group(matrix_group(s.name))
+        m, n = s.shape
+        r = min(top, s.k)
+        _array(g, "sv", (0, s.k), (1, s.k), "float64", ("checkpoint", "k"))
+        _array(g, "U", (0, m, r), (1, m, r), "float32", ("checkpoint", "m", "top"))
+        _array(g, "V", (0, n, r), (1, n, r), "float32", ("checkpoint", "n", "top"))
+
+
+def matrix_group(name: str) -> str:
+    return f"matrices/{name}"
+
+
+def matrix_names(root) -> list[str]:
+    return [str(m) for m in root["matrix"][:]]
+
+
+def specs_of(root) -> list[MatrixSpec]:
+    """The MatrixSpecs a store was made with, in its matrix order."""
+    a = root["matrix"].attrs
+    return [MatrixSpec(n, tuple(a["original_shapes"][n]), a["kinds"][n]) for n in matrix_names(root)]
+
+
+def pair_docs(root) -> list[dict]:
+    return list(root["pair"].attrs.get("pairs", []))
+
+
+def pairs_of(root) -> list[PairSpec]:
+    """The PairSpecs a store was made with, in its pair order."""
+    return [PairSpec(p["prev"], p["next"], p["kind"]) for p in pair_docs(root)]
+
+
+def checkpoint_arrays(root):
+    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first."""
+    out = [root[name] for name in ("done", *IDENTITY, *METRICS)]
+    out += [root["stability"], root["alignment"], root["alignment_score"]]
+    for name in matrix_names(root):
+        g = root[matrix_group(name)]
+        out += [g["sv"], g["U"], g["V"]]
+    return out
+
+
+def read_attrs(root) -> dict:
+    return dict(root.attrs.get("specdyn", {}))

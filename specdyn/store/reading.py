@@ -1,0 +1,186 @@
+"""Reading a store: `SpectralStore`, numpy arrays over the completed checkpoints, and an xarray view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
+from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.pairs import PairSpec
+from specdyn.store.layout import METRICS, is_store, resolve_store, matrix_group, matrix_names, pair_docs, read_attrs
+from specdyn.store.results import has_group
+
+
+class SpectralStore:
+    """Read-only view of a store: numpy arrays over the completed checkpoints, and xarray views.
+
+    >>> st = specdyn.open_store("run/specdyn.zarr")            # doctest: +SKIP
+    >>> st.steps, st.matrices[:2], st.metric("effective_rank").shape   # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, root):
+        self.path = Path(path)
+        self.root = root
+        self.attrs = read_attrs(root)
+        done = root["done"][:]
+        self.rows = np.flatnonzero(done)  # physical rows of completed checkpoints
+
+    @classmethod
+    def open(cls, path) -> "SpectralStore":
+        path = Path(path)
+        if not is_store(path):
+            hint = "run `specdyn analyze RUN_DIR` first" if not path.exists() else "it is not a specdyn store"
+            raise SpecdynError(f"{path}: no specdyn store here; {hint}", code=EXIT_NOT_FOUND)
+        return cls(path, zarr.open_group(str(path), mode="r"))
+
+    # -- axes
+    @property
+    def steps(self) -> np.ndarray:
+        return self.root["step"][:][self.rows]
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return [str(c) for c in self.root["checkpoint"][:][self.rows]]
+
+    @property
+    def sources(self) -> list[dict]:
+        return list(self.attrs.get("sources", []))
+
+    @property
+    def source_index(self) -> np.ndarray:
+        """The index into `sources` (and `run_dirs`) of every completed checkpoint."""
+        return self.root["source"][:][self.rows]
+
+    def checkpoint_paths(self) -> list[Path]:
+        """The checkpoint file or folder of every completed row, resolved against its run dir."""
+        run_dirs = self.run_dirs
+        return [run_dirs[int(s)] / c for s, c in zip(self.source_index, self.checkpoints)]
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """The run directory of every source, resolved relative to the store when stored relative."""
+        return [(self.path.parent / s["run_dir"]).resolve() for s in self.sources]
+
+    @property
+    def matrices(self) -> list[str]:
+        return matrix_names(self.root)
+
+    def matrix_spec(self, name: str) -> MatrixSpec:
+        a = self.root["matrix"].attrs
+        self.check_matrix(name)
+        return MatrixSpec(name, tuple(a["original_shapes"][name]), a["kinds"][name])
+
+    @property
+    def pairs(self) -> list[str]:
+        return [p["name"] for p in pair_docs(self.root)]
+
+    def pair_docs(self) -> list[dict]:
+        """Each pair's JSON description (prev, next, kind, name), in pair order."""
+        return pair_docs(self.root)
+
+    def pair_spec(self, name: str) -> PairSpec:
+        for p in pair_docs(self.root):
+            if p["name"] == name:
+                return PairSpec(p["prev"], p["next"], p["kind"])
+        raise SpecdynError(f"{self.path}: no pair {name!r}; {_close(name, self.pairs)}")
+
+    @property
+    def top(self) -> int:
+        return int(self.attrs["top"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- data
+    def metric(self, name: str) -> np.ndarray:
+        """A (checkpoint, matrix) metric such as effective_rank, stable_rank, stability_score."""
+        if name not in METRICS:
+            raise SpecdynError(f"{self.path}: unknown metric {name!r}; known: {', '.join(METRICS)}")
+        return self.root[name][:][self.rows]
+
+    def sv(self, matrix: str) -> np.ndarray:
+        """All singular values of a matrix, (checkpoint, k)."""
+        return self._matrix_array(matrix, "sv")
+
+    def U(self, matrix: str) -> np.ndarray:
+        """Top left singular vectors, (checkpoint, m, top)."""
+        return self._matrix_array(matrix, "U")
+
+    def V(self, matrix: str) -> np.ndarray:
+        """Top right singular vectors, (checkpoint, n, top)."""
+        return self._matrix_array(matrix, "V")
+
+    def stability(self, matrix: str | None = None) -> np.ndarray:
+        """SVA diagonal against the final checkpoint: (checkpoint, matrix, rank), or (checkpoint, rank) for one."""
+        data = self.root["stability"][:][self.rows]
+        return data if matrix is None else data[:, self.matrices.index(self.check_matrix(matrix))]
+
+    def alignment(self, pair: str | None = None) -> np.ndarray:
+        data = self.root["alignment"][:][self.rows]
+        if pair is None:
+            return data
+        if pair not in self.pairs:
+            raise SpecdynError(f"{self.path}: no pair {pair!r}; {_close(pair, self.pairs)}")
+        return data[:, self.pairs.index(pair)]
+
+    def alignment_score(self) -> np.ndarray:
+        return self.root["alignment_score"][:][self.rows]
+
+    def row_spectrum(self, matrix: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(singular values, top U, top V) of a matrix at one physical row (an element of `rows`)."""
+        g = self.root[matrix_group(self.check_matrix(matrix))]
+        return g["sv"][row], g["U"][row], g["V"][row]
+
+    def has_results(self, name: str) -> bool:
+        """Whether an evaluation wrote its `evals/<name>` group into this store."""
+        return has_group(self.path, f"evals/{name}")
+
+    def _matrix_array(self, matrix: str, what: str) -> np.ndarray:
+        self.check_matrix(matrix)
+        arr = self.root[f"{matrix_group(matrix)}/{what}"]
+        return arr.get_orthogonal_selection((self.rows,) + (slice(None),) * (arr.ndim - 1))
+
+    def check_matrix(self, name: str) -> str:
+        if name not in self.matrices:
+            raise SpecdynError(f"{self.path}: no matrix {name!r}; {_close(name, self.matrices)}")
+        return name
+
+    def to_xarray(self):
+        """The root arrays as an xarray.Dataset over completed checkpoints (needs the `xarray` extra)."""
+        import xarray as xr
+
+        ds = xr.open_zarr(str(self.path), consolidated=None)
+        return ds.isel(checkpoint=self.rows).set_coords(["step", "source", "done"])
+
+
+class ResultsStore:
+    """A zarr folder that holds only evaluation results (interpolate's standalone `interp.zarr`), with the
+    `path` that the figure functions read results from."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+
+def open_any(path, results_name: str | None = None):
+    """A SpectralStore for a specdyn store (or a run dir holding one), else a ResultsStore for an evaluation-only
+    zarr (or a folder holding `results_name`)."""
+    p = resolve_store(Path(path))
+    if is_store(p):
+        return SpectralStore.open(p)
+    if (p / "zarr.json").exists():
+        return ResultsStore(p)
+    if results_name and (Path(path) / results_name / "zarr.json").exists():
+        return ResultsStore(Path(path) / results_name)
+    return SpectralStore.open(p)  # raises the usual "no specdyn store here"
+
+
+def _close(name: str, options: list[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, options, n=3, cutoff=0.4)
+    if near:
+        return "did you mean " + ", ".join(repr(n) for n in near) + "?"
+    return f"it has {len(options)}: " + ", ".join(options[:8]) + (" ..." if len(options) > 8 else "")
