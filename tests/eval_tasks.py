@@ -111,7 +111,7 @@ def analyzed(run_dir: Path, top: int = 64):
     """Analyze a series into its default store; returns the store path."""
     from specdyn.analyze import AnalyzeOptions, analyze
 
-    summary = analyze([Path(run_dir)], None, AnalyzeOptions(top=top), show_progress=False)
+    summary = analyze([Path(run_dir)], None, AnalyzeOptions(topk=top), show_progress=False)
     return Path(summary["store"])
 
 

@@ -103,7 +103,7 @@ def assert_same(a, b):
 def test_crash_mid_row_then_rerun_equals_clean_run(series, tmp_path, monkeypatch):
     run, _ = series
     analyze([run], tmp_path / "clean.zarr", AnalyzeOptions(**OPTS), show_progress=False)
-    import specdyn.analyze as mod
+    import specdyn.analyze.compute as mod
 
     calls = {"n": 0}
     real = mod.write_row
@@ -245,12 +245,12 @@ def test_options_must_match_the_store(series):
     run, _ = series
     analyze([run], options=AnalyzeOptions(**OPTS), show_progress=False)
     with pytest.raises(SpecdynError, match="--top"):
-        analyze([run], options=AnalyzeOptions(top=8, **OPTS), show_progress=False)
-    summary = analyze([run], options=AnalyzeOptions(top=8, overwrite=True, **OPTS), show_progress=False)
+        analyze([run], options=AnalyzeOptions(topk=8, **OPTS), show_progress=False)
+    summary = analyze([run], options=AnalyzeOptions(topk=8, overwrite=True, **OPTS), show_progress=False)
     assert summary["computed"] == 5 and specdyn.open_store(run / "specdyn.zarr").top == 8
     with pytest.raises(SpecdynError, match="--heads"):  # heads and pairs may be omitted on a rerun, not changed
-        analyze([run], options=AnalyzeOptions(top=8, heads=2, **OPTS), show_progress=False)
-    assert analyze([run], options=AnalyzeOptions(top=8, **OPTS), show_progress=False)["computed"] == 0
+        analyze([run], options=AnalyzeOptions(topk=8, heads=2, **OPTS), show_progress=False)
+    assert analyze([run], options=AnalyzeOptions(topk=8, **OPTS), show_progress=False)["computed"] == 0
 
 
 def test_workers_match_serial(series, tmp_path):

@@ -1,0 +1,49 @@
+"""What an analyze run may be asked, declared once: the Python API and `specdyn analyze` take these fields and
+refuse the same inputs with the same message."""
+
+from dataclasses import dataclass
+
+from specdyn.errors import SpecdynError
+from specdyn.options import Options, option, trust_pickle_option
+from specdyn.spectral.svd import ROUTES
+
+SELECT = "Selecting checkpoints and tensors"
+COMPUTE = "Computing"
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions(Options):
+    topk: int = option(64, "--topk", min=1, help="Singular vectors kept per matrix (stability, alignment, pruning).")
+    include: list[str] = option(factory=list, help="Only tensors matching this glob (repeatable).", panel=SELECT)
+    exclude: list[str] = option(factory=list, help="Skip tensors matching this glob (repeatable).", panel=SELECT)
+    every: int | None = option(None, min=1, help="Every N-th checkpoint (and the last).", panel=SELECT)
+    log_spaced: int | None = option(None, min=2, help="About N checkpoints spaced evenly in log(index).", panel=SELECT)
+    steps: str | None = option(None, help="Step range a:b, inclusive; either side may be empty.", panel=SELECT)
+    order: str = option("step", choices=("step", "name"), help="Order checkpoints by training 'step' or natural "
+                        "'name'.", panel=SELECT)
+    pairs_file: str | None = option(None, "--pairs", help="File of alignment pairs, one `prev next` per line.")
+    heads: int | None = option(None, min=1, help="Attention heads (default: from checkpoint config).")
+    device: str = option("cpu", help="'cpu' or 'cuda' (GPU SVDs).", panel=COMPUTE)
+    svd_route: str = option("auto", choices=("auto", *ROUTES), help="'auto' (fastest measured per shape), or pin "
+                            f"{', '.join(repr(r) for r in ROUTES)}.", panel=COMPUTE)
+    recalibrate: bool = option(False, help="Measure the SVD routes again on this machine (choices are cached in "
+                               "~/.cache/specdyn).", panel=COMPUTE)
+    workers: int = option(1, min=1, help="Processes over checkpoints; BLAS threads = cores / workers.", panel=COMPUTE)
+    dask: str | None = option(None, help="Run checkpoints on Dask: 'local' (a LocalCluster of --workers processes) "
+                              "or a scheduler address. Needs specdyn[dask].", panel=COMPUTE)
+    strict: bool = option(False, help="Fail on an unreadable checkpoint instead of skipping it.")
+    trust_pickle: bool = trust_pickle_option()
+    overwrite: bool = option(False, help="Delete an existing store first.")
+
+    def check(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SpecdynError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
+        elif self.device != "cpu":
+            raise SpecdynError(f"--device {self.device!r}: use 'cpu' or 'cuda'")
+
+    def content_options(self) -> dict:
+        """Options that change what a row holds: a rerun must use the same ones (store attrs keep `top`)."""
+        return {"top": self.topk, "include": list(self.include), "exclude": list(self.exclude), "order": self.order}
