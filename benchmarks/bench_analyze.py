@@ -33,12 +33,18 @@ def gpt2_shapes() -> dict[str, tuple[int, ...]]:
     for i in range(BLOCKS):
         p = f"h.{i}."
         shapes |= {
-            p + "ln_1.weight": (D,), p + "ln_1.bias": (D,),
-            p + "attn.c_attn.weight": (D, 3 * D), p + "attn.c_attn.bias": (3 * D,),
-            p + "attn.c_proj.weight": (D, D), p + "attn.c_proj.bias": (D,),
-            p + "ln_2.weight": (D,), p + "ln_2.bias": (D,),
-            p + "mlp.c_fc.weight": (D, 4 * D), p + "mlp.c_fc.bias": (4 * D,),
-            p + "mlp.c_proj.weight": (4 * D, D), p + "mlp.c_proj.bias": (D,),
+            p + "ln_1.weight": (D,),
+            p + "ln_1.bias": (D,),
+            p + "attn.c_attn.weight": (D, 3 * D),
+            p + "attn.c_attn.bias": (3 * D,),
+            p + "attn.c_proj.weight": (D, D),
+            p + "attn.c_proj.bias": (D,),
+            p + "ln_2.weight": (D,),
+            p + "ln_2.bias": (D,),
+            p + "mlp.c_fc.weight": (D, 4 * D),
+            p + "mlp.c_fc.bias": (4 * D,),
+            p + "mlp.c_proj.weight": (4 * D, D),
+            p + "mlp.c_proj.bias": (D,),
         }
     return shapes | {"ln_f.weight": (D,), "ln_f.bias": (D,)}
 
@@ -51,10 +57,17 @@ def write_series(out: Path, n: int) -> list[Path]:
         return paths
     g = torch.Generator().manual_seed(0)
     base = {k: torch.randn(s, generator=g) * 0.02 for k, s in gpt2_shapes().items()}
-    drift = {k: (torch.randn(s[0], 8, generator=g), torch.randn(8, s[1], generator=g)) for k, s in gpt2_shapes().items() if len(s) == 2}
+    drift = {
+        k: (torch.randn(s[0], 8, generator=g), torch.randn(8, s[1], generator=g))
+        for k, s in gpt2_shapes().items()
+        if len(s) == 2
+    }
     order = list(base)
     for i, p in enumerate(paths):
-        sd = {k: (v + 0.01 * i * (drift[k][0] @ drift[k][1]) / 8 if k in drift else v).contiguous() for k, v in base.items()}
+        sd = {
+            k: (v + 0.01 * i * (drift[k][0] @ drift[k][1]) / 8 if k in drift else v).contiguous()
+            for k, v in base.items()
+        }
         save_file(sd, str(p), metadata={"step": str(1000 * i), "param_order": json.dumps(order)})
         print(f"wrote {p} ({p.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
     return paths
@@ -144,7 +157,10 @@ def main():
         return
     # Written by a child process: a child's peak RSS (ru_maxrss) starts from its parent's size at fork, so this
     # process must stay small until analyze has run.
-    subprocess.run([sys.executable, __file__, "--write-only", "--dir", str(args.dir), "--checkpoints", str(args.checkpoints)], check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--write-only", "--dir", str(args.dir), "--checkpoints", str(args.checkpoints)],
+        check=True,
+    )
     paths = write_series(series, args.checkpoints)
     store = args.dir / "bench.zarr"
     ckpt_bytes = paths[0].stat().st_size
@@ -173,11 +189,27 @@ def main():
     budget = 2 * ckpt_bytes + 2**30
     rows = [
         ("checkpoints", f"{len(paths)} x {ckpt_bytes / 2**20:.0f} MiB", ""),
-        ("analyze, first run on this machine (measures SVD routes)", f"{cold_s:.1f} s", f"cold / floor = {cold_s / floor_s:.2f}"),
+        (
+            "analyze, first run on this machine (measures SVD routes)",
+            f"{cold_s:.1f} s",
+            f"cold / floor = {cold_s / floor_s:.2f}",
+        ),
         ("analyze (fresh process, routes known)", f"{analyze_s:.1f} s", ""),
-        ("floor (fastest plain LAPACK, no I/O)", f"{floor_s:.1f} s", f"analyze / floor = {analyze_s / floor_s:.2f}  (target <= 1.3)"),
-        (f"reference (5 torch SVDs/matrix; {args.ref_checkpoints} ckpts scaled)", f"{ref_s:.1f} s", f"reference / analyze = {ref_s / analyze_s:.1f}x  (target >= 5)"),
-        ("peak RSS of analyze", f"{peak_rss / 2**30:.2f} GiB", f"budget 2 x ckpt + 1 GiB = {budget / 2**30:.2f} GiB ({peak_rss / budget:.2f} of it)"),
+        (
+            "floor (fastest plain LAPACK, no I/O)",
+            f"{floor_s:.1f} s",
+            f"analyze / floor = {analyze_s / floor_s:.2f}  (target <= 1.3)",
+        ),
+        (
+            f"reference (5 torch SVDs/matrix; {args.ref_checkpoints} ckpts scaled)",
+            f"{ref_s:.1f} s",
+            f"reference / analyze = {ref_s / analyze_s:.1f}x  (target >= 5)",
+        ),
+        (
+            "peak RSS of analyze",
+            f"{peak_rss / 2**30:.2f} GiB",
+            f"budget 2 x ckpt + 1 GiB = {budget / 2**30:.2f} GiB ({peak_rss / budget:.2f} of it)",
+        ),
         ("rerun, nothing new (fresh process)", f"{rerun_cli_s:.2f} s", "target < 2 s"),
         ("rerun, nothing new (in-process)", f"{rerun_api_s:.2f} s", ""),
     ]

@@ -33,7 +33,10 @@ def build(store: Path, n_ckpt: int, layers: int) -> None:
     shapes = transformer_shapes(layers, d=48, vocab=97)
     t = time.perf_counter()
     write_store(store, shapes, steps, top=48, run_log=grokking_log(steps))
-    print(f"built {store}: {len(shapes)} matrices x {len(steps)} checkpoints in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    print(
+        f"built {store}: {len(shapes)} matrices x {len(steps)} checkpoints in {time.perf_counter() - t:.0f} s",
+        file=sys.stderr,
+    )
 
 
 def add_eval_results(store: Path) -> None:
@@ -55,8 +58,14 @@ def add_eval_results(store: Path) -> None:
     a["top_kept"][1][:] = a["full"][1][:, None] * np.array([1.5, 1.1, 1.02])[None, :, None, None]
     a["bottom_kept"][1][:] = 4.7
     a["done"][1][:] = True
-    results.write_group(store, prune.GROUP, a, {"task": "synthetic", "bn_recal": False}, row_dim=prune.ROW, coords=prune.COORDS)
-    pairs = [{"ckpt_a": f"b{s}-{i}", "ckpt_b": f"b{s}-{i + 1}", "split_step": s, "label": ""} for s in st.steps[::50] for i in range(9)]
+    results.write_group(
+        store, prune.GROUP, a, {"task": "synthetic", "bn_recal": False}, row_dim=prune.ROW, coords=prune.COORDS
+    )
+    pairs = [
+        {"ckpt_a": f"b{s}-{i}", "ckpt_b": f"b{s}-{i + 1}", "split_step": s, "label": ""}
+        for s in st.steps[::50]
+        for i in range(9)
+    ]
     grid = interpolate.alphas(11)
     b = interpolate._layout(pairs, grid, metrics, st.matrices, 48, None)
     bump = np.sin(np.pi * grid)[None, :, None, None]
@@ -65,7 +74,9 @@ def add_eval_results(store: Path) -> None:
         b[f"{c}_barrier"][1][:] = np.stack([interpolate.curve_barriers(y) for y in b[c][1]])
     b["effective_rank"][1][:] = rng.uniform(0.3, 0.9, b["effective_rank"][1].shape)
     b["done"][1][:] = True
-    results.write_group(store, interpolate.GROUP, b, {"task": "synthetic"}, row_dim=interpolate.ROW, coords=interpolate.COORDS)
+    results.write_group(
+        store, interpolate.GROUP, b, {"task": "synthetic"}, row_dim=interpolate.ROW, coords=interpolate.COORDS
+    )
 
 
 def main() -> None:
@@ -97,14 +108,18 @@ def main() -> None:
         t1 = time.perf_counter()
         path = style.save(fig, out / f"{kind}.png", dpi=args.dpi)
         t2, c2 = time.perf_counter(), time.process_time()
-        print(f"| {kind} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t2 - t0:.2f} | {c2 - c0:.2f} | {path.stat().st_size / 1024:.0f} |")
+        print(
+            f"| {kind} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t2 - t0:.2f} | {c2 - c0:.2f} | {path.stat().st_size / 1024:.0f} |"
+        )
     from specdyn.report import build_report
 
     t0, c0 = time.perf_counter(), time.process_time()
     page = build_report([specdyn.open_store(store)])
     (out / "report.html").write_text(page)
     t2, c2 = time.perf_counter(), time.process_time()
-    print(f"| report (1 store, {page.count('<img')} figures) | | | {t2 - t0:.2f} | {c2 - c0:.2f} | {len(page) / 1024:.0f} |")
+    print(
+        f"| report (1 store, {page.count('<img')} figures) | | | {t2 - t0:.2f} | {c2 - c0:.2f} | {len(page) / 1024:.0f} |"
+    )
     print(f"\nload average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
 
 

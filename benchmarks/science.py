@@ -38,8 +38,28 @@ from specdyn.spectral.metrics import effective_rank  # noqa: E402
 SAMPLES = ROOT / "sample_checkpoints"
 # The commands of sample_checkpoints/README.md (without --out), used by --fresh.
 COMMANDS = {
-    "modadd-wd1": ["modadd", "--weight-decay", "1.0", "--save-every", "200", "--save-dtype", "bfloat16", "--threads", "1"],
-    "modadd-wd0": ["modadd", "--weight-decay", "0", "--save-every", "200", "--save-dtype", "bfloat16", "--threads", "1"],
+    "modadd-wd1": [
+        "modadd",
+        "--weight-decay",
+        "1.0",
+        "--save-every",
+        "200",
+        "--save-dtype",
+        "bfloat16",
+        "--threads",
+        "1",
+    ],
+    "modadd-wd0": [
+        "modadd",
+        "--weight-decay",
+        "0",
+        "--save-every",
+        "200",
+        "--save-dtype",
+        "bfloat16",
+        "--threads",
+        "1",
+    ],
     "mlp-true": ["mlp", "--save-every", "300", "--save-dtype", "bfloat16", "--threads", "1"],
     "mlp-random": ["mlp", "--random-labels", "--save-every", "300", "--save-dtype", "bfloat16", "--threads", "1"],
 }
@@ -83,8 +103,10 @@ def fmt(v, spec=".3f"):
 
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    head = f"{'run':<12} {'ckpts':>5} {'steps':>6} {'train err':>9} {'val err':>8} {'val<5% at':>9} " \
-           f"{'erank first':>11} {'erank last':>10} {'rank half-fall at':>17}"
+    head = (
+        f"{'run':<12} {'ckpts':>5} {'steps':>6} {'train err':>9} {'val err':>8} {'val<5% at':>9} "
+        f"{'erank first':>11} {'erank last':>10} {'rank half-fall at':>17}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -108,11 +130,21 @@ def claims(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
             out.append(("wd-1 rank falls around the grokking step", False,
                         f"grok step {g}, final rank gap {final_gap:.3f}"))  # fmt: skip
         else:
-            out.append(("wd-1 rank falls around the grokking step", abs(h - g) <= span / 4,
-                        f"the wd-0 minus wd-1 rank gap reaches half its final {final_gap:.3f} at step {h}; "
-                        f"val err < 5% at step {g} (tolerance {span // 4})"))
-        out.append(("wd-1 groks (val err < 5%) and wd-0 does not", g is not None and wd0["grok_step"] is None,
-                    f"wd-1 final val err {fmt(wd1['final_val_err'])}, wd-0 {fmt(wd0['final_val_err'])}"))
+            out.append(
+                (
+                    "wd-1 rank falls around the grokking step",
+                    abs(h - g) <= span / 4,
+                    f"the wd-0 minus wd-1 rank gap reaches half its final {final_gap:.3f} at step {h}; "
+                    f"val err < 5% at step {g} (tolerance {span // 4})",
+                )
+            )
+        out.append(
+            (
+                "wd-1 groks (val err < 5%) and wd-0 does not",
+                g is not None and wd0["grok_step"] is None,
+                f"wd-1 final val err {fmt(wd1['final_val_err'])}, wd-0 {fmt(wd0['final_val_err'])}",
+            )
+        )
     rnd, true = by.get("mlp-random"), by.get("mlp-true")
     if rnd and true:
         out.append(("random-label MLP ends at higher effective rank than true-label MLP",

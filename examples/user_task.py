@@ -35,11 +35,16 @@ class Blobs:
         self.batch_size = batch_size
 
     def build_model(self) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):  # the same initial weights every call, without touching the caller's RNG
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the same initial weights every call, without touching the caller's RNG
             torch.manual_seed(0)
             return nn.Sequential(
-                nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(),
-                nn.Linear(32, 32), nn.ReLU(),
+                nn.Linear(8, 32),
+                nn.BatchNorm1d(32),
+                nn.ReLU(),
+                nn.Linear(32, 32),
+                nn.ReLU(),
                 nn.Linear(32, 3),
             )
 

@@ -1,17 +1,42 @@
 """specdyn: the spectral dynamics of weights over a training run.
 
 Analyze a checkpoint series once into a zarr store (`specdyn analyze`), then plot, report and evaluate it.
-Python API: `specdyn.open_store(path)`.
+
+    import specdyn
+    specdyn.analyze(["runs/wd1"], options=specdyn.AnalyzeOptions(topk=32))
+    st = specdyn.open_store("runs/wd1")          # a SpectralStore; st.to_xarray() for xarray
+
+Names are imported on first use, so `import specdyn` stays light.
 """
 
-__version__ = "0.1.0"
+import importlib
+
+from specdyn.version import __version__
+
+# The public API: name -> the module that defines it.
+_API = {
+    "analyze": "specdyn.analyze",
+    "AnalyzeOptions": "specdyn.analyze",
+    "SpectralStore": "specdyn.store",
+    "discover": "specdyn.io",
+    "open_checkpoint": "specdyn.io",
+    "CheckpointReader": "specdyn.io",
+    "FORMATS": "specdyn.io",
+    "SpecdynError": "specdyn.errors",
+}
 
 
 def open_store(path):
-    """Open a specdyn zarr store read-only; see `specdyn.store.SpectralStore`."""
-    from specdyn.store import SpectralStore
+    """Open a specdyn zarr store (or a run dir holding `specdyn.zarr`) read-only; see `SpectralStore`."""
+    from specdyn.store import SpectralStore, resolve_store
 
-    return SpectralStore.open(path)
+    return SpectralStore.open(resolve_store(path))
 
 
-__all__ = ["__version__", "open_store"]
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'specdyn' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "open_store", *_API]

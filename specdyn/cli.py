@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
-from specdyn import __version__
+from specdyn.version import __version__
 from specdyn.errors import SpecdynError
 
 # The command registry: module names under specdyn.commands, in the order `--help` lists them.
@@ -54,10 +54,10 @@ def user_errors(fn):
             from rich.text import Text
 
             err_console().print(Text.assemble(("error:", "red"), " ", e.message), soft_wrap=True)
-            raise typer.Exit(e.code)
+            raise typer.Exit(e.code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 

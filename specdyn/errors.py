@@ -15,7 +15,6 @@ EXIT_STORE_BUSY = 5
 EXIT_NOT_FOUND = 6
 
 
-
 class SpecdynError(Exception):
     """An error caused by the user's input, reported as one line without a traceback."""
 

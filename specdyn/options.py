@@ -20,14 +20,36 @@ from specdyn.errors import SpecdynError
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any = _MISSING, *flags: str, help: str, factory: Callable | None = None,
-           min: float | None = None, max: float | None = None, choices: Sequence[str] | None = None,
-           panel: str | None = None, metavar: str | None = None, show_default: bool | str = True,
-           hidden: bool = False, cli: bool = True, parse: Callable | None = None):
+def option(
+    default: Any = _MISSING,
+    *flags: str,
+    help: str,
+    factory: Callable | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Sequence[str] | None = None,
+    panel: str | None = None,
+    metavar: str | None = None,
+    show_default: bool | str = True,
+    hidden: bool = False,
+    cli: bool = True,
+    parse: Callable | None = None,
+):
     """A dataclass field with its CLI flag(s) (default `--field-name`), help, and the checks every caller gets.
     `parse` turns the CLI's strings into the field's value (e.g. "0.1,0.5" into fractions)."""
-    meta = {"parse": parse, "flags": flags, "help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None,
-            "panel": panel, "metavar": metavar, "show_default": show_default, "hidden": hidden, "cli": cli}
+    meta = {
+        "parse": parse,
+        "flags": flags,
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices else None,
+        "panel": panel,
+        "metavar": metavar,
+        "show_default": show_default,
+        "hidden": hidden,
+        "cli": cli,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"specdyn": meta})
     return dataclasses.field(default=default, metadata={"specdyn": meta})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdyn import __version__
+from specdyn.version import __version__
 from specdyn.errors import SpecdynError
 
 REPORT_DPI = 110
@@ -36,6 +36,7 @@ class FigureJob:
 
 # ------------------------------------------------------------------------------------------- choosing matrices
 
+
 def interesting_matrices(store, n: int = N_INTERESTING) -> dict[str, list[tuple[str, float]]]:
     """The matrices most worth a look: largest drop of normalized effective rank from the first checkpoint to
     the last, and lowest stability score at the final-but-one checkpoint (at the final one it is 1 by
@@ -55,44 +56,108 @@ def interesting_matrices(store, n: int = N_INTERESTING) -> dict[str, list[tuple[
 
 # ------------------------------------------------------------------------------------------- the figure list
 
+
 def figure_jobs(stores, labels: list[str]) -> list[FigureJob]:
     from specdyn.plots import interp, prune, select
 
     jobs = []
     if len(stores) > 1:
         sec = "Comparison"
-        jobs.append(FigureJob(sec, "Spectral metrics, all runs", "Mean over every matrix of each run (band: ± one "
-                              "standard deviation across matrices).", "compare", stores,
-                              {"metric": ["effective_rank", "stable_rank", "stability_score"]}))
+        jobs.append(
+            FigureJob(
+                sec,
+                "Spectral metrics, all runs",
+                "Mean over every matrix of each run (band: ± one standard deviation across matrices).",
+                "compare",
+                stores,
+                {"metric": ["effective_rank", "stable_rank", "stability_score"]},
+            )
+        )
         logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(stores, m)]
         if logs:
-            jobs.append(FigureJob(sec, "Training curves, all runs", "From each run's run.json.", "compare", stores,
-                                  {"metric": logs}))
-        jobs.append(FigureJob(sec, "Effective rank, all runs", "Normalized effective rank of every matrix; one "
-                              "colour scale, fixed to [0, 1].", "rank-heatmap", stores))
-        jobs.append(FigureJob(sec, "At a glance, all runs", "One row per run (the paper's Fig. 2).", "grokking", stores))
+            jobs.append(
+                FigureJob(
+                    sec, "Training curves, all runs", "From each run's run.json.", "compare", stores, {"metric": logs}
+                )
+            )
+        jobs.append(
+            FigureJob(
+                sec,
+                "Effective rank, all runs",
+                "Normalized effective rank of every matrix; one colour scale, fixed to [0, 1].",
+                "rank-heatmap",
+                stores,
+            )
+        )
+        jobs.append(
+            FigureJob(sec, "At a glance, all runs", "One row per run (the paper's Fig. 2).", "grokking", stores)
+        )
     for st, label in zip(stores, labels):
         sec = label
         pick = interesting_matrices(st)
         least = pick["least_stable"][0][0] if pick["least_stable"] else None
         shown = list(dict.fromkeys([n for n, _ in pick["rank_drop"][:2]] + [n for n, _ in pick["least_stable"][:2]]))
-        jobs.append(FigureJob(sec, "At a glance", "Loss and error (run.json), the singular values of one matrix, the "
-                              "effective rank of every matrix, and the alignment diagonal of one pair.", "grokking", [st]))
-        jobs.append(FigureJob(sec, "Effective rank of every matrix", "Normalized effective rank (method.md 1.2), "
-                              "matrices by depth, first at the top.", "rank-heatmap", [st]))
-        jobs.append(FigureJob(sec, "Rank metrics and loss", "Normalized effective rank and stable rank of every "
-                              "matrix, with the logged losses on the right axis.", "metrics", [st],
-                              {"metric": ["effective_rank", "stable_rank"]}))
-        jobs.append(FigureJob(sec, "Stability", "Left: the SVA diagonal of the least stable matrix against the "
-                              "final checkpoint; right: the stability score of every matrix.", "stability", [st],
-                              {"matrix": least} if least else {}))
+        jobs.append(
+            FigureJob(
+                sec,
+                "At a glance",
+                "Loss and error (run.json), the singular values of one matrix, the "
+                "effective rank of every matrix, and the alignment diagonal of one pair.",
+                "grokking",
+                [st],
+            )
+        )
+        jobs.append(
+            FigureJob(
+                sec,
+                "Effective rank of every matrix",
+                "Normalized effective rank (method.md 1.2), matrices by depth, first at the top.",
+                "rank-heatmap",
+                [st],
+            )
+        )
+        jobs.append(
+            FigureJob(
+                sec,
+                "Rank metrics and loss",
+                "Normalized effective rank and stable rank of every matrix, with the logged losses on the right axis.",
+                "metrics",
+                [st],
+                {"metric": ["effective_rank", "stable_rank"]},
+            )
+        )
+        jobs.append(
+            FigureJob(
+                sec,
+                "Stability",
+                "Left: the SVA diagonal of the least stable matrix against the "
+                "final checkpoint; right: the stability score of every matrix.",
+                "stability",
+                [st],
+                {"matrix": least} if least else {},
+            )
+        )
         if select.pair_specs(st):
-            jobs.append(FigureJob(sec, "Alignment", "Left: the alignment diagonal of one neighbouring pair; right: "
-                                  "the alignment score of every pair.", "alignment", [st]))
+            jobs.append(
+                FigureJob(
+                    sec,
+                    "Alignment",
+                    "Left: the alignment diagonal of one neighbouring pair; right: the alignment score of every pair.",
+                    "alignment",
+                    [st],
+                )
+            )
         if shown:
-            jobs.append(FigureJob(sec, "Singular values of the most interesting matrices", "The largest drops of "
-                                  "effective rank and the least stable matrices (see the table).", "sv", [st],
-                                  {"matrix": shown}))
+            jobs.append(
+                FigureJob(
+                    sec,
+                    "Singular values of the most interesting matrices",
+                    "The largest drops of effective rank and the least stable matrices (see the table).",
+                    "sv",
+                    [st],
+                    {"matrix": shown},
+                )
+            )
         if prune.has_results(st):
             jobs.append(FigureJob(sec, "Low-rank pruning", "From `specdyn prune-eval`.", "prune", [st]))
         if interp.has_results(st):
@@ -107,6 +172,7 @@ def _any_log(stores, key: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- rendering
+
 
 def render_png(fig, dpi: int = REPORT_DPI) -> tuple[str, float]:
     """A figure as base64 PNG, and its natural width in CSS pixels (96 per inch)."""
@@ -133,11 +199,19 @@ def summary_rows(store) -> list[dict]:
     rows = []
     for j, name in enumerate(names):
         spec = store.matrix_spec(name)
-        rows.append({
-            "name": name, "short": short[j], "kind": spec.kind, "shape": "×".join(map(str, spec.original_shape)),
-            "erank_first": er[0, j], "erank_last": er[-1, j], "stable_last": sr[-1, j],
-            "stability": stab[-2, j] if len(stab) > 1 else np.nan, "norm_last": norm[-1, j],
-        })
+        rows.append(
+            {
+                "name": name,
+                "short": short[j],
+                "kind": spec.kind,
+                "shape": "×".join(map(str, spec.original_shape)),
+                "erank_first": er[0, j],
+                "erank_last": er[-1, j],
+                "stable_last": sr[-1, j],
+                "stability": stab[-2, j] if len(stab) > 1 else np.nan,
+                "norm_last": norm[-1, j],
+            }
+        )
     return rows
 
 
@@ -155,8 +229,12 @@ def store_table(store, label: str, log, pick) -> str:
         ("matrices / pairs", f"{len(store.matrices)} / {len(store.pairs)}"),
         ("singular vectors kept", str(store.top)),
     ]
-    for key, name in (("train_loss", "final train loss"), ("val_loss", "final validation loss"),
-                      ("train_err", "final train error"), ("val_err", "final validation error")):
+    for key, name in (
+        ("train_loss", "final train loss"),
+        ("val_loss", "final validation loss"),
+        ("train_err", "final train error"),
+        ("val_err", "final validation error"),
+    ):
         if log.has(key):
             facts.append((name, _f(log.final(key), "{:.4g}")))
     if log.config:
@@ -166,13 +244,15 @@ def store_table(store, label: str, log, pick) -> str:
     for n, _ in pick["least_stable"]:
         marks[n] = (marks[n] + ", " if n in marks else "") + "least stable"
     rows = summary_rows(store)
-    head = ("<tr><th>matrix</th><th>kind</th><th>shape</th><th>eff. rank first → last</th><th>stable rank</th>"
-            "<th>stability (final−1)</th><th>‖W‖₂</th><th>shown below for</th></tr>")
+    head = (
+        "<tr><th>matrix</th><th>kind</th><th>shape</th><th>eff. rank first → last</th><th>stable rank</th>"
+        "<th>stability (final−1)</th><th>‖W‖₂</th><th>shown below for</th></tr>"
+    )
     body = []
     for r in rows:
         cls = ' class="hot"' if r["name"] in marks else ""
         body.append(
-            f"<tr{cls}><td title=\"{html.escape(r['name'])}\">{html.escape(r['short'])}</td><td>{r['kind']}</td>"
+            f'<tr{cls}><td title="{html.escape(r["name"])}">{html.escape(r["short"])}</td><td>{r["kind"]}</td>'
             f"<td>{r['shape']}</td><td>{_f(r['erank_first'])} → {_f(r['erank_last'])}</td>"
             f"<td>{_f(r['stable_last'])}</td><td>{_f(r['stability'])}</td><td>{_f(r['norm_last'], '{:.3g}')}</td>"
             f"<td>{marks.get(r['name'], '')}</td></tr>"
@@ -204,7 +284,9 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
         raise SpecdynError("no store given; pass one or more stores (or run dirs holding specdyn.zarr)")
     for st in stores:
         if len(st) == 0:
-            raise SpecdynError(f"{st.path}: no completed checkpoints yet; run `specdyn analyze` on its run dir to finish it")
+            raise SpecdynError(
+                f"{st.path}: no completed checkpoints yet; run `specdyn analyze` on its run dir to finish it"
+            )
     logs = [read_run_log(s) for s in stores]
     labels = run_labels(stores, logs)
     jobs = figure_jobs(stores, labels)
@@ -218,12 +300,14 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
         try:
             fig = make_figure(job.kind, job.stores, **job.options)
         except SpecdynError as e:
-            sections[job.section].append(f'<h3>{html.escape(job.heading)}</h3><p class="note">{html.escape(e.message)}</p>')
+            sections[job.section].append(
+                f'<h3>{html.escape(job.heading)}</h3><p class="note">{html.escape(e.message)}</p>'
+            )
         else:
             data, width = render_png(fig, dpi)
             sections[job.section].append(
-                f"<h3>{html.escape(job.heading)}</h3><figure><img alt=\"{html.escape(job.kind)}: "
-                f"{html.escape(job.heading)}\" style=\"width:{width:.0f}px\" src=\"data:image/png;base64,{data}\">"
+                f'<h3>{html.escape(job.heading)}</h3><figure><img alt="{html.escape(job.kind)}: '
+                f'{html.escape(job.heading)}" style="width:{width:.0f}px" src="data:image/png;base64,{data}">'
                 f"<figcaption>{html.escape(job.caption)} <code>specdyn plot {job.kind}</code></figcaption></figure>"
             )
         if on_figure:
@@ -233,9 +317,9 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
     body = "".join(f'<h2 id="{ids[n]}">{html.escape(n)}</h2>{"".join(parts)}' for n, parts in sections.items())
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
-        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class=\"meta\">specdyn {__version__}, {when}. Figures read the stores "
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+        f'<h1>{html.escape(title)}</h1><p class="meta">specdyn {__version__}, {when}. Figures read the stores '
         f"only (and each run's run.json); rerun <code>specdyn report</code> after <code>specdyn analyze</code> "
         f"adds checkpoints.</p><nav>{nav}</nav>{body}</body></html>\n"
     )

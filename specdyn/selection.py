@@ -20,7 +20,9 @@ def parse_steps(spec: str) -> tuple[int | None, int | None]:
         lo, hi = spec.split(":")
         return (int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
     except ValueError:
-        raise SpecdynError(f"--steps {spec!r}: expected `a:b` with integer steps, e.g. `--steps 1000:5000` or `--steps :200`")
+        raise SpecdynError(
+            f"--steps {spec!r}: expected `a:b` with integer steps, e.g. `--steps 1000:5000` or `--steps :200`"
+        ) from None
 
 
 def subsample(ckpts: list, every=None, log_spaced=None, steps=None, key=lambda c: c.step) -> list:

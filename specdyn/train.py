@@ -32,6 +32,7 @@ DEFAULT_SAVES = 20
 
 # --- the save schedule ---------------------------------------------------------------------------------------
 
+
 def save_steps(start: int, end: int, every: int | None = None, log: int | None = None) -> list[int]:
     """The steps at which a run from `start` to `end` saves; always includes both ends.
 
@@ -62,6 +63,7 @@ def save_steps(start: int, end: int, every: int | None = None, log: int | None =
 
 
 # --- writing checkpoints ---------------------------------------------------------------------------------------
+
 
 def _storable(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     out = {}
@@ -127,13 +129,16 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = _existing_run_files(run_dir)
     if existing and not overwrite:
-        raise SpecdynError(f"{run_dir} already holds a run ({existing[0].name}, ...); pass --overwrite to replace "
-                           "it or choose another --out")
+        raise SpecdynError(
+            f"{run_dir} already holds a run ({existing[0].name}, ...); pass --overwrite to replace "
+            "it or choose another --out"
+        )
     for p in existing:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 # --- reading a trunk checkpoint --------------------------------------------------------------------------------
+
 
 @dataclass
 class Source:
@@ -185,16 +190,21 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], wh
     missing = [n for n in own if n not in state_dict]
     unexpected = [n for n in state_dict if n not in own]
     if missing or unexpected:
-        raise SpecdynError(f"{where} does not fit this task's model (missing: {missing[:3]}, unexpected: "
-                           f"{unexpected[:3]}); check the task and its config")
+        raise SpecdynError(
+            f"{where} does not fit this task's model (missing: {missing[:3]}, unexpected: "
+            f"{unexpected[:3]}); check the task and its config"
+        )
     for name, t in own.items():
         if tuple(state_dict[name].shape) != tuple(t.shape):
-            raise SpecdynError(f"{where}: {name} has shape {tuple(state_dict[name].shape)}, the model expects "
-                               f"{tuple(t.shape)}; check the task config")
+            raise SpecdynError(
+                f"{where}: {name} has shape {tuple(state_dict[name].shape)}, the model expects "
+                f"{tuple(t.shape)}; check the task config"
+            )
     model.load_state_dict({n: state_dict[n].to(own[n].dtype) for n in own})
 
 
 # --- training ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Branch:
@@ -258,8 +268,10 @@ def train(
         start = src.step or 0
         info["init_from"] = {"path": str(src.path), "step": start}
     if start >= cfg.steps:
-        raise SpecdynError(f"the run starts at step {start} and config steps is {cfg.steps}: nothing to train; "
-                           f"pass --steps larger than {start}")
+        raise SpecdynError(
+            f"the run starts at step {start} and config steps is {cfg.steps}: nothing to train; "
+            f"pass --steps larger than {start}"
+        )
     schedule = save_steps(start, cfg.steps, every=every, log=log)
 
     edited = False
@@ -331,8 +343,10 @@ def train(
                 epoch, batches = epoch + 1, None
             value = loss.item()
             if not math.isfinite(value):
-                raise SpecdynError(f"{task.name}: the training loss became {value} at step {step}; lower --lr "
-                                   f"(checkpoints up to step {history[-1]['step']} are in {run_dir})")
+                raise SpecdynError(
+                    f"{task.name}: the training loss became {value} at step {step}; lower --lr "
+                    f"(checkpoints up to step {history[-1]['step']} are in {run_dir})"
+                )
             if step in save_at:
                 save(step)
             advance(value, history[-1])

@@ -38,8 +38,9 @@ def tiny_state(seed: int = 0, dtype: torch.dtype | None = None) -> OrderedDict:
     return OrderedDict((k, v.to(dtype) if dtype else v.clone()) for k, v in sd.items())
 
 
-def write_specdyn_safetensors(path: Path, step: int, seed: int | None = None, dtype=None, *, metadata: bool = True,
-                              param_order: bool = True) -> OrderedDict:
+def write_specdyn_safetensors(
+    path: Path, step: int, seed: int | None = None, dtype=None, *, metadata: bool = True, param_order: bool = True
+) -> OrderedDict:
     """A file laid out as `specdyn train` writes them: metadata step/task/config/param_order (JSON strings)."""
     from safetensors.torch import save_file
 
@@ -95,14 +96,15 @@ def write_hf_checkpoint(folder: Path, step: int, layout: str = "single", trainer
             torch.save(sd, folder / "pytorch_model.bin")
         else:
             keys = list(sd)
-            shards = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+            shards = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
                 torch.save({k: sd[k] for k in shard}, folder / name)
                 weight_map.update(dict.fromkeys(shard, name))
             (folder / "pytorch_model.bin.index.json").write_text(
-                json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+                json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+            )
     if trainer_state:
         TrainerState(global_step=step, max_steps=1000).save_to_json(str(folder / "trainer_state.json"))
     # Trainer's other files, which are not weights.
@@ -137,8 +139,16 @@ def write_lightning_run(run_dir: Path, max_steps: int = 3, **hparams) -> Path:
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(8, 1, 4, 4), torch.randint(0, 8, (8,)))
     checkpoint = ModelCheckpoint(dirpath=run_dir, save_top_k=-1, every_n_train_steps=1, save_last=True)
-    trainer = L.Trainer(max_steps=max_steps, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

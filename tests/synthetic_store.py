@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.spectral.rows import RowComputer
 from specdyn.spectral.matrices import MatrixSpec, classify
 from specdyn.spectral.pairs import find_pairs
+from specdyn.spectral.rows import RowComputer
+from specdyn.spectral.svd import SVDEngine
 from specdyn.store.layout import ROW_METRICS, create_layout
 from specdyn.store.writing import consolidate, derive, resize_rows, update_attrs
-from specdyn.spectral.svd import SVDEngine
 
 
-def transformer_shapes(n_layers: int, d: int = 32, vocab: int = 40, d_mlp: int | None = None) -> list[tuple[str, tuple]]:
+def transformer_shapes(
+    n_layers: int, d: int = 32, vocab: int = 40, d_mlp: int | None = None
+) -> list[tuple[str, tuple]]:
     """Matrix names and shapes of a small pre-LN transformer: 4 per layer plus embedding and decoder."""
     d_mlp = d_mlp or 2 * d
     shapes = [("model.embed.weight", (vocab, d))]
@@ -40,15 +42,24 @@ def _weights(shape, steps, rng):
     drift = np.zeros((m, n))
     prev = 0.0
     for step in steps:
-        drift += rng.standard_normal((m, n)) * np.sqrt(max(step - prev, 0.0) / max(float(steps[-1]), 1.0)) * 0.3 / np.sqrt(n)
+        drift += (
+            rng.standard_normal((m, n)) * np.sqrt(max(step - prev, 0.0) / max(float(steps[-1]), 1.0)) * 0.3 / np.sqrt(n)
+        )
         prev = step
         strength = gains * (1 - np.exp(-rates * step))
         low = (us.T * strength) @ vs / np.sqrt(m * n) * 3
         yield (base * np.exp(-step / max(float(steps[-1]), 1.0)) + drift + low).astype(np.float32)
 
 
-def write_store(store: Path, shapes: list[tuple[str, tuple]], steps, seed: int = 0, top: int = 16, heads: int | None = 4,
-                run_log: dict | None = None) -> Path:
+def write_store(
+    store: Path,
+    shapes: list[tuple[str, tuple]],
+    steps,
+    seed: int = 0,
+    top: int = 16,
+    heads: int | None = 4,
+    run_log: dict | None = None,
+) -> Path:
     """Write a complete store at `store` (its parent is the run dir, which also gets `run_log` as run.json)."""
     store = Path(store)
     run_dir = store.parent
@@ -63,7 +74,13 @@ def write_store(store: Path, shapes: list[tuple[str, tuple]], steps, seed: int =
 
     rows = [compute([(s, series[j][i]) for j, s in enumerate(specs)]) for i in range(len(steps))]
     root = zarr.open_group(str(store), mode="a")
-    create_layout(root, specs, pairs, top, {"options": {"top": top, "include": [], "exclude": [], "order": "step"}, "heads": heads})
+    create_layout(
+        root,
+        specs,
+        pairs,
+        top,
+        {"options": {"top": top, "include": [], "exclude": [], "order": "step"}, "heads": heads},
+    )
     resize_rows(root, len(steps))
     # Whole arrays at once (write_row writes one row at a time, which is what analyze needs, but slow here).
     root["step"][:] = np.asarray(steps, dtype=np.int64)
@@ -80,7 +97,9 @@ def write_store(store: Path, shapes: list[tuple[str, tuple]], steps, seed: int =
         g["V"][:] = np.stack([r.spectra[j].V for r in rows])
     root["done"][:] = True
     derive(root)
-    update_attrs(root, sources=[{"run_dir": os.path.relpath(run_dir, store.resolve().parent)}], skipped=[], svd_routes={})
+    update_attrs(
+        root, sources=[{"run_dir": os.path.relpath(run_dir, store.resolve().parent)}], skipped=[], svd_routes={}
+    )
     consolidate(store)
     if run_log is not None:
         (run_dir / "run.json").write_text(json.dumps(run_log))
@@ -95,6 +114,13 @@ def grokking_log(steps, task: str = "modadd", config: dict | None = None, delay:
         t = s / last
         train = 4.7 * np.exp(-12 * t) + 1e-3
         val = 4.7 / (1 + np.exp((t - delay) * 25)) + 0.01 + 0.5 * np.exp(-30 * t)
-        hist.append({"step": int(s), "train_loss": float(train), "val_loss": float(val),
-                     "train_err": float(min(1, train / 4.7)), "val_err": float(min(1, val / 4.7))})
+        hist.append(
+            {
+                "step": int(s),
+                "train_loss": float(train),
+                "val_loss": float(val),
+                "train_err": float(min(1, train / 4.7)),
+                "val_err": float(min(1, val / 4.7)),
+            }
+        )
     return {"task": task, "config": {"weight_decay": 1.0, "lr": 1e-3, **(config or {})}, "history": hist}

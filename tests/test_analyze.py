@@ -272,7 +272,9 @@ def test_dask_local_cluster_matches_serial(series, tmp_path):
     analyze([run], tmp_path / "dask.zarr", AnalyzeOptions(workers=2, dask="local", **OPTS), show_progress=False)
     a, b = snapshot(tmp_path / "serial.zarr"), snapshot(tmp_path / "dask.zarr")
     for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k) if a[k].dtype.kind == "f" else np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k) if a[
+            k
+        ].dtype.kind == "f" else np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_cli_json_exit_codes_and_info(series, tmp_path):
@@ -319,7 +321,19 @@ def test_watch_picks_up_new_checkpoints_until_interrupted(tmp_path):
     write_series(src, steps=(0, 10, 20))
     run.mkdir()
     shutil.copy(src / "step_0.safetensors", run)
-    cmd = [sys.executable, "-m", "specdyn", "analyze", str(run), "--watch", "--interval", "0.2", "-q", "--svd-route", "gram"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "specdyn",
+        "analyze",
+        str(run),
+        "--watch",
+        "--interval",
+        "0.2",
+        "-q",
+        "--svd-route",
+        "gram",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
 
     def wait_rows(n):

@@ -95,7 +95,12 @@ def _reference_mask(tensors, density):
 @pytest.mark.parametrize("density", [0.01, 0.05, 0.3, 1.0])
 def test_global_magnitude_mask_matches_the_paper_and_keeps_int_dN_minus_1(density):
     torch.manual_seed(0)
-    tensors = {"a": torch.randn(40, 30), "bias": torch.randn(40), "b": torch.randn(8, 3, 3, 3), "final": torch.randn(5, 40)}
+    tensors = {
+        "a": torch.randn(40, 30),
+        "bias": torch.randn(40),
+        "b": torch.randn(8, 3, 3, 3),
+        "final": torch.randn(5, 40),
+    }
     masks = branching.global_magnitude_mask(tensors, density)
     assert list(masks) == ["a", "b"]  # 1-D tensors and the final matrix are not masked
     ref = _reference_mask(tensors, density)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from specdyn.io import (
     Checkpoint,
     CheckpointError,
@@ -24,7 +25,6 @@ from specdyn.io import (
     step_from_name,
     strip_prefixes,
 )
-from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from tests.ckpt_fixtures import (
     TinyNet,
     tiny_state,
@@ -53,29 +53,44 @@ def assert_same(got: dict, want: dict):
 
 # --- names and steps ---------------------------------------------------------------------------------------
 
+
 def test_natural_key_orders_numbers_as_numbers():
     names = ["layers.10.w", "layers.2.w", "layers.1.w", "emb", "layers.2.b"]
     assert sorted(names, key=natural_key) == ["emb", "layers.1.w", "layers.2.b", "layers.2.w", "layers.10.w"]
 
 
-@pytest.mark.parametrize("raw, name", [
-    ("module.fc.weight", "fc.weight"),
-    ("_orig_mod.fc.weight", "fc.weight"),
-    ("module._orig_mod.fc.weight", "fc.weight"),
-    ("_orig_mod.module.module.fc.weight", "fc.weight"),
-    ("model._orig_mod.fc.weight", "model.fc.weight"),  # compiled submodule of a LightningModule
-    ("blocks.0.module.weight", "blocks.0.module.weight"),  # a real attribute called module
-    ("model.fc.weight", "model.fc.weight"),  # Lightning's attribute prefix is the module path: kept
-])
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        ("module.fc.weight", "fc.weight"),
+        ("_orig_mod.fc.weight", "fc.weight"),
+        ("module._orig_mod.fc.weight", "fc.weight"),
+        ("_orig_mod.module.module.fc.weight", "fc.weight"),
+        ("model._orig_mod.fc.weight", "model.fc.weight"),  # compiled submodule of a LightningModule
+        ("blocks.0.module.weight", "blocks.0.module.weight"),  # a real attribute called module
+        ("model.fc.weight", "model.fc.weight"),  # Lightning's attribute prefix is the module path: kept
+    ],
+)
 def test_strip_prefixes(raw, name):
     assert strip_prefixes(raw) == name
 
 
-@pytest.mark.parametrize("name, step", [
-    ("step_100.safetensors", 100), ("step=100.pt", 100), ("epoch=3-step=250.ckpt", 250), ("run-300.pt", 300),
-    ("ckpt_2000.pt", 2000), ("global_step1500", 1500), ("checkpoint-500", 500), ("iter_7.pth", 7),
-    ("model_ep2_it40.pth", 40), ("final.safetensors", None), ("ckpt.pt", None),
-])
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("step_100.safetensors", 100),
+        ("step=100.pt", 100),
+        ("epoch=3-step=250.ckpt", 250),
+        ("run-300.pt", 300),
+        ("ckpt_2000.pt", 2000),
+        ("global_step1500", 1500),
+        ("checkpoint-500", 500),
+        ("iter_7.pth", 7),
+        ("model_ep2_it40.pth", 40),
+        ("final.safetensors", None),
+        ("ckpt.pt", None),
+    ],
+)
 def test_step_from_name(name, step):
     assert step_from_name(name) == step
 
@@ -87,9 +102,12 @@ def test_lightning_names_only_count_an_explicit_step():
 
 # --- safetensors -------------------------------------------------------------------------------------------
 
+
 def test_specdyn_safetensors_series(tmp_path):
-    written = {s: write_specdyn_safetensors(tmp_path / f"step_{s}.safetensors", s, dtype=torch.bfloat16)
-               for s in (100, 5, 40, 2000)}
+    written = {
+        s: write_specdyn_safetensors(tmp_path / f"step_{s}.safetensors", s, dtype=torch.bfloat16)
+        for s in (100, 5, 40, 2000)
+    }
     (tmp_path / "run.json").write_text("{}")
     (tmp_path / "specdyn.zarr").mkdir()
     (tmp_path / "specdyn.zarr" / "step_1.safetensors").write_text("not read: inside a store")
@@ -99,10 +117,13 @@ def test_specdyn_safetensors_series(tmp_path):
     (tmp_path / "optimizer" / "step_100.optim").write_bytes(b"")
     ckpts = discover(tmp_path)
     assert [c.step for c in ckpts] == [5, 40, 100, 2000]
-    assert [c.relpath for c in ckpts] == ["step_5.safetensors", "step_40.safetensors", "step_100.safetensors",
-                                          "step_2000.safetensors"]
-    assert all(c.format == "safetensors" and c.run_dir == tmp_path.resolve() and c.path.is_absolute()
-               for c in ckpts)
+    assert [c.relpath for c in ckpts] == [
+        "step_5.safetensors",
+        "step_40.safetensors",
+        "step_100.safetensors",
+        "step_2000.safetensors",
+    ]
+    assert all(c.format == "safetensors" and c.run_dir == tmp_path.resolve() and c.path.is_absolute() for c in ckpts)
     with CheckpointReader(ckpts[1]) as reader:
         assert reader.names() == REGISTRATION  # param_order metadata, not the file's sorted order
         assert reader.shape("blocks.0.weight") == (4, 8)
@@ -118,7 +139,10 @@ def test_step_from_metadata_wins_over_the_name(tmp_path):
     for name, step in (("a_1.safetensors", 300), ("b_2.safetensors", 100), ("c_3.safetensors", 200)):
         write_specdyn_safetensors(tmp_path / name, step)
     assert [(c.path.name, c.step) for c in discover(tmp_path)] == [
-        ("b_2.safetensors", 100), ("c_3.safetensors", 200), ("a_1.safetensors", 300)]
+        ("b_2.safetensors", 100),
+        ("c_3.safetensors", 200),
+        ("a_1.safetensors", 300),
+    ]
 
 
 def test_plain_safetensors_take_the_step_from_the_name_and_sort_names_naturally(tmp_path):
@@ -126,7 +150,10 @@ def test_plain_safetensors_take_the_step_from_the_name_and_sort_names_naturally(
         save_file({f"layers.{j}.weight": torch.full((2, 2), float(i)) for j in (10, 2, 1)}, str(tmp_path / name))
     ckpts = discover(tmp_path)
     assert [(c.path.name, c.step) for c in ckpts] == [
-        ("run-3.safetensors", 3), ("x7y12.safetensors", 12), ("step=20.safetensors", 20)]
+        ("run-3.safetensors", 3),
+        ("x7y12.safetensors", 12),
+        ("step=20.safetensors", 20),
+    ]
     with CheckpointReader(ckpts[0]) as reader:
         assert reader.names() == ["layers.1.weight", "layers.2.weight", "layers.10.weight"]
         assert reader.metadata() == {}
@@ -147,8 +174,11 @@ def test_order_name_sorts_naturally_and_fills_steps(tmp_path):
     for name, step in (("b.safetensors", 5), ("a10.safetensors", 1), ("a9.safetensors", 7)):
         write_specdyn_safetensors(tmp_path / name, step)
     ckpts = discover(tmp_path, order="name")
-    assert [(c.path.name, c.step) for c in ckpts] == [("a9.safetensors", 7), ("a10.safetensors", 1),
-                                                       ("b.safetensors", 5)]
+    assert [(c.path.name, c.step) for c in ckpts] == [
+        ("a9.safetensors", 7),
+        ("a10.safetensors", 1),
+        ("b.safetensors", 5),
+    ]
     assert [c.step for c in discover(tmp_path)] == [1, 5, 7]
     with pytest.raises(ValueError):
         discover(tmp_path, order="mtime")
@@ -201,7 +231,7 @@ def test_discovery_reads_headers_only(tmp_path):
     save_file({"w": torch.zeros(64, 64)}, str(src), metadata={"step": "0"})
     data = src.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8: 8 + length])
+    header = json.loads(data[8 : 8 + length])
     run = tmp_path / "run"
     run.mkdir()
     for step in range(400):
@@ -215,6 +245,7 @@ def test_discovery_reads_headers_only(tmp_path):
 
 
 # --- torch.save files --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model", "model_state_dict"])
 def test_torch_files_keep_registration_order_and_strip_prefixes(tmp_path, wrap):
@@ -235,16 +266,27 @@ def test_torch_files_keep_registration_order_and_strip_prefixes(tmp_path, wrap):
 
 def test_nanogpt_layout_takes_iter_num_from_the_file(tmp_path):
     for name, it in (("ckpt_a.pt", 2000), ("ckpt_b.pt", 500), ("ckpt_c.pt", 1000)):
-        write_torch(tmp_path / name, {"model": tiny_state(it), "optimizer": {"state": {}, "param_groups": []},
-                                      "model_args": {"n_layer": 2}, "iter_num": it, "best_val_loss": 1.5,
-                                      "config": {"lr": 6e-4}})
+        write_torch(
+            tmp_path / name,
+            {
+                "model": tiny_state(it),
+                "optimizer": {"state": {}, "param_groups": []},
+                "model_args": {"n_layer": 2},
+                "iter_num": it,
+                "best_val_loss": 1.5,
+                "config": {"lr": 6e-4},
+            },
+        )
     ckpts = discover(tmp_path)
-    assert [(c.path.name, c.step) for c in ckpts] == [("ckpt_b.pt", 500), ("ckpt_c.pt", 1000),
-                                                      ("ckpt_a.pt", 2000)]
+    assert [(c.path.name, c.step) for c in ckpts] == [("ckpt_b.pt", 500), ("ckpt_c.pt", 1000), ("ckpt_a.pt", 2000)]
     with CheckpointReader(ckpts[0]) as reader:
         assert reader.names() == REGISTRATION
-        assert reader.metadata() == {"model_args": {"n_layer": 2}, "iter_num": 500, "best_val_loss": 1.5,
-                                     "config": {"lr": 6e-4}}
+        assert reader.metadata() == {
+            "model_args": {"n_layer": 2},
+            "iter_num": 500,
+            "best_val_loss": 1.5,
+            "config": {"lr": 6e-4},
+        }
 
 
 @pytest.mark.parametrize("key", ["step", "global_step", "iteration"])
@@ -278,14 +320,21 @@ def test_file_without_a_state_dict_is_a_checkpoint_error(tmp_path):
 
 
 def test_nested_state_dicts_flatten_with_dots(tmp_path):
-    write_torch(tmp_path / "step_1.pt", {"encoder": {"w": torch.zeros(2, 3)}, "decoder": {"w": torch.ones(3, 2)},
-                                         "optimizer": {"exp_avg": {"w": torch.zeros(2, 3)}}})
+    write_torch(
+        tmp_path / "step_1.pt",
+        {
+            "encoder": {"w": torch.zeros(2, 3)},
+            "decoder": {"w": torch.ones(3, 2)},
+            "optimizer": {"exp_avg": {"w": torch.zeros(2, 3)}},
+        },
+    )
     with CheckpointReader(open_checkpoint(tmp_path / "step_1.pt")) as reader:
         assert reader.names() == ["encoder.w", "decoder.w"]
         assert reader.shape("decoder.w") == (3, 2)
 
 
 # --- Hugging Face Trainer folders --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hf_runs(tmp_path_factory):
@@ -304,7 +353,10 @@ def test_hf_trainer_checkpoints(hf_runs, layout):
     run, written = hf_runs[layout]
     ckpts = discover(run)
     assert [(c.relpath, c.step, c.format) for c in ckpts] == [
-        ("checkpoint-500", 500, "hf"), ("checkpoint-1000", 1000, "hf"), ("checkpoint-1500", 1500, "hf")]
+        ("checkpoint-500", 500, "hf"),
+        ("checkpoint-1000", 1000, "hf"),
+        ("checkpoint-1500", 1500, "hf"),
+    ]
     got = read_all(ckpts[1])
     want = written[1000]
     assert sorted(got) == sorted(want)
@@ -369,6 +421,7 @@ def test_missing_shard_names_it(hf_runs, tmp_path):
 
 # --- Lightning ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lightning_run(tmp_path_factory):
     """A real Trainer.fit of 3 steps; hyperparameters include a Namespace and a Path (non-allowlisted in torch)."""
@@ -376,8 +429,7 @@ def lightning_run(tmp_path_factory):
     import argparse
 
     run = tmp_path_factory.mktemp("lightning")
-    return write_lightning_run(run, max_steps=3, args=argparse.Namespace(width=4, data=Path("/data/mnist")),
-                               lr=0.1)
+    return write_lightning_run(run, max_steps=3, args=argparse.Namespace(width=4, data=Path("/data/mnist")), lr=0.1)
 
 
 def test_lightning_series(lightning_run, tmp_path):
@@ -386,11 +438,15 @@ def test_lightning_series(lightning_run, tmp_path):
     assert (run / "last.ckpt").is_file()
     ckpts = discover(run)
     assert [(c.relpath, c.step, c.format) for c in ckpts] == [
-        ("epoch=0-step=1.ckpt", 1, "lightning"), ("epoch=0-step=2.ckpt", 2, "lightning"),
-        ("epoch=0-step=3.ckpt", 3, "lightning")]
+        ("epoch=0-step=1.ckpt", 1, "lightning"),
+        ("epoch=0-step=2.ckpt", 2, "lightning"),
+        ("epoch=0-step=3.ckpt", 3, "lightning"),
+    ]
     # torch refuses these hyperparameters under weights_only; the inert allowlist admits them.
     assert sorted(torch.serialization.get_unsafe_globals_in_checkpoint(ckpts[0].path)) == [
-        "argparse.Namespace", "pathlib.PosixPath"]
+        "argparse.Namespace",
+        "pathlib.PosixPath",
+    ]
     full = torch.load(ckpts[2].path, weights_only=False)  # our own fixture: trusted
     with CheckpointReader(ckpts[2]) as reader:
         names = reader.names()
@@ -409,7 +465,9 @@ def test_lightning_step_comes_from_the_file_not_the_name(lightning_run, tmp_path
     shutil.copy(lightning_run / "epoch=0-step=2.ckpt", tmp_path / "best-epoch=3-val_loss=0.50.ckpt")
     shutil.copy(lightning_run / "last.ckpt", tmp_path / "last.ckpt")
     assert [(c.path.name, c.step) for c in discover(tmp_path)] == [
-        ("best-epoch=14-val_loss=0.33.ckpt", 1), ("best-epoch=3-val_loss=0.50.ckpt", 2)]
+        ("best-epoch=14-val_loss=0.33.ckpt", 1),
+        ("best-epoch=3-val_loss=0.50.ckpt", 2),
+    ]
 
 
 def test_lone_versioned_lightning_file_is_kept(lightning_run, tmp_path):
@@ -420,16 +478,22 @@ def test_lone_versioned_lightning_file_is_kept(lightning_run, tmp_path):
 
 # --- torch.distributed.checkpoint --------------------------------------------------------------------------
 
+
 def test_dcp_series(tmp_path):
     written = {}
     for step in (300, 100, 200):
         sd = tiny_state(step, torch.bfloat16)
         written[step] = sd
-        write_dcp(tmp_path / f"dcp_{step // 100}", {"model": dict(sd), "step": step,
-                                                     "optim": {"exp_avg": {"head.weight": torch.ones(8, 4)}}})
+        write_dcp(
+            tmp_path / f"dcp_{step // 100}",
+            {"model": dict(sd), "step": step, "optim": {"exp_avg": {"head.weight": torch.ones(8, 4)}}},
+        )
     ckpts = discover(tmp_path)
     assert [(c.relpath, c.step, c.format) for c in ckpts] == [
-        ("dcp_1", 100, "dcp"), ("dcp_2", 200, "dcp"), ("dcp_3", 300, "dcp")]
+        ("dcp_1", 100, "dcp"),
+        ("dcp_2", 200, "dcp"),
+        ("dcp_3", 300, "dcp"),
+    ]
     with CheckpointReader(ckpts[0]) as reader:
         assert reader.names() == REGISTRATION  # nesting key stripped, optimizer left out, saved order kept
         assert reader.shape("conv.weight") == (2, 1, 3, 3)
@@ -453,13 +517,16 @@ def test_dcp_inside_an_hf_fsdp_checkpoint(tmp_path):
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     ckpts = discover(tmp_path)
     assert [(c.relpath, c.step, c.format) for c in ckpts] == [
-        ("checkpoint-10/pytorch_model_fsdp_0", 10, "dcp"), ("checkpoint-20/pytorch_model_fsdp_0", 20, "dcp")]
+        ("checkpoint-10/pytorch_model_fsdp_0", 10, "dcp"),
+        ("checkpoint-20/pytorch_model_fsdp_0", 20, "dcp"),
+    ]
     with CheckpointReader(ckpts[1]) as reader:
         assert reader.metadata()["trainer_state"] == {"global_step": 20}
     assert_same(read_all(ckpts[1]), tiny_state(20))
 
 
 # --- single checkpoints, truncation, memory ----------------------------------------------------------------
+
 
 def test_open_checkpoint(tmp_path):
     write_specdyn_safetensors(tmp_path / "step_7.safetensors", 7)
@@ -487,18 +554,33 @@ def _write_one(case: str, d: Path, request) -> tuple[Path, str | None]:
     if case == "lightning":
         return Path(shutil.copy(request.getfixturevalue("lightning_run") / "epoch=0-step=1.ckpt", d)), None
     if case.startswith("hf-"):
-        layout, inner = {"hf-single": ("single", "model.safetensors"),
-                         "hf-sharded": ("sharded", "model-00009-of-00009.safetensors"),
-                         "hf-index": ("sharded", "model.safetensors.index.json"),
-                         "hf-bin": ("bin", "pytorch_model.bin")}[case]
+        layout, inner = {
+            "hf-single": ("single", "model.safetensors"),
+            "hf-sharded": ("sharded", "model-00009-of-00009.safetensors"),
+            "hf-index": ("sharded", "model.safetensors.index.json"),
+            "hf-bin": ("bin", "pytorch_model.bin"),
+        }[case]
         src = request.getfixturevalue("hf_runs")[layout][0] / "checkpoint-500"
         return shutil.copytree(src, d / "checkpoint-500"), inner
     write_dcp(d / "dcp", {"model": dict(tiny_state(4))})
     return d / "dcp", {"dcp-data": "__0_0.distcp", "dcp-metadata": ".metadata"}[case]
 
 
-@pytest.mark.parametrize("case", ["safetensors", "torch", "torch-legacy", "lightning", "hf-single", "hf-sharded",
-                                  "hf-index", "hf-bin", "dcp-data", "dcp-metadata"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "safetensors",
+        "torch",
+        "torch-legacy",
+        "lightning",
+        "hf-single",
+        "hf-sharded",
+        "hf-index",
+        "hf-bin",
+        "dcp-data",
+        "dcp-metadata",
+    ],
+)
 def test_truncated_checkpoints_raise_checkpoint_errors_naming_the_file(tmp_path, request, case):
     path, inner = _write_one(case, tmp_path, request)
     ckpt = open_checkpoint(path)

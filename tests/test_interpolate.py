@@ -45,7 +45,9 @@ def test_barrier_of_curves():
     assert barrier(linear) == pytest.approx(0.0, abs=1e-12)
     bump = linear + np.sin(np.pi * grid)  # peak excess 1 at alpha = 0.5
     assert barrier(bump) == pytest.approx(1.0)
-    assert barrier(linear - np.sin(np.pi * grid)) == pytest.approx(-np.sin(np.pi * 0.1))  # signed: the largest of the dips
+    assert barrier(linear - np.sin(np.pi * grid)) == pytest.approx(
+        -np.sin(np.pi * 0.1)
+    )  # signed: the largest of the dips
     stacked = np.stack([linear, bump], axis=1)[:, None, :]  # (alpha, 1, 2)
     np.testing.assert_allclose(curve_barriers(stacked), [[0.0, 1.0]], atol=1e-12)
     with pytest.raises(SpecdynError):
@@ -107,7 +109,10 @@ def test_batchnorm_statistics_are_interpolated_and_reestimated(tmp_path):
     a, b = tmp_path / "run" / "step_0.safetensors", tmp_path / "run" / "step_10.safetensors"
     interpolate([Pair(a, b)], tmp_path / "o.zarr", InterpOptions(points=3, task=spec("bn_task")), show_progress=False)
     r = load_results(tmp_path / "o.zarr")
-    mid = {k: (0.5 * states[0][k] + 0.5 * states[10][k]) if states[0][k].is_floating_point() else states[0][k] for k in states[0]}
+    mid = {
+        k: (0.5 * states[0][k] + 0.5 * states[10][k]) if states[0][k].is_floating_point() else states[0][k]
+        for k in states[0]
+    }
     model = bn_task.build_model()
     model.load_state_dict(mid)
     torch.optim.swa_utils.update_bn(bn_task.batches("train"), model)
@@ -122,19 +127,35 @@ def test_pairs_file_branches_and_resume(tmp_path):
         for seed in (3, 4, 5):
             d = tmp_path / f"branch-{split}-{seed}"
             write_series(d, mlp_task, (split, 30), seed=seed + split)
-            (d / "run.json").write_text(json.dumps({"task": "tiny", "config": {"seed": seed},
-                                                    "init_from": {"path": str(trunk / f"step_{split}.safetensors"), "step": split}}))
+            (d / "run.json").write_text(
+                json.dumps(
+                    {
+                        "task": "tiny",
+                        "config": {"seed": seed},
+                        "init_from": {"path": str(trunk / f"step_{split}.safetensors"), "step": split},
+                    }
+                )
+            )
             dirs.append(d)
     pairs = branch_pairs(dirs)
     assert len(pairs) == 6 and [p.split_step for p in pairs] == [0, 0, 0, 10, 10, 10]
     assert all(p.a.name == p.b.name == "step_30.safetensors" for p in pairs)
     assert {(p.a.parent.name, p.b.parent.name) for p in pairs if p.split_step == 0} == {
-        ("branch-0-3", "branch-0-4"), ("branch-0-3", "branch-0-5"), ("branch-0-4", "branch-0-5")}
+        ("branch-0-3", "branch-0-4"),
+        ("branch-0-3", "branch-0-5"),
+        ("branch-0-4", "branch-0-5"),
+    }
     with pytest.raises(SpecdynError, match="not a branch"):
         branch_pairs([trunk, dirs[0]])
 
     listing = tmp_path / "pairs.txt"
-    listing.write_text("# a comment\n" + "\n".join(f"{p.a.relative_to(tmp_path)} {p.b.relative_to(tmp_path)} {p.split_step} {p.label}" for p in pairs[:4]) + "\n")
+    listing.write_text(
+        "# a comment\n"
+        + "\n".join(
+            f"{p.a.relative_to(tmp_path)} {p.b.relative_to(tmp_path)} {p.split_step} {p.label}" for p in pairs[:4]
+        )
+        + "\n"
+    )
     from_file = read_pairs_file(listing)
     assert from_file == pairs[:4]
 
@@ -163,8 +184,18 @@ def test_architecture_mismatch_fails_before_any_work(tmp_path):
     write_series(tmp_path / "a", mlp_task, (0,))
     write_series(tmp_path / "b", conv_task, (0,))
     out = tmp_path / "o.zarr"
-    res = CliRunner().invoke(app, ["interpolate", str(tmp_path / "a" / "step_0.safetensors"),
-                                   str(tmp_path / "b" / "step_0.safetensors"), "--task", spec("mlp_task"), "-o", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "interpolate",
+            str(tmp_path / "a" / "step_0.safetensors"),
+            str(tmp_path / "b" / "step_0.safetensors"),
+            "--task",
+            spec("mlp_task"),
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 1 and "different architectures" in res.output
     assert not out.exists()
     res = CliRunner().invoke(app, ["interpolate", str(tmp_path / "a" / "step_0.safetensors")])
@@ -178,9 +209,20 @@ def test_cli_default_output_and_figure(tmp_path):
     write_series(tmp_path / "run", mlp_task, (0, 10, 20))
     runner = CliRunner()
     for start in (0, 10):
-        res = runner.invoke(app, ["interpolate", str(tmp_path / "run" / f"step_{start}.safetensors"),
-                                  str(tmp_path / "run" / "step_20.safetensors"), "--task", spec("mlp_task"),
-                                  "--points", "4", "--json", "-q"])
+        res = runner.invoke(
+            app,
+            [
+                "interpolate",
+                str(tmp_path / "run" / f"step_{start}.safetensors"),
+                str(tmp_path / "run" / "step_20.safetensors"),
+                "--task",
+                spec("mlp_task"),
+                "--points",
+                "4",
+                "--json",
+                "-q",
+            ],
+        )
         assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["store"] == str(tmp_path / "run" / "interp.zarr")  # no analyzed store: a standalone results zarr

@@ -91,7 +91,9 @@ def test_tconv_pruning_acts_on_the_transposed_matrix():
     U, s, V = _svd(M)
     top, _ = split_top_bottom(M, U[:, :4], s, V[:, :4], 4)
     pruned = unflatten(spec, top)
-    expected = torch.from_numpy(((U[:, :4] * s[:4]) @ V[:, :4].T).astype(np.float32)).reshape(7, 5, 2, 2).transpose(0, 1)
+    expected = (
+        torch.from_numpy(((U[:, :4] * s[:4]) @ V[:, :4].T).astype(np.float32)).reshape(7, 5, 2, 2).transpose(0, 1)
+    )
     torch.testing.assert_close(pruned, expected, atol=1e-5, rtol=0)
 
 

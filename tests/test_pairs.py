@@ -119,7 +119,9 @@ def test_transformer_alignment_matches_direct_computation():
     # V -> O through the value rows
     Uv, _ = full_svd(W[-d:])
     _, Vh_o = full_svd(w["attn.out_proj.weight"].numpy())
-    np.testing.assert_allclose(diags["attn.in_proj_weight -> attn.out_proj.weight"], np.abs(np.sum(Uv * Vh_o.T, axis=0)), atol=1e-4)
+    np.testing.assert_allclose(
+        diags["attn.in_proj_weight -> attn.out_proj.weight"], np.abs(np.sum(Uv * Vh_o.T, axis=0)), atol=1e-4
+    )
     # QK: per-head left vectors of W_q and W_k, diagonal averaged over heads
     per_head = []
     for h in range(H):

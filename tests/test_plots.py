@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 import specdyn
 from specdyn.analyze import AnalyzeOptions, analyze
 from specdyn.cli import app
-from specdyn.plots.registry import KINDS
 from specdyn.errors import SpecdynError
 from specdyn.plots import PLOTS, style
+from specdyn.plots.registry import KINDS
 from specdyn.plots.runlog import read_run_log, run_labels
 from tests.series import write_series
 from tests.synthetic_store import grokking_log, transformer_shapes, write_store
@@ -30,8 +30,16 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
 def history(steps, wd):
-    return [{"step": s, "train_loss": 3 / (1 + s / 50) + wd, "val_loss": 3.5 / (1 + s / 400),
-             "train_err": 0.9 / (1 + s / 30), "val_err": 0.95 / (1 + s / 500)} for s in range(0, steps[-1] + 1, 50)]
+    return [
+        {
+            "step": s,
+            "train_loss": 3 / (1 + s / 50) + wd,
+            "val_loss": 3.5 / (1 + s / 400),
+            "train_err": 0.9 / (1 + s / 30),
+            "val_err": 0.95 / (1 + s / 500),
+        }
+        for s in range(0, steps[-1] + 1, 50)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,15 @@ def stores(tmp_path_factory):
     for seed, wd in ((0, 1.0), (1, 0.0)):
         run = base / f"run-wd{wd:g}"
         write_series(run, steps=STEPS, seed=seed)
-        (run / "run.json").write_text(json.dumps({"task": "toy", "config": {"weight_decay": wd, "lr": 1e-3, "out_dir": str(run)},
-                                                  "history": history(STEPS, wd)}))
+        (run / "run.json").write_text(
+            json.dumps(
+                {
+                    "task": "toy",
+                    "config": {"weight_decay": wd, "lr": 1e-3, "out_dir": str(run)},
+                    "history": history(STEPS, wd),
+                }
+            )
+        )
         analyze([run], None, AnalyzeOptions(svd_route="gram"), show_progress=False)
         out.append(specdyn.open_store(run / "specdyn.zarr"))
     return out
@@ -78,6 +93,7 @@ def assert_same(a, b):
 
 # ------------------------------------------------------------------------------------------- registry and style
 
+
 def test_every_registered_kind_imports_a_plot_function_lazily():
     import subprocess
     import sys
@@ -90,7 +106,10 @@ def test_every_registered_kind_imports_a_plot_function_lazily():
 
 
 def test_shorten_names():
-    names = [f"model.layers.{i}.self_attn.in_proj_weight" for i in range(12)] + ["model.embed.weight", "model.decoder.weight"]
+    names = [f"model.layers.{i}.self_attn.in_proj_weight" for i in range(12)] + [
+        "model.embed.weight",
+        "model.decoder.weight",
+    ]
     short = style.shorten_names(names)
     assert short[11] == "11.self_attn.in_proj" and short[-2] == "embed" and short[-1] == "decoder"
     assert style.shorten_names(["layers.11.attn.in_proj_weight", "layers.2.fc.weight"]) == ["11.attn.in_proj", "2.fc"]
@@ -98,13 +117,19 @@ def test_shorten_names():
     assert len(set(style.shorten_names(["a.weight", "a_weight", "a"]))) == 3
     assert len(set(style.shorten_names(["blocks.1.x.weight", "layers.1.x.weight"]))) == 2
     # very long names lose their middle, and stay distinct
-    long = [f"encoder.stage_{i}.very_long_module_name_for_testing.projection_{j}.weight" for i in range(3) for j in range(3)]
+    long = [
+        f"encoder.stage_{i}.very_long_module_name_for_testing.projection_{j}.weight" for i in range(3) for j in range(3)
+    ]
     short = style.shorten_names(long)
     assert len(set(short)) == len(long) and all(len(s) <= style.LABEL_MAX_CHARS for s in short)
     assert style.shorten_names(["model.fc.weight"]) == ["model.fc"]
-    pairs = [{"prev": names[0], "next": names[0], "kind": "qk"},
-             {"prev": "model.layers.0.attn.in_proj_weight", "next": "model.layers.0.attn.out_proj.weight", "kind": "vo"}]
-    labels = style.shorten_pairs(pairs, [names[0], pairs[1]["prev"], pairs[1]["next"], "model.layers.1.attn.in_proj_weight"])
+    pairs = [
+        {"prev": names[0], "next": names[0], "kind": "qk"},
+        {"prev": "model.layers.0.attn.in_proj_weight", "next": "model.layers.0.attn.out_proj.weight", "kind": "vo"},
+    ]
+    labels = style.shorten_pairs(
+        pairs, [names[0], pairs[1]["prev"], pairs[1]["next"], "model.layers.1.attn.in_proj_weight"]
+    )
     assert labels == ["0.self_attn.in_proj (qk)", "0.attn.in_proj → out_proj"]
 
 
@@ -140,7 +165,9 @@ def test_heatmap_cells_grey_where_nan():
 
 
 def test_single_checkpoint_store(tmp_path):
-    st = specdyn.open_store(write_store(tmp_path / "one" / "specdyn.zarr", transformer_shapes(1, d=4, vocab=6), [0], top=4))
+    st = specdyn.open_store(
+        write_store(tmp_path / "one" / "specdyn.zarr", transformer_shapes(1, d=4, vocab=6), [0], top=4)
+    )
     for kind in ("rank-heatmap", "sv", "stability", "alignment", "metrics", "grokking", "compare"):
         fig = PLOTS[kind]([st])
         style.save(fig, tmp_path / f"{kind}.png", dpi=30)
@@ -149,6 +176,7 @@ def test_single_checkpoint_store(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- data equal the store's
+
 
 def test_rank_heatmap_draws_the_metric(stores):
     st = stores[0]
@@ -281,7 +309,10 @@ def test_compare_means_and_config_legend(stores):
     mean_ax, loss_ax = fig.axes[0], fig.axes[1]
     for line, st in zip(mean_ax.lines, stores):
         assert_same(line.get_ydata(), st.metric("effective_rank").mean(axis=1))
-    assert [l.get_label() for l in mean_ax.lines] == ["weight_decay=1", "weight_decay=0"]  # out_dir differs too, ignored
+    assert [l.get_label() for l in mean_ax.lines] == [
+        "weight_decay=1",
+        "weight_decay=0",
+    ]  # out_dir differs too, ignored
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["weight_decay=1", "weight_decay=0"]
     for line, st in zip(loss_ax.lines, stores):
         assert_same(line.get_ydata(), read_run_log(st).history["val_loss"])
@@ -301,6 +332,7 @@ def test_prune_and_interp_say_what_to_run(stores):
 
 
 # ------------------------------------------------------------------------------------------- layout
+
 
 def tick_boxes(fig, ax):
     FigureCanvasAgg(fig)
@@ -328,6 +360,7 @@ def test_labels_never_overlap_on_a_large_model(wide, kind):
 
 # ------------------------------------------------------------------------------------------- the command
 
+
 def test_cli_writes_png_svg_pdf(stores, tmp_path):
     run = stores[0].path.parent
     for suffix in ("png", "svg", "pdf"):
@@ -343,30 +376,61 @@ def test_cli_writes_png_svg_pdf(stores, tmp_path):
             assert ET.parse(out).getroot().tag.endswith("svg")
         else:
             assert head.startswith(b"%PDF")
-    r = runner.invoke(app, ["plot", "compare", *[str(s.path) for s in stores], "-o", str(tmp_path / "c.png"),
-                            "--metric", "val_loss", "--metric", "effective_rank", "--dpi", "50", "--title", "wd"])
+    r = runner.invoke(
+        app,
+        [
+            "plot",
+            "compare",
+            *[str(s.path) for s in stores],
+            "-o",
+            str(tmp_path / "c.png"),
+            "--metric",
+            "val_loss",
+            "--metric",
+            "effective_rank",
+            "--dpi",
+            "50",
+            "--title",
+            "wd",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["plot", "sv", "{missing}", "-o", "{out}"], 6, "no specdyn store"),
-    (["plot", "sv", "{run}", "-o", "{out}", "--matrix", "fc.weigth"], 1, "did you mean 'fc.weight'"),
-    (["plot", "sv", "{run}", "-o", "{out}", "--matrices", "nope*"], 1, "no matrix matches 'nope*'"),
-    (["plot", "rank-heatmapp", "{run}", "-o", "{out}"], 1, "unknown plot kind 'rank-heatmapp'; did you mean rank-heatmap"),
-    (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--metric", "erank"], 1, "unknown metric 'erank'"),
-    (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--steps", "5000:"], 1, "selects none of its 8 checkpoints"),
-    (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--steps", "x:y"], 1, "--steps"),
-    (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--pair", "a"], 1, "--pair does not apply to `rank-heatmap`"),
-    (["plot", "stability", "{run}", "-o", "{out}", "--matrix", "fc.weight", "--matrix", "out.weight"], 1, "shows one"),
-    (["plot", "alignment", "{run}", "-o", "{out}", "--pair", "fc -> nothing"], 1, "no pair"),
-    (["plot", "sv", "{run}", "-o", "{base}/fig.jpg"], 1, "use .png, .svg or .pdf"),
-    (["plot", "sv", "{run}", "-o", "{out}", "--x", "time"], 1, "--x 'time'"),
-    (["plot", "sv", "{run}", "-o", "{out}", "--top", "0"], 1, "--top 0"),
-    (["plot", "prune", "{run}", "-o", "{out}"], 1, "run `specdyn prune-eval RUN_DIR` first"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["plot", "sv", "{missing}", "-o", "{out}"], 6, "no specdyn store"),
+        (["plot", "sv", "{run}", "-o", "{out}", "--matrix", "fc.weigth"], 1, "did you mean 'fc.weight'"),
+        (["plot", "sv", "{run}", "-o", "{out}", "--matrices", "nope*"], 1, "no matrix matches 'nope*'"),
+        (
+            ["plot", "rank-heatmapp", "{run}", "-o", "{out}"],
+            1,
+            "unknown plot kind 'rank-heatmapp'; did you mean rank-heatmap",
+        ),
+        (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--metric", "erank"], 1, "unknown metric 'erank'"),
+        (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--steps", "5000:"], 1, "selects none of its 8 checkpoints"),
+        (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--steps", "x:y"], 1, "--steps"),
+        (["plot", "rank-heatmap", "{run}", "-o", "{out}", "--pair", "a"], 1, "--pair does not apply to `rank-heatmap`"),
+        (
+            ["plot", "stability", "{run}", "-o", "{out}", "--matrix", "fc.weight", "--matrix", "out.weight"],
+            1,
+            "shows one",
+        ),
+        (["plot", "alignment", "{run}", "-o", "{out}", "--pair", "fc -> nothing"], 1, "no pair"),
+        (["plot", "sv", "{run}", "-o", "{base}/fig.jpg"], 1, "use .png, .svg or .pdf"),
+        (["plot", "sv", "{run}", "-o", "{out}", "--x", "time"], 1, "--x 'time'"),
+        (["plot", "sv", "{run}", "-o", "{out}", "--top", "0"], 1, "--top 0"),
+        (["plot", "prune", "{run}", "-o", "{out}"], 1, "run `specdyn prune-eval RUN_DIR` first"),
+    ],
+)
 def test_cli_errors_are_one_line(stores, tmp_path, args, code, needle):
-    fill = {"missing": str(tmp_path / "nowhere"), "run": str(stores[0].path.parent), "out": str(tmp_path / "f.png"),
-            "base": str(tmp_path)}
+    fill = {
+        "missing": str(tmp_path / "nowhere"),
+        "run": str(stores[0].path.parent),
+        "out": str(tmp_path / "f.png"),
+        "base": str(tmp_path),
+    }
     r = runner.invoke(app, [a.format(**fill) for a in args])
     assert r.exit_code == code, r.stderr
     assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
@@ -404,11 +468,14 @@ def test_run_labels():
 
 # ------------------------------------------------------------------------------------------- golden figures
 
+
 @pytest.fixture(scope="module")
 def golden_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("golden") / "golden-run" / "specdyn.zarr"
     steps = [0, 1, 3, 10, 30, 100, 300, 1000, 3000]
-    return specdyn.open_store(write_store(path, transformer_shapes(2, d=8, vocab=10), steps, top=8, run_log=grokking_log(steps)))
+    return specdyn.open_store(
+        write_store(path, transformer_shapes(2, d=8, vocab=10), steps, top=8, run_log=grokking_log(steps))
+    )
 
 
 @pytest.mark.parametrize("kind, options", [("rank-heatmap", {}), ("grokking", {})])
@@ -429,6 +496,7 @@ def test_golden_figures(golden_store, tmp_path, kind, options):
 
 # ------------------------------------------------------------------------------------------- the batch script
 
+
 def test_batch_script_analyzes_and_plots_a_folder(tmp_path):
     """scripts/analyze_and_plot.sh on a tiny run and a folder without checkpoints: four CLI processes (analyze,
     plot, compare, report), ~15 s because each start imports torch."""
@@ -440,11 +508,21 @@ def test_batch_script_analyzes_and_plots_a_folder(tmp_path):
     runs = tmp_path / "runs"
     write_series(runs / "run0", steps=(0, 10, 20))
     (runs / "notes").mkdir()
-    env = {**os.environ, "SPECDYN": f"{sys.executable} -m specdyn", "KINDS": "rank-heatmap", "FORMAT": "png",
-           "PYTHONPATH": str(root)}
+    env = {
+        **os.environ,
+        "SPECDYN": f"{sys.executable} -m specdyn",
+        "KINDS": "rank-heatmap",
+        "FORMAT": "png",
+        "PYTHONPATH": str(root),
+    }
     out = tmp_path / "figs"
-    p = subprocess.run(["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(runs), str(out)], env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        ["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(runs), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "skip" in p.stderr and "notes" in p.stderr
     for name in ("run0/rank-heatmap.png", "compare.png"):
@@ -453,6 +531,11 @@ def test_batch_script_analyzes_and_plots_a_folder(tmp_path):
     assert (runs / "run0" / "specdyn.zarr" / "zarr.json").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    p = subprocess.run(["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(empty)], env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["bash", str(root / "scripts" / "analyze_and_plot.sh"), str(empty)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 3 and "no run with checkpoints" in p.stderr

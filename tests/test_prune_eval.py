@@ -75,10 +75,16 @@ def test_pruning_matches_a_direct_computation(tmp_path, task, name):
         full = evaluate_state(task, states[step])
         _close(_values(r, "full", i), full, rtol=1e-6)
         _close(_values(r, "top_kept", i, j_half), evaluate_state(task, reference_state(task, states[step], 0.5, "top")))
-        _close(_values(r, "bottom_kept", i, j_half), evaluate_state(task, reference_state(task, states[step], 0.5, "bottom")))
+        _close(
+            _values(r, "bottom_kept", i, j_half),
+            evaluate_state(task, reference_state(task, states[step], 0.5, "bottom")),
+        )
         # keeping every direction is the full model, bit for bit
         assert np.array_equal(r["top_kept"][i, j_one], r["full"][i])
-        _close(_values(r, "bottom_kept", i, j_one), evaluate_state(task, reference_state(task, states[step], 1.0, "bottom")))
+        _close(
+            _values(r, "bottom_kept", i, j_one),
+            evaluate_state(task, reference_state(task, states[step], 1.0, "bottom")),
+        )
     shapes = {n: tuple(p.shape) for n, p in task.build_model().named_parameters()}
     shapes["up.weight"] = (3, 5, 3, 3)  # a transposed conv is (c_in, c_out, kh, kw): c_out rows
     for f_idx, f in enumerate(r["keep"]):
@@ -100,14 +106,23 @@ def test_batchnorm_is_recalibrated_after_pruning(tmp_path):
     r = load_results(store)
     j_half, j_one = list(r["keep"]).index(0.5), list(r["keep"]).index(1.0)
     for i, step in enumerate(STEPS):
-        _close(_values(r, "full", i), evaluate_state(bn_task, states[step]), rtol=1e-6)  # the full model is not recalibrated
+        _close(
+            _values(r, "full", i), evaluate_state(bn_task, states[step]), rtol=1e-6
+        )  # the full model is not recalibrated
         _close(_values(r, "top_kept", i, j_one), recalibrated(bn_task, states[step]))
-        _close(_values(r, "top_kept", i, j_half), recalibrated(bn_task, reference_state(bn_task, states[step], 0.5, "top")))
-        _close(_values(r, "bottom_kept", i, j_half), recalibrated(bn_task, reference_state(bn_task, states[step], 0.5, "bottom")))
+        _close(
+            _values(r, "top_kept", i, j_half), recalibrated(bn_task, reference_state(bn_task, states[step], 0.5, "top"))
+        )
+        _close(
+            _values(r, "bottom_kept", i, j_half),
+            recalibrated(bn_task, reference_state(bn_task, states[step], 0.5, "bottom")),
+        )
     assert r["attrs"]["bn_recal"] is True
     with pytest.raises(SpecdynError, match="another BatchNorm recalibration"):
         prune_eval(store, PruneOptions(keep=[0.5], task=spec("bn_task"), bn_recal=False), show_progress=False)
-    prune_eval(store, PruneOptions(keep=[1.0], task=spec("bn_task"), bn_recal=False, overwrite=True), show_progress=False)
+    prune_eval(
+        store, PruneOptions(keep=[1.0], task=spec("bn_task"), bn_recal=False, overwrite=True), show_progress=False
+    )
     r = load_results(store)
     assert list(r["keep"]) == [1.0] and np.array_equal(r["top_kept"][:, 0], r["full"])
 
@@ -211,8 +226,20 @@ def test_cli_json_and_user_errors(tmp_path):
     write_series(tmp_path / "run", mlp_task, STEPS)
     store = analyzed(tmp_path / "run")
     runner = CliRunner()
-    res = runner.invoke(app, ["prune-eval", str(tmp_path / "run"), "--task", spec("mlp_task"), "--keep", "0.25,0.5",
-                              "--no-bn-recal", "--json", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "prune-eval",
+            str(tmp_path / "run"),
+            "--task",
+            spec("mlp_task"),
+            "--keep",
+            "0.25,0.5",
+            "--no-bn-recal",
+            "--json",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["keep"] == [0.25, 0.5] and s["steps"] == list(STEPS) and s["store"] == str(store)
@@ -252,7 +279,9 @@ def test_prune_figure_draws_the_stored_values(tmp_path):
     assert len(top.get_xdata()) == 3
     np.testing.assert_allclose(sorted(top.get_ydata()), sorted(r["top_kept"][-1, :, 0, 0]))
     fig = plot([specdyn.open_store(store)], keep=0.25, metric="err")
-    np.testing.assert_allclose({l.get_label(): l for l in fig.axes[0].lines}["top 0.25 of σ kept"].get_ydata(), r["top_kept"][:, 0, 0, 1])
+    np.testing.assert_allclose(
+        {l.get_label(): l for l in fig.axes[0].lines}["top 0.25 of σ kept"].get_ydata(), r["top_kept"][:, 0, 0, 1]
+    )
     with pytest.raises(SpecdynError, match="no prune-eval results for --keep 0.6"):
         plot([specdyn.open_store(store)], keep=0.6)
     res = CliRunner().invoke(app, ["plot", "prune", str(store), "-o", str(tmp_path / "fig4.png"), "--metric", "err"])

@@ -33,7 +33,11 @@ def stores(tmp_path_factory):
     for i, wd in enumerate((1.0, 0.0)):
         path = base / f"modadd-wd{wd:g}" / "specdyn.zarr"
         log = grokking_log(steps, config={"weight_decay": wd})
-        out.append(specdyn.open_store(write_store(path, transformer_shapes(2, d=8, vocab=12), steps, seed=i, top=8, run_log=log)))
+        out.append(
+            specdyn.open_store(
+                write_store(path, transformer_shapes(2, d=8, vocab=12), steps, seed=i, top=8, run_log=log)
+            )
+        )
     return out
 
 
@@ -93,8 +97,15 @@ def test_report_is_self_contained_with_every_figure(stores, page):
         assert src.startswith("data:image/png;base64,")
         img = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
         assert img.shape[0] > 100 and img.shape[1] > 100
-    for heading in ("At a glance", "Effective rank of every matrix", "Stability", "Alignment",
-                    "Singular values of the most interesting matrices", "Spectral metrics, all runs", "Training curves, all runs"):
+    for heading in (
+        "At a glance",
+        "Effective rank of every matrix",
+        "Stability",
+        "Alignment",
+        "Singular values of the most interesting matrices",
+        "Spectral metrics, all runs",
+        "Training curves, all runs",
+    ):
         assert heading in p.h3
     assert "Low-rank pruning" not in p.h3 and "Interpolation" not in p.h3  # no results in these stores
     # the summary table holds the store's final metrics
@@ -141,13 +152,26 @@ def browser():
 @pytest.mark.skipif(browser() is None, reason="no Chromium/Chrome installed (Debian: apt-get install chromium)")
 def test_every_figure_loads_in_headless_chromium(stores, page, tmp_path):
     """Chromium renders the page; a script added for the test writes each image's decoded width into the DOM."""
-    probe = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-widths',"
-             "JSON.stringify([...document.images].map(i=>i.complete?i.naturalWidth:0)));});</script>")
+    probe = (
+        "<script>window.addEventListener('load',()=>{document.body.setAttribute('data-widths',"
+        "JSON.stringify([...document.images].map(i=>i.complete?i.naturalWidth:0)));});</script>"
+    )
     path = tmp_path / "report.html"
     path.write_text(page.replace("</body>", probe + "</body>"))
-    cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+    cmd = [
+        browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        path.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     m = re.search(r'data-widths="([^"]*)"', dom)
     assert m, "the page did not finish loading"

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from specdyn.errors import EXIT_UNSAFE_PICKLE, CheckpointError, UnsafePickleError
 from specdyn.io import CheckpointReader, discover, open_checkpoint
-from specdyn.errors import EXIT_UNSAFE_PICKLE
-from specdyn.errors import CheckpointError, UnsafePickleError
 from specdyn.io.safeload import (
     peek_pickle,
     read_dcp_metadata,
@@ -116,10 +115,13 @@ def test_omegaconf_containers_load():
     assert omegaconf.OmegaConf.to_container(got) == {"lr": 0.1, "layers": [1, 2], "nested": {"a": True, "b": None}}
 
 
-@pytest.mark.parametrize("value, name", [
-    (functools.partial(int, base=2), "functools.partial"),  # can call anything: not inert
-    (Custom(3), "test_safeload.Custom"),
-])
+@pytest.mark.parametrize(
+    "value, name",
+    [
+        (functools.partial(int, base=2), "functools.partial"),  # can call anything: not inert
+        (Custom(3), "test_safeload.Custom"),
+    ],
+)
 def test_non_allowlisted_globals_are_refused_by_name(tmp_path, value, name):
     path = tmp_path / "x.pt"
     torch.save({"w": torch.zeros(2), "extra": value}, path)
@@ -162,9 +164,11 @@ def test_truncated_torch_files_are_checkpoint_errors(tmp_path, legacy):
 def test_peek_reads_plain_values_without_importing():
     # Hand-assembled protocol-4 pickle: {"step": "ten", "iter": 7, "x": definitely_not_a_mod.Thing(),
     # "y": posix.system("touch")}. Real unpickling would fail to import the first and run the second.
-    payload = (b"\x80\x04}(\x8c\x04step\x8c\x03ten\x8c\x04iterK\x07"
-               b"\x8c\x01x\x8c\x14definitely_not_a_mod\x8c\x05Thing\x93)R"
-               b"\x8c\x01y\x8c\x05posix\x8c\x06system\x93\x8c\x05touch\x85Ru.")
+    payload = (
+        b"\x80\x04}(\x8c\x04step\x8c\x03ten\x8c\x04iterK\x07"
+        b"\x8c\x01x\x8c\x14definitely_not_a_mod\x8c\x05Thing\x93)R"
+        b"\x8c\x01y\x8c\x05posix\x8c\x06system\x93\x8c\x05touch\x85Ru."
+    )
     value, named = peek_pickle(io.BytesIO(payload))
     assert value["iter"] == 7 and value["step"] == "ten"
     assert named == ["definitely_not_a_mod.Thing", "posix.system"]

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from specdyn.spectral.svd import CPU_ROUTES, SVDEngine, head_left_vectors, sign_normalize, svd_gram, svd_gram_torch, svd_lapack
+from specdyn.spectral.svd import (
+    CPU_ROUTES,
+    SVDEngine,
+    head_left_vectors,
+    sign_normalize,
+    svd_gram,
+    svd_gram_torch,
+    svd_lapack,
+)
 
 ROUTES = {"gram": svd_gram, "gram_torch": svd_gram_torch, "lapack": svd_lapack}
 
@@ -19,7 +27,14 @@ def matrix(m, n, spectrum="random", seed=0):
     return (U @ np.diag(s) @ V.T).astype(np.float32)
 
 
-CASES = [(64, 32, "random"), (32, 64, "random"), (48, 48, "random"), (300, 40, "decaying"), (40, 200, "heavy"), (257, 255, "random")]
+CASES = [
+    (64, 32, "random"),
+    (32, 64, "random"),
+    (48, 48, "random"),
+    (300, 40, "decaying"),
+    (40, 200, "heavy"),
+    (257, 255, "random"),
+]
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -75,7 +90,9 @@ def test_engine_measures_each_shape_once_per_machine(tmp_path, monkeypatch):
     assert SVDEngine(top=4, route="lapack", cache=False).summary() == {"all": "lapack"}
 
 
-@pytest.mark.parametrize("W", [np.zeros((6, 4), np.float32), np.outer(np.arange(1, 7), np.arange(1, 5)).astype(np.float32)])
+@pytest.mark.parametrize(
+    "W", [np.zeros((6, 4), np.float32), np.outer(np.arange(1, 7), np.arange(1, 5)).astype(np.float32)]
+)
 def test_rank_deficient_and_zero_matrices_fall_back_to_lapack(W):
     eng = SVDEngine(top=4, route="gram", cache=False)
     sp = eng(W)

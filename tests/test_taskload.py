@@ -145,8 +145,20 @@ def test_example_user_task_end_to_end(tmp_path):
     assert s["checkpoints"] == 3 and s["svd"]["checkpoint"] == 0
     full, top = s["full"]["val"]["loss"], s["top_kept"]["0.5"]["val"]["loss"]
     assert len(full) == len(top) == 3
-    res = runner.invoke(app, ["interpolate", str(run / "step_0.safetensors"), str(run / "step_20.safetensors"),
-                              "--task", task, "--points", "3", "--json", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "interpolate",
+            str(run / "step_0.safetensors"),
+            str(run / "step_20.safetensors"),
+            "--task",
+            task,
+            "--points",
+            "3",
+            "--json",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["store"] == str(store) and s["pairs"] == 1

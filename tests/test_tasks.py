@@ -211,7 +211,7 @@ def test_task_from_config_rebuilds_the_exact_task():
     assert load_task("modadd", asdict(task.config)).config == task.config
 
 
-USER_TASK = '''
+USER_TASK = """
 import torch
 
 class Tiny:
@@ -231,7 +231,7 @@ class Tiny:
 
 task = Tiny()
 not_a_task = 3
-'''
+"""
 
 
 def test_user_tasks_load_from_a_file(tmp_path):

@@ -8,9 +8,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from specdyn.io import CheckpointReader, discover
 from specdyn.cli import app
 from specdyn.errors import EXIT_NOT_FOUND, EXIT_USAGE, SpecdynError
+from specdyn.io import CheckpointReader, discover
 from specdyn.tasks import make_task
 from specdyn.train import Branch, read_source, save_steps, train
 from tests.test_tasks import SMALL, small
@@ -97,7 +97,9 @@ def test_same_seed_same_bits_other_seed_other_weights(tmp_path):
     train(small("modadd", steps=3, seed=1), tmp_path / "c", every=3, show_progress=False)
     a, b, c = (_tensors(tmp_path / r / "step_000003.safetensors") for r in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a" / "step_000003.safetensors").read_bytes() == (tmp_path / "b" / "step_000003.safetensors").read_bytes()
+    assert (tmp_path / "a" / "step_000003.safetensors").read_bytes() == (
+        tmp_path / "b" / "step_000003.safetensors"
+    ).read_bytes()
     assert (tmp_path / "a" / "run.json").read_text() == (tmp_path / "b" / "run.json").read_text()
     assert not torch.equal(a["decoder.weight"], c["decoder.weight"])
 
@@ -240,6 +242,7 @@ def test_branch_past_the_end_is_a_user_error(tmp_path):
 
 
 # --- the command line ----------------------------------------------------------------------------------------
+
 
 def _sets(name, skip=()):
     out = []

@@ -122,7 +122,7 @@ def _executor(opts: AnalyzeOptions):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise SpecdynError("--dask needs Dask: pip install 'specdyn[dask]'")
+            raise SpecdynError("--dask needs Dask: pip install 'specdyn[dask]'") from None
         if opts.dask == "local":
             # Dask's nanny sets OMP/MKL/OpenBLAS threads to 1 per worker: workers x threads <= cores.
             cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None)

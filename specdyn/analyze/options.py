@@ -19,18 +19,30 @@ class AnalyzeOptions(Options):
     every: int | None = option(None, min=1, help="Every N-th checkpoint (and the last).", panel=SELECT)
     log_spaced: int | None = option(None, min=2, help="About N checkpoints spaced evenly in log(index).", panel=SELECT)
     steps: str | None = option(None, help="Step range a:b, inclusive; either side may be empty.", panel=SELECT)
-    order: str = option("step", choices=("step", "name"), help="Order checkpoints by training 'step' or natural "
-                        "'name'.", panel=SELECT)
+    order: str = option(
+        "step", choices=("step", "name"), help="Order checkpoints by training 'step' or natural 'name'.", panel=SELECT
+    )
     pairs_file: str | None = option(None, "--pairs", help="File of alignment pairs, one `prev next` per line.")
     heads: int | None = option(None, min=1, help="Attention heads (default: from checkpoint config).")
     device: str = option("cpu", help="'cpu' or 'cuda' (GPU SVDs).", panel=COMPUTE)
-    svd_route: str = option("auto", choices=("auto", *ROUTES), help="'auto' (fastest measured per shape), or pin "
-                            f"{', '.join(repr(r) for r in ROUTES)}.", panel=COMPUTE)
-    recalibrate: bool = option(False, help="Measure the SVD routes again on this machine (choices are cached in "
-                               "~/.cache/specdyn).", panel=COMPUTE)
+    svd_route: str = option(
+        "auto",
+        choices=("auto", *ROUTES),
+        help=f"'auto' (fastest measured per shape), or pin {', '.join(repr(r) for r in ROUTES)}.",
+        panel=COMPUTE,
+    )
+    recalibrate: bool = option(
+        False,
+        help="Measure the SVD routes again on this machine (choices are cached in ~/.cache/specdyn).",
+        panel=COMPUTE,
+    )
     workers: int = option(1, min=1, help="Processes over checkpoints; BLAS threads = cores / workers.", panel=COMPUTE)
-    dask: str | None = option(None, help="Run checkpoints on Dask: 'local' (a LocalCluster of --workers processes) "
-                              "or a scheduler address. Needs specdyn[dask].", panel=COMPUTE)
+    dask: str | None = option(
+        None,
+        help="Run checkpoints on Dask: 'local' (a LocalCluster of --workers processes) "
+        "or a scheduler address. Needs specdyn[dask].",
+        panel=COMPUTE,
+    )
     strict: bool = option(False, help="Fail on an unreadable checkpoint instead of skipping it.")
     trust_pickle: bool = trust_pickle_option()
     overwrite: bool = option(False, help="Delete an existing store first.")

@@ -139,7 +139,9 @@ def _validate(store, new, attrs, opts, existing):
                 if specs is None:
                     specs = got
                     heads = _heads(opts, reader)
-                    pairs = read_pairs_file(opts.pairs_file, specs, heads) if opts.pairs_file else find_pairs(specs, heads)
+                    pairs = (
+                        read_pairs_file(opts.pairs_file, specs, heads) if opts.pairs_file else find_pairs(specs, heads)
+                    )
         except CheckpointError as e:
             if opts.strict:
                 raise
@@ -162,7 +164,9 @@ def _check_architecture(reference: list[MatrixSpec], got: list[MatrixSpec], c: C
     now = {s.name: s.original_shape for s in got}
     for name, shape in ref.items():
         if name not in now:
-            raise SpecdynError(f"{c.path}: architecture change: tensor {name!r} {list(shape)} is missing in this checkpoint")
+            raise SpecdynError(
+                f"{c.path}: architecture change: tensor {name!r} {list(shape)} is missing in this checkpoint"
+            )
         if now[name] != shape:
             raise SpecdynError(
                 f"{c.path}: architecture change: tensor {name!r} has shape {list(now[name])}, earlier checkpoints {list(shape)}"
@@ -170,5 +174,3 @@ def _check_architecture(reference: list[MatrixSpec], got: list[MatrixSpec], c: C
     extra = [n for n in now if n not in ref]
     if extra:
         raise SpecdynError(f"{c.path}: architecture change: new tensor {extra[0]!r} not in earlier checkpoints")
-
-

@@ -31,7 +31,9 @@ from specdyn.store.writing import (
 )
 
 
-def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptions | None = None, show_progress=True) -> dict:
+def analyze(
+    run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptions | None = None, show_progress=True
+) -> dict:
     """Analyze one series (from one or more run dirs, merged by step) into one store; returns a summary dict."""
     opts = options or AnalyzeOptions()
     run_dirs = [Path(d).resolve() for d in run_dirs]
@@ -42,7 +44,12 @@ def analyze(run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptio
     t0 = time.perf_counter()
     if opts.overwrite:
         remove_store(store)
-    elif store.exists() and any(p.name != LOCK_NAME for p in store.iterdir()) and not is_store(store) and not recoverable(store):
+    elif (
+        store.exists()
+        and any(p.name != LOCK_NAME for p in store.iterdir())
+        and not is_store(store)
+        and not recoverable(store)
+    ):
         raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
     recover(store)
     with locked(store):
@@ -67,8 +74,9 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         if todo or not p.in_place or p.attrs.get("derived") != derived_marker(root):
             derive(root)
         now_done = done_keys(root)
-        previous = [s for s in p.attrs.get("skipped", [])
-                    if (s["source"], s["checkpoint"]) not in now_done and s not in skipped]
+        previous = [
+            s for s in p.attrs.get("skipped", []) if (s["source"], s["checkpoint"]) not in now_done and s not in skipped
+        ]
         update_attrs(
             root,
             sources=[{"run_dir": s} for s in p.sources],

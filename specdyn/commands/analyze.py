@@ -11,8 +11,17 @@ from specdyn.commands.common import JsonFlag, QuietFlag, cli_command
 
 
 def analyze_command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories holding checkpoint series.", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Store path (default: RUN_DIR/specdyn.zarr). With several run dirs, --out merges them into one series by step.")] = None,
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories holding checkpoint series.", show_default=False)
+    ],
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Store path (default: RUN_DIR/specdyn.zarr). With several run dirs, --out merges them into one series by step.",
+        ),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling for new checkpoints until interrupted.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with --watch.")] = 30.0,
     json_out: JsonFlag = False,

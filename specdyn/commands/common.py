@@ -15,6 +15,7 @@ import typer
 
 from specdyn.options import _MISSING
 
+
 def _cli_type(tp):
     """The type typer parses a field as: optional scalars stay optional, lists of str stay lists."""
     origin = typing.get_origin(tp)
@@ -32,12 +33,19 @@ def _field_parameter(f: dataclasses.Field, hints: dict) -> inspect.Parameter:
     flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
     default = f.default if f.default is not _MISSING else None
     show_default = meta["show_default"] if f.default is not _MISSING and f.default is not None else False
-    info = typer.Option(*flags, help=meta["help"], rich_help_panel=meta["panel"], metavar=meta["metavar"],
-                        show_default=show_default, hidden=meta["hidden"])
+    info = typer.Option(
+        *flags,
+        help=meta["help"],
+        rich_help_panel=meta["panel"],
+        metavar=meta["metavar"],
+        show_default=show_default,
+        hidden=meta["hidden"],
+    )
     if meta["parse"] is not None:
         tp = typing.Optional[list[str]] if _cli_type(tp) == typing.Optional[list[str]] else typing.Optional[str]  # noqa: UP045
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[_cli_type(tp), info])
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[_cli_type(tp), info]
+    )
 
 
 def cli_command(fn: Callable, options_cls: type) -> Callable:

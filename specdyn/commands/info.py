@@ -40,7 +40,9 @@ def store_summary(st) -> dict:
 
 
 def info_command(
-    store: Annotated[Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)],
+    store: Annotated[
+        Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ):
     """Summarize a store: sources, checkpoints, matrices with shapes, latest metrics."""
@@ -56,11 +58,15 @@ def info_command(
         return
     out = Console()
     steps = summary["steps"]
-    out.print(f"[bold]{summary['store']}[/bold]  (schema {summary['schema_version']}, specdyn {summary['specdyn_version']})")
+    out.print(
+        f"[bold]{summary['store']}[/bold]  (schema {summary['schema_version']}, specdyn {summary['specdyn_version']})"
+    )
     for src in summary["sources"]:
         out.print(f"  source  {src}")
     span = f"steps {steps[0]} .. {steps[-1]}" if steps else "no completed checkpoints yet"
-    out.print(f"  {summary['checkpoints']} checkpoints, {span}; top-{summary['top']} vectors; heads: {summary['heads']}")
+    out.print(
+        f"  {summary['checkpoints']} checkpoints, {span}; top-{summary['top']} vectors; heads: {summary['heads']}"
+    )
     for s in summary["skipped"]:
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")
@@ -71,11 +77,23 @@ def info_command(
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
     for m in summary["matrices"]:
         table.add_row(
-            m["name"], m["kind"], "×".join(map(str, m["original_shape"])),
-            fmt(m.get("effective_rank")), fmt(m.get("stable_rank")), fmt(m.get("spectral_norm")), fmt(m.get("stability_score")),
+            m["name"],
+            m["kind"],
+            "×".join(map(str, m["original_shape"])),
+            fmt(m.get("effective_rank")),
+            fmt(m.get("stable_rank")),
+            fmt(m.get("spectral_norm")),
+            fmt(m.get("stability_score")),
         )
     out.print(table)
-    out.print(f"  {len(summary['pairs'])} alignment pairs" + (": " + ", ".join(summary["pairs"][:6]) + (" ..." if len(summary["pairs"]) > 6 else "") if summary["pairs"] else ""))
+    out.print(
+        f"  {len(summary['pairs'])} alignment pairs"
+        + (
+            ": " + ", ".join(summary["pairs"][:6]) + (" ..." if len(summary["pairs"]) > 6 else "")
+            if summary["pairs"]
+            else ""
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:

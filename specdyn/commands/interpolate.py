@@ -11,20 +11,72 @@ from specdyn.errors import SpecdynError
 
 
 def interpolate_command(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="CKPT_A CKPT_B; or, with --branches, branch run dirs.", show_default=False)] = None,
-    pairs_file: Annotated[Optional[Path], typer.Option("--pairs", help="File of pairs, one `CKPT_A CKPT_B [SPLIT_STEP [LABEL]]` per line (paths relative to the file).")] = None,
-    branches: Annotated[bool, typer.Option("--branches", help="PATHS are branch run dirs from `specdyn train --init-from`: pair every two branches of each split point (and perturbation) at their final checkpoints.")] = False,
-    at_step: Annotated[Optional[int], typer.Option("--at-step", help="With --branches: compare the branches at this step instead of their last checkpoint.")] = None,
-    points: Annotated[int, typer.Option("--points", min=2, help="Points on the alpha grid, both endpoints included.")] = 11,
-    keep: Annotated[float, typer.Option("--keep", help="Fraction f of singular directions the top-kept variant keeps (ceil(f·k)); the bottom-kept keeps the rest.")] = 0.5,
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="CKPT_A CKPT_B; or, with --branches, branch run dirs.", show_default=False),
+    ] = None,
+    pairs_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pairs",
+            help="File of pairs, one `CKPT_A CKPT_B [SPLIT_STEP [LABEL]]` per line (paths relative to the file).",
+        ),
+    ] = None,
+    branches: Annotated[
+        bool,
+        typer.Option(
+            "--branches",
+            help="PATHS are branch run dirs from `specdyn train --init-from`: pair every two branches of each split point (and perturbation) at their final checkpoints.",
+        ),
+    ] = False,
+    at_step: Annotated[
+        Optional[int],
+        typer.Option(
+            "--at-step", help="With --branches: compare the branches at this step instead of their last checkpoint."
+        ),
+    ] = None,
+    points: Annotated[
+        int, typer.Option("--points", min=2, help="Points on the alpha grid, both endpoints included.")
+    ] = 11,
+    keep: Annotated[
+        float,
+        typer.Option(
+            "--keep",
+            help="Fraction f of singular directions the top-kept variant keeps (ceil(f·k)); the bottom-kept keeps the rest.",
+        ),
+    ] = 0.5,
     task: Annotated[Optional[str], typer.Option("--task", help=TASK_HELP, show_default=False)] = None,
     config: Annotated[Optional[list[str]], typer.Option("--config", metavar="KEY=VALUE", help=CONFIG_HELP)] = None,
-    bn_recal: Annotated[bool, typer.Option("--bn-recal/--no-bn-recal", help="Re-estimate BatchNorm statistics at every alpha and after pruning.")] = True,
-    sva_rank: Annotated[int, typer.Option("--sva-rank", min=1, help="Ranks of the endpoint SVA diagonal to store.")] = 64,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Store for the results (evals/interp). Default: the trunk's analyzed store when all pairs branch from one trunk, else CKPT_A's run store, else CKPT_A's run dir/interp.zarr.", show_default=False)] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow arbitrary pickle in torch checkpoints (runs code: only for files you trust).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard earlier interpolation results in the output store first.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary (every curve and barrier) on stdout.")] = False,
+    bn_recal: Annotated[
+        bool,
+        typer.Option(
+            "--bn-recal/--no-bn-recal", help="Re-estimate BatchNorm statistics at every alpha and after pruning."
+        ),
+    ] = True,
+    sva_rank: Annotated[
+        int, typer.Option("--sva-rank", min=1, help="Ranks of the endpoint SVA diagonal to store.")
+    ] = 64,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Store for the results (evals/interp). Default: the trunk's analyzed store when all pairs branch from one trunk, else CKPT_A's run store, else CKPT_A's run dir/interp.zarr.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle", help="Allow arbitrary pickle in torch checkpoints (runs code: only for files you trust)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard earlier interpolation results in the output store first.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary (every curve and barrier) on stdout.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Linear mode connectivity between checkpoints: loss barriers, pruned variants, effective ranks.
@@ -48,13 +100,23 @@ def interpolate_command(
         if at_step is not None:
             raise SpecdynError("--at-step applies to --branches only")
         if len(paths) != 2:
-            raise SpecdynError(f"expected two checkpoints CKPT_A CKPT_B, got {len(paths)}; for many pairs use --pairs FILE or --branches")
+            raise SpecdynError(
+                f"expected two checkpoints CKPT_A CKPT_B, got {len(paths)}; for many pairs use --pairs FILE or --branches"
+            )
         for p in paths:
             if not p.exists():
                 raise SpecdynError(f"{p}: no such checkpoint")
         pairs = [Pair(paths[0].resolve(), paths[1].resolve())]
-    opts = InterpOptions(points=points, keep=keep, bn_recal=bn_recal, task=task, config=parse_overrides(config),
-                         sva_rank=sva_rank, trust_pickle=trust_pickle, overwrite=overwrite)
+    opts = InterpOptions(
+        points=points,
+        keep=keep,
+        bn_recal=bn_recal,
+        task=task,
+        config=parse_overrides(config),
+        sva_rank=sva_rank,
+        trust_pickle=trust_pickle,
+        overwrite=overwrite,
+    )
     summary = interpolate(pairs, out, opts, show_progress=not quiet)
     if json_out:
         console.print_json(summary)
@@ -76,11 +138,13 @@ def print_summary(s: dict) -> None:
     for g in s["barrier_by_split"]:
         name = g["label"] or (str(g["split_step"]) if g["split_step"] >= 0 else "—")
 
-        def cell(c):
+        def cell(c, g=g):
             v = g[f"{c}_train_loss_barrier"]
             return f"{v['mean']:.4g} ± {v['std']:.2g}" if v["pairs"] > 1 else f"{v['mean']:.4g}"
 
-        table.add_row(name, str(g["full_train_loss_barrier"]["pairs"]), cell("full"), cell("top_kept"), cell("bottom_kept"))
+        table.add_row(
+            name, str(g["full_train_loss_barrier"]["pairs"]), cell("full"), cell("top_kept"), cell("bottom_kept")
+        )
     console.err_console().print(table)
     console.info(f"draw it: specdyn plot interp {s['store']} -o interp.png")
 

@@ -7,17 +7,21 @@ import typer
 
 
 def report_command(
-    stores: Annotated[list[Path], typer.Argument(help="Stores (or run dirs holding specdyn.zarr).", show_default=False)],
+    stores: Annotated[
+        list[Path], typer.Argument(help="Stores (or run dirs holding specdyn.zarr).", show_default=False)
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
     title: Annotated[Optional[str], typer.Option("--title", help="Page title.")] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of the embedded PNG figures.")] = 110,
-    json_out: Annotated[bool, typer.Option("--json", help="Print {\"written\": [path], \"figures\": n} on stdout.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help='Print {"written": [path], "figures": n} on stdout.')
+    ] = False,
 ):
     """Write one self-contained HTML report: summary tables, every figure kind, the most interesting matrices,
     comparisons across stores."""
     from specdyn import console
-    from specdyn.plots.dispatch import open_stores
     from specdyn.errors import SpecdynError
+    from specdyn.plots.dispatch import open_stores
     from specdyn.report import build_report, count_figures
 
     if out.suffix.lower() not in (".html", ".htm"):

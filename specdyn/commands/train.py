@@ -1,6 +1,6 @@
 """`specdyn train TASK`: train a built-in task on CPU and write a checkpoint series specdyn reads."""
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,20 +9,20 @@ import typer
 from specdyn.tasks import TASKS
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     safetensors = "safetensors"
     torch = "torch"
     lightning = "lightning-style"
     hf = "hf-style"
 
 
-class SaveDtype(str, Enum):
+class SaveDtype(StrEnum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
 
 
-class MaskType(str, Enum):
+class MaskType(StrEnum):
     magnitude = "magnitude"
     random = "random"
 
@@ -60,26 +60,52 @@ def train_command(
         list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Any config key (see --show-config).")
     ] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the full config as JSON and exit.")] = False,
-    save_every: Annotated[int | None, typer.Option(help="Save every K steps.", show_default="steps/20", rich_help_panel=SAVING)] = None,
-    save_log: Annotated[int | None, typer.Option(help="N log-spaced saves (dense early).", rich_help_panel=SAVING)] = None,
-    format_: Annotated[Format, typer.Option("--format", help="Checkpoint layout.", rich_help_panel=SAVING)] = Format.safetensors,
-    save_dtype: Annotated[SaveDtype, typer.Option(help="Storage dtype of float tensors.", rich_help_panel=SAVING)] = SaveDtype.float32,
+    save_every: Annotated[
+        int | None, typer.Option(help="Save every K steps.", show_default="steps/20", rich_help_panel=SAVING)
+    ] = None,
+    save_log: Annotated[
+        int | None, typer.Option(help="N log-spaced saves (dense early).", rich_help_panel=SAVING)
+    ] = None,
+    format_: Annotated[
+        Format, typer.Option("--format", help="Checkpoint layout.", rich_help_panel=SAVING)
+    ] = Format.safetensors,
+    save_dtype: Annotated[
+        SaveDtype, typer.Option(help="Storage dtype of float tensors.", rich_help_panel=SAVING)
+    ] = SaveDtype.float32,
     save_optimizer: Annotated[
-        bool, typer.Option("--save-optimizer", help="Also save optimizer state (optimizer/step_*.optim) so branches resume it.", rich_help_panel=SAVING)
+        bool,
+        typer.Option(
+            "--save-optimizer",
+            help="Also save optimizer state (optimizer/step_*.optim) so branches resume it.",
+            rich_help_panel=SAVING,
+        ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.", rich_help_panel=SAVING)] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in --out.", rich_help_panel=SAVING)
+    ] = False,
     init_from: Annotated[
-        Path | None, typer.Option(help="Branch from this trunk checkpoint (its step, task and config).", rich_help_panel=BRANCH)
+        Path | None,
+        typer.Option(help="Branch from this trunk checkpoint (its step, task and config).", rich_help_panel=BRANCH),
     ] = None,
     perturb_scale: Annotated[
-        float, typer.Option(help="Norm-preserving random perturbation of scale c at the branch start.", rich_help_panel=BRANCH)
+        float,
+        typer.Option(
+            help="Norm-preserving random perturbation of scale c at the branch start.", rich_help_panel=BRANCH
+        ),
     ] = 0.0,
     mask_from: Annotated[
-        Path | None, typer.Option(help="Lottery ticket: global magnitude mask from this checkpoint.", rich_help_panel=BRANCH)
+        Path | None,
+        typer.Option(help="Lottery ticket: global magnitude mask from this checkpoint.", rich_help_panel=BRANCH),
     ] = None,
-    density: Annotated[float | None, typer.Option(help="Fraction of weights the mask keeps.", rich_help_panel=BRANCH)] = None,
-    mask_type: Annotated[MaskType, typer.Option(help="magnitude, or random with the same per-layer densities.", rich_help_panel=BRANCH)] = MaskType.magnitude,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (bit-identical reruns need the same count).")] = None,
+    density: Annotated[
+        float | None, typer.Option(help="Fraction of weights the mask keeps.", rich_help_panel=BRANCH)
+    ] = None,
+    mask_type: Annotated[
+        MaskType, typer.Option(help="magnitude, or random with the same per-layer densities.", rich_help_panel=BRANCH)
+    ] = MaskType.magnitude,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (bit-identical reruns need the same count).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as JSON on stdout.")] = False,
 ):
@@ -102,8 +128,10 @@ def train_command(
     if save_every is not None and save_log is not None:
         raise SpecdynError("pass --save-every or --save-log, not both", code=EXIT_USAGE)
     if (density is not None) != (mask_from is not None):
-        raise SpecdynError("--mask-from and --density go together (e.g. --mask-from trunk/step_005000.safetensors "
-                           "--density 0.05)", code=EXIT_USAGE)
+        raise SpecdynError(
+            "--mask-from and --density go together (e.g. --mask-from trunk/step_005000.safetensors --density 0.05)",
+            code=EXIT_USAGE,
+        )
     if density is not None and not 0 < density <= 1:
         raise SpecdynError(f"--density must be in (0, 1], got {density}", code=EXIT_USAGE)
     if perturb_scale < 0:
@@ -124,8 +152,10 @@ def train_command(
     base = None
     if trunk is not None:
         if trunk.task is None or trunk.config is None:
-            raise SpecdynError(f"{init_from}: no task config recorded (no specdyn metadata or run.json); branch only "
-                               "from checkpoints written by specdyn train")
+            raise SpecdynError(
+                f"{init_from}: no task config recorded (no specdyn metadata or run.json); branch only "
+                "from checkpoints written by specdyn train"
+            )
         if trunk.task != task:
             raise SpecdynError(f"{init_from} is a {trunk.task} checkpoint, not {task}; run specdyn train {trunk.task}")
         base = trunk.config

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from specdyn.errors import SpecdynError
-from specdyn.store import results
 from specdyn.evals.lowrank import keep_rank
 from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task, run_info
 from specdyn.evals.variants import (
@@ -33,6 +32,7 @@ from specdyn.evals.variants import (
     run_variant,
 )
 from specdyn.spectral.metrics import barrier, effective_rank, score, sva_diag
+from specdyn.store import results
 
 GROUP = "evals/interp"
 ROW = "interp_pair"
@@ -135,8 +135,10 @@ def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pa
         info = run_info(d)
         init = info.get("init_from")
         if not isinstance(init, Mapping) or "step" not in init:
-            raise SpecdynError(f"{d}: not a branch (its run.json has no init_from); make branches with "
-                               "`specdyn train --init-from CKPT`, or list pairs with --pairs FILE")
+            raise SpecdynError(
+                f"{d}: not a branch (its run.json has no init_from); make branches with "
+                "`specdyn train --init-from CKPT`, or list pairs with --pairs FILE"
+            )
         ckpts = discover(d)
         if at_step is not None:
             ckpts = [c for c in ckpts if c.step == at_step]
@@ -161,7 +163,12 @@ def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pa
 def infer_split(a: Path, b: Path) -> int:
     """The shared branch point of two checkpoints from their runs' run.json, or -1."""
     ia, ib = (run_info(p.parent).get("init_from") for p in (a, b))
-    if isinstance(ia, Mapping) and isinstance(ib, Mapping) and ia.get("step") == ib.get("step") and ia.get("step") is not None:
+    if (
+        isinstance(ia, Mapping)
+        and isinstance(ib, Mapping)
+        and ia.get("step") == ib.get("step")
+        and ia.get("step") is not None
+    ):
         return int(ia["step"])
     return -1
 
@@ -169,8 +176,7 @@ def infer_split(a: Path, b: Path) -> int:
 def default_out(pairs: list[Pair]) -> Path:
     """Where results go without --out: the trunk's specdyn store when every pair branches from one trunk
     that has been analyzed, else CKPT_A's run store, else a standalone `interp.zarr` in CKPT_A's run dir."""
-    from specdyn.store import default_store
-    from specdyn.store import is_store
+    from specdyn.store import default_store, is_store
 
     trunks = set()
     for p in pairs:
@@ -219,8 +225,8 @@ class Evaluator:
             ep.reader.close()
 
     def point(self, state, endpoint: bool, tick) -> PointResult:
-        from specdyn.spectral.svd import Spectrum
         from specdyn.evals.spectra import spectrum
+        from specdyn.spectral.svd import Spectrum
 
         full = run_variant(self.task, self.model, state, {}, self.opts.bn_recal)
         tick()
@@ -238,9 +244,18 @@ class Evaluator:
         curves = {"full": as_array(full, self.metrics)}
         curves["top_kept"] = as_array(run_variant(self.task, self.model, state, top, self.opts.bn_recal), self.metrics)
         tick()
-        curves["bottom_kept"] = as_array(run_variant(self.task, self.model, state, bottom, self.opts.bn_recal), self.metrics)
+        curves["bottom_kept"] = as_array(
+            run_variant(self.task, self.model, state, bottom, self.opts.bn_recal), self.metrics
+        )
         tick()
-        keep = {k: Spectrum(sp.s, sp.U[:, : self.opts.sva_rank], sp.V[:, : self.opts.sva_rank]) for k, sp in spectra.items()} if endpoint else None
+        keep = (
+            {
+                k: Spectrum(sp.s, sp.U[:, : self.opts.sva_rank], sp.V[:, : self.opts.sva_rank])
+                for k, sp in spectra.items()
+            }
+            if endpoint
+            else None
+        )
         return PointResult(curves, np.array(erank), keep)
 
     def pair(self, pair: Pair, grid: np.ndarray, tick) -> dict:
@@ -311,8 +326,10 @@ def _check_compatible(existing, attrs: dict, out: Path) -> None:
     old = existing[1]
     for key in ("task", "points", "keep", "bn_recal", "sva_rank"):
         if old.get(key) != attrs.get(key):
-            raise SpecdynError(f"{out}/{GROUP}: holds results with another {key} ({old.get(key)!r} vs "
-                               f"{attrs.get(key)!r}); pass --overwrite to replace them, or --out elsewhere")
+            raise SpecdynError(
+                f"{out}/{GROUP}: holds results with another {key} ({old.get(key)!r} vs "
+                f"{attrs.get(key)!r}); pass --overwrite to replace them, or --out elsewhere"
+            )
 
 
 def _short(path: Path) -> str:
@@ -361,8 +378,15 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
 
     out = Path(out) if out is not None else default_out(pairs)
     base = out.parent
-    attrs = {"task": described, "points": opts.points, "keep": opts.keep, "bn_recal": opts.bn_recal,
-             "sva_rank": opts.sva_rank, "final_layer": names[-1], "paths_relative_to": "the store's parent folder"}
+    attrs = {
+        "task": described,
+        "points": opts.points,
+        "keep": opts.keep,
+        "bn_recal": opts.bn_recal,
+        "sva_rank": opts.sva_rank,
+        "final_layer": names[-1],
+        "paths_relative_to": "the store's parent folder",
+    }
     if not opts.overwrite:  # refuse before the write session touches the store
         _check_compatible(results.read_group(out, GROUP) if out.exists() else None, attrs, out)
     ev = Evaluator(task, model, state_map, matrices, opts)
@@ -389,18 +413,37 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
             old = existing[0]
             for i, (a, b) in enumerate(zip(old["ckpt_a"][1], old["ckpt_b"][1])):
                 if (str(a), str(b)) not in seen:
-                    rows.append({"ckpt_a": str(a), "ckpt_b": str(b), "split_step": int(old["split_step"][1][i]),
-                                 "label": str(old["label"][1][i]), "pair": None})
+                    rows.append(
+                        {
+                            "ckpt_a": str(a),
+                            "ckpt_b": str(b),
+                            "split_step": int(old["split_step"][1][i]),
+                            "label": str(old["label"][1][i]),
+                            "pair": None,
+                        }
+                    )
         rows.sort(key=lambda r: (r["split_step"], r["label"], r["ckpt_a"], r["ckpt_b"]))
         metrics = [str(m) for m in existing[0]["metric"][1]] if existing is not None else None
         done = {}
         if existing is not None:
-            done = {(str(a), str(b)): bool(d) for a, b, d in zip(existing[0]["ckpt_a"][1], existing[0]["ckpt_b"][1], existing[0]["done"][1])}
-        todo = [(i, r) for i, r in enumerate(rows) if r["pair"] is not None and not done.get((r["ckpt_a"], r["ckpt_b"]))]
+            done = {
+                (str(a), str(b)): bool(d)
+                for a, b, d in zip(existing[0]["ckpt_a"][1], existing[0]["ckpt_b"][1], existing[0]["done"][1])
+            }
+        todo = [
+            (i, r) for i, r in enumerate(rows) if r["pair"] is not None and not done.get((r["ckpt_a"], r["ckpt_b"]))
+        ]
         layout_written = False
         if existing is not None:
             ev.metrics = metrics
-            results.write_group(out, GROUP, _layout(rows, grid, metrics, names, opts.sva_rank, existing), attrs, row_dim=ROW, coords=COORDS)
+            results.write_group(
+                out,
+                GROUP,
+                _layout(rows, grid, metrics, names, opts.sva_rank, existing),
+                attrs,
+                row_dim=ROW,
+                coords=COORDS,
+            )
             layout_written = True
 
         with progress(show_progress and bool(todo)) as bar:
@@ -409,7 +452,14 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
                 bar.update(tid, description=f"interpolate {r['label'] or Path(r['ckpt_a']).name}")
                 res = ev.pair(r["pair"], grid, lambda: bar.advance(tid))
                 if not layout_written:
-                    results.write_group(out, GROUP, _layout(rows, grid, ev.metrics, names, opts.sva_rank, None), attrs, row_dim=ROW, coords=COORDS)
+                    results.write_group(
+                        out,
+                        GROUP,
+                        _layout(rows, grid, ev.metrics, names, opts.sva_rank, None),
+                        attrs,
+                        row_dim=ROW,
+                        coords=COORDS,
+                    )
                     layout_written = True
                 g = results.open_group(out, GROUP)
                 results.write_row(g, i, res, {"done": np.array(True)})
@@ -452,11 +502,20 @@ def summary(out: Path, computed: int, seconds: float) -> dict:
     s.update({"pairs": int(len(r["done"])), "alpha": r["alpha"].tolist(), "metrics": metrics})
     rows = []
     for i in range(len(r["done"])):
-        row = {"ckpt_a": str(r["ckpt_a"][i]), "ckpt_b": str(r["ckpt_b"][i]), "split_step": int(r["split_step"][i]),
-               "label": str(r["label"][i])}
+        row = {
+            "ckpt_a": str(r["ckpt_a"][i]),
+            "ckpt_b": str(r["ckpt_b"][i]),
+            "split_step": int(r["split_step"][i]),
+            "label": str(r["label"][i]),
+        }
         for c in CURVES:
-            row[c] = {sp: {m: r[c][i, :, si, mi].tolist() for mi, m in enumerate(metrics)} for si, sp in enumerate(SPLITS)}
-            row[f"{c}_barrier"] = {sp: {m: float(r[f"{c}_barrier"][i, si, mi]) for mi, m in enumerate(metrics)} for si, sp in enumerate(SPLITS)}
+            row[c] = {
+                sp: {m: r[c][i, :, si, mi].tolist() for mi, m in enumerate(metrics)} for si, sp in enumerate(SPLITS)
+            }
+            row[f"{c}_barrier"] = {
+                sp: {m: float(r[f"{c}_barrier"][i, si, mi]) for mi, m in enumerate(metrics)}
+                for si, sp in enumerate(SPLITS)
+            }
         row["endpoint_sva_score"] = dict(zip((str(n) for n in r["interp_matrix"]), r["endpoint_sva_score"][i].tolist()))
         rows.append(row)
     s["results"] = rows

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from specdyn.errors import SpecdynError
-from specdyn.store import results
 from specdyn.evals.spectra import spectrum, spectrum_for
 from specdyn.evals.taskload import run_info
 from specdyn.evals.variants import progress
 from specdyn.spectral.matrices import MatrixSpec, classify
 from specdyn.spectral.metrics import score, sva, sva_diag
+from specdyn.store import results
 
 GROUP = "evals/lottery"
 MASK_TYPES = ("magnitude", "random")
@@ -42,8 +42,10 @@ class LotteryOptions:
 
 def _rows(st) -> list[dict]:
     sources = st.source_index
-    return [{"step": int(s), "checkpoint": c, "row": int(r), "path": st.run_dirs[int(src)] / c}
-            for s, c, src, r in zip(st.steps, st.checkpoints, sources, st.rows)]
+    return [
+        {"step": int(s), "checkpoint": c, "row": int(r), "path": st.run_dirs[int(src)] / c}
+        for s, c, src, r in zip(st.steps, st.checkpoints, sources, st.rows)
+    ]
 
 
 def _pick(rows: list[dict], step: int | None, where: Path) -> dict:
@@ -52,8 +54,10 @@ def _pick(rows: list[dict], step: int | None, where: Path) -> dict:
     for r in rows:
         if r["step"] == step:
             return r
-    raise SpecdynError(f"{where}: no analyzed checkpoint at step {step}; steps: {', '.join(str(r['step']) for r in rows[:12])}"
-                       + (" ..." if len(rows) > 12 else ""))
+    raise SpecdynError(
+        f"{where}: no analyzed checkpoint at step {step}; steps: {', '.join(str(r['step']) for r in rows[:12])}"
+        + (" ..." if len(rows) > 12 else "")
+    )
 
 
 def _read_matrices(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
@@ -92,16 +96,19 @@ def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[d
     by_step = {r["step"]: r for r in dense}
     out = [(by_step[c.step], c) for c in masked if c.step in by_step]
     if not out:
-        raise SpecdynError(f"{where}: none of its steps is an analyzed step of the dense run; pass --zip index to "
-                           "pair checkpoints by position, or analyze the dense run at the masked run's steps")
+        raise SpecdynError(
+            f"{where}: none of its steps is an analyzed step of the dense run; pass --zip index to "
+            "pair checkpoints by position, or analyze the dense run at the masked run's steps"
+        )
     return out
 
 
 def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) -> dict:
-    from specdyn import branching, open_store
+    from specdyn import branching
+    from specdyn.store import SpectralStore
     from specdyn.io import discover
-    from specdyn.store import write_session
     from specdyn.spectral.svd import SVDEngine
+    from specdyn.store import write_session
 
     t0 = time.perf_counter()
     densities = sorted({float(d) for d in opts.densities})
@@ -112,7 +119,7 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
         raise SpecdynError(f"--zip {opts.zip!r}: use 'step' or 'index'")
     if opts.sva_rank < 1:
         raise SpecdynError(f"--sva-rank {opts.sva_rank}: must be positive")
-    st = open_store(store_path)
+    st = SpectralStore.open(store_path)
     rows = _rows(st)
     if not rows:
         raise SpecdynError(f"{st.path}: no analyzed checkpoints; run `specdyn analyze` first")
@@ -128,7 +135,9 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
 
     tensors = _read_matrices(at["path"], opts.trust_pickle)
     if len(tensors) < 2:
-        raise SpecdynError(f"{at['path']}: a single weight matrix (the final layer, which masks leave alone); nothing to mask")
+        raise SpecdynError(
+            f"{at['path']}: a single weight matrix (the final layer, which masks leave alone); nothing to mask"
+        )
     masked_names = list(tensors)[:-1]
     specs = {n: _spec(st, n, tensors[n].shape) for n in tensors}
     R, L, D = opts.sva_rank, len(masked_names), len(densities)
@@ -179,24 +188,57 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
             for k, v in a.items():
                 arrays[f"runs/{name}/{k}"] = v
             group_attrs[f"runs/{name}"] = info
-            run_summaries.append({"name": name, **info, "steps": a["step"][1].tolist(),
-                                  "mean_sva_score": np.nanmean(a["sva_score"][1], axis=1).tolist()})
+            run_summaries.append(
+                {
+                    "name": name,
+                    **info,
+                    "steps": a["step"][1].tolist(),
+                    "mean_sva_score": np.nanmean(a["sva_score"][1], axis=1).tolist(),
+                }
+            )
 
-    attrs = {"step": at["step"], "checkpoint": str(at["path"]), "seed": opts.seed, "sva_rank": R,
-             "final_layer": list(tensors)[-1], "zip": opts.zip,
-             "mask": "global magnitude over every ndim >= 2 tensor but the last (method.md get_masks); random: "
-                     "per-layer Bernoulli with the magnitude mask's layer densities"}
+    attrs = {
+        "step": at["step"],
+        "checkpoint": str(at["path"]),
+        "seed": opts.seed,
+        "sva_rank": R,
+        "final_layer": list(tensors)[-1],
+        "zip": opts.zip,
+        "mask": "global magnitude over every ndim >= 2 tensor but the last (method.md get_masks); random: "
+        "per-layer Bernoulli with the magnitude mask's layer densities",
+    }
     with write_session(Path(store_path), "lottery"):
-        results.write_group(Path(store_path), GROUP, arrays, attrs, row_dim=("run_checkpoint",),
-                            coords=["step", "dense_step", "path"], group_attrs=group_attrs)
+        results.write_group(
+            Path(store_path),
+            GROUP,
+            arrays,
+            attrs,
+            row_dim=("run_checkpoint",),
+            coords=["step", "dense_step", "path"],
+            group_attrs=group_attrs,
+        )
     return {
-        "store": str(store_path), "group": GROUP, "step": at["step"], "checkpoint": str(at["path"]),
-        "seconds": round(time.perf_counter() - t0, 3), "matrices": masked_names,
+        "store": str(store_path),
+        "group": GROUP,
+        "step": at["step"],
+        "checkpoint": str(at["path"]),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "matrices": masked_names,
         "densities": [
-            {"density": d, **{t: {"kept": int(kept[i, ti]), "kept_fraction": float(kept[i, ti] / sum(v.numel() for k, v in tensors.items() if k in masked_names)),
-                                  "sva_score": dict(zip(masked_names, scores[i, ti].tolist())),
-                                  "layer_density": dict(zip(masked_names, layer_density[i, ti].tolist()))}
-                              for ti, t in enumerate(MASK_TYPES)}}
+            {
+                "density": d,
+                **{
+                    t: {
+                        "kept": int(kept[i, ti]),
+                        "kept_fraction": float(
+                            kept[i, ti] / sum(v.numel() for k, v in tensors.items() if k in masked_names)
+                        ),
+                        "sva_score": dict(zip(masked_names, scores[i, ti].tolist())),
+                        "layer_density": dict(zip(masked_names, layer_density[i, ti].tolist())),
+                    }
+                    for ti, t in enumerate(MASK_TYPES)
+                },
+            }
             for i, d in enumerate(densities)
         ],
         "runs": run_summaries,
@@ -207,13 +249,12 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
     """SVA diagonal (first min(R, store top) ranks) and score per matrix between a masked run's checkpoints and
     the dense run's checkpoints they are zipped with. Dense vectors come from the store; the masked run's from
     its own store when it was analyzed, else from one SVD per matrix and checkpoint."""
-    from specdyn import open_store
-    from specdyn.store import default_store
-    from specdyn.store import is_store
+    from specdyn.store import SpectralStore
+    from specdyn.store import default_store, is_store
 
     names = st.matrices
     r = min(R, st.top, max(st.matrix_spec(n).k for n in names))
-    own = open_store(default_store(run_dir)) if is_store(default_store(run_dir)) else None
+    own = SpectralStore.open(default_store(run_dir)) if is_store(default_store(run_dir)) else None
     own_rows = {c: int(row) for c, row in zip(own.checkpoints, own.rows)} if own is not None else {}
     T = len(zipped)
     diag = np.full((T, len(names), r), np.nan, dtype=np.float32)
@@ -226,8 +267,10 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
                 continue
             spec = st.matrix_spec(n)
             if tuple(tensors[n].shape) != spec.original_shape:
-                raise SpecdynError(f"{ckpt.path}: {n} is {tuple(tensors[n].shape)}, the dense run's is "
-                                   f"{spec.original_shape}; a masked run must share the dense run's architecture")
+                raise SpecdynError(
+                    f"{ckpt.path}: {n} is {tuple(tensors[n].shape)}, the dense run's is "
+                    f"{spec.original_shape}; a masked run must share the dense run's architecture"
+                )
             _, Ud, Vd = st.row_spectrum(n, dense_row["row"])
             W = spec.flatten(tensors[n])
             sp = None
@@ -241,7 +284,10 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
         tick()
     info = run_info(run_dir)
     arrays = {
-        "step": (("run_checkpoint",), np.array([c.step if c.step is not None else -1 for _, c in zipped], dtype=np.int64)),
+        "step": (
+            ("run_checkpoint",),
+            np.array([c.step if c.step is not None else -1 for _, c in zipped], dtype=np.int64),
+        ),
         "dense_step": (("run_checkpoint",), np.array([d["step"] for d, _ in zipped], dtype=np.int64)),
         "path": (("run_checkpoint",), np.array([c.relpath for _, c in zipped], dtype=object)),
         "run_matrix": (("run_matrix",), np.array(names, dtype=object)),

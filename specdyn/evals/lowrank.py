@@ -36,7 +36,9 @@ def top_part(U: np.ndarray, s: np.ndarray, V: np.ndarray, r: int) -> np.ndarray:
     return (Ur * np.asarray(s[:r], dtype=np.float64)) @ Vr.T
 
 
-def split_top_bottom(W: np.ndarray, U: np.ndarray, s: np.ndarray, V: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+def split_top_bottom(
+    W: np.ndarray, U: np.ndarray, s: np.ndarray, V: np.ndarray, r: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(W keeping its top r singular directions, W keeping the other k - r), as float32 m x n matrices.
 
     r = k returns (W, 0) and r = 0 returns (0, W) exactly, so keeping everything is the unpruned model bit for bit.

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from specdyn.errors import SpecdynError
-from specdyn.store import results
 from specdyn.evals.lowrank import keep_rank
 from specdyn.evals.spectra import spectrum_for
 from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task
 from specdyn.evals.variants import SPLITS, as_array, low_rank_pair, metric_names, progress, pruned_matrices, run_variant
+from specdyn.store import results
 
 GROUP = "evals/prune"
 ROW = "prune_checkpoint"
@@ -52,16 +52,22 @@ def _selected(st, opts: PruneOptions) -> list[dict]:
     ]
     rows = subsample(rows, opts.every, None, opts.steps, key=lambda r: r["step"])
     if not rows:
-        raise SpecdynError(f"{st.path}: no analyzed checkpoints selected; check --steps/--every or run `specdyn analyze`")
+        raise SpecdynError(
+            f"{st.path}: no analyzed checkpoints selected; check --steps/--every or run `specdyn analyze`"
+        )
     run_dirs = st.run_dirs
     for r in rows:
         r["path"] = run_dirs[r["source"]] / r["checkpoint"]
         if not r["path"].exists():
-            raise SpecdynError(f"{r['path']}: checkpoint listed in {st.path} no longer exists; pruning needs the weights")
+            raise SpecdynError(
+                f"{r['path']}: checkpoint listed in {st.path} no longer exists; pruning needs the weights"
+            )
     return rows
 
 
-def _layout(existing, rows: list[dict], keep: list[float], metrics: list[str], matrices: list[str], ranks, attrs) -> results.Arrays:
+def _layout(
+    existing, rows: list[dict], keep: list[float], metrics: list[str], matrices: list[str], ranks, attrs
+) -> results.Arrays:
     """The group's arrays for these rows and fractions, holding the done cells of `existing` at their new places."""
     R, K, S, M = len(rows), len(keep), len(SPLITS), len(metrics)
     a: results.Arrays = {
@@ -72,7 +78,10 @@ def _layout(existing, rows: list[dict], keep: list[float], metrics: list[str], m
         "split": (("split",), np.array(SPLITS, dtype=object)),
         "metric": (("metric",), np.array(metrics, dtype=object)),
         "prune_matrix": (("prune_matrix",), np.array(matrices, dtype=object)),
-        "kept_rank": (("keep", "prune_matrix"), np.array([[ranks[f][m] for m in matrices] for f in keep], dtype=np.int64).reshape(K, len(matrices))),
+        "kept_rank": (
+            ("keep", "prune_matrix"),
+            np.array([[ranks[f][m] for m in matrices] for f in keep], dtype=np.int64).reshape(K, len(matrices)),
+        ),
         "full": ((ROW, "split", "metric"), np.full((R, S, M), np.nan)),
         "top_kept": ((ROW, "keep", "split", "metric"), np.full((R, K, S, M), np.nan)),
         "bottom_kept": ((ROW, "keep", "split", "metric"), np.full((R, K, S, M), np.nan)),
@@ -124,16 +133,16 @@ def _spectra(st, row: int, base, matrices, ranks_needed, engine, warned: set):
 
 def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True) -> dict:
     """Run (or resume) the pruning evaluation of a store's checkpoints; returns the JSON summary."""
-    from specdyn import open_store
-    from specdyn.store import write_session
+    from specdyn.store import SpectralStore
     from specdyn.spectral.svd import SVDEngine
+    from specdyn.store import write_session
 
     t0 = time.perf_counter()
     keep = sorted({float(f) for f in opts.keep})
     for f in keep:
         if not 0.0 < f <= 1.0:
             raise SpecdynError(f"--keep {f}: fractions must be in (0, 1]")
-    st = open_store(store_path)
+    st = SpectralStore.open(store_path)
     rows = _selected(st, opts)
 
     # Everything is checked before any work: the task, its model against every selected checkpoint.
@@ -152,8 +161,12 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
         raise SpecdynError(f"{first.path}: the model has a single weight matrix (the final layer); nothing to prune")
     names = [m.spec.name for m in matrices]
     ranks = {f: {m.spec.name: keep_rank(m.spec.k, f) for m in matrices} for f in keep}
-    attrs = {"task": described, "bn_recal": opts.bn_recal, "final_layer": state_map.names[model_final(model)],
-             "store": str(Path(store_path).resolve())}
+    attrs = {
+        "task": described,
+        "bn_recal": opts.bn_recal,
+        "final_layer": state_map.names[model_final(model)],
+        "store": str(Path(store_path).resolve()),
+    }
 
     engine, warned = SVDEngine(), set()
     computed, svd_counts = 0, {"store": 0, "checkpoint": 0}
@@ -173,7 +186,10 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
             all_rows = rows + [r for r in old_rows if _row_key(r["source"], r["checkpoint"]) not in sel]
             all_keep = sorted(set(keep) | {float(f) for f in old["keep"][1]})
             metrics = [str(m) for m in old["metric"][1]]
-            old_ranks = {float(f): dict(zip(old["prune_matrix"][1], old["kept_rank"][1][j])) for j, f in enumerate(old["keep"][1])}
+            old_ranks = {
+                float(f): dict(zip(old["prune_matrix"][1], old["kept_rank"][1][j]))
+                for j, f in enumerate(old["keep"][1])
+            }
             for f in all_keep:
                 ranks.setdefault(f, old_ranks.get(f, {n: keep_rank(m.spec.k, f) for n, m in zip(names, matrices)}))
         else:
@@ -187,7 +203,9 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
             if _same_axes(existing[0], layout):
                 layout = None  # nothing to rebuild; rows are filled in place
             else:
-                results.write_group(Path(store_path), GROUP, layout, {**existing[1], **attrs}, row_dim=ROW, coords=COORDS)
+                results.write_group(
+                    Path(store_path), GROUP, layout, {**existing[1], **attrs}, row_dim=ROW, coords=COORDS
+                )
             done = results.read_group(Path(store_path), GROUP)[0]["done"][1]
         todo = []
         for r in rows:
@@ -208,8 +226,14 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
                 bar.advance(task_id)
                 if metrics is None:
                     metrics = metric_names(full)
-                    results.write_group(Path(store_path), GROUP, _layout(None, all_rows, all_keep, metrics, names, ranks, attrs),
-                                        attrs, row_dim=ROW, coords=COORDS)
+                    results.write_group(
+                        Path(store_path),
+                        GROUP,
+                        _layout(None, all_rows, all_keep, metrics, names, ranks, attrs),
+                        attrs,
+                        row_dim=ROW,
+                        coords=COORDS,
+                    )
                 need = {m.key: max(ranks[f][m.spec.name] for f in missing) for m in matrices}
                 spectra, from_store = _spectra(st, r["row"], base, matrices, need, engine, warned)
                 svd_counts["store"] += int(from_store.sum())
@@ -218,15 +242,23 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
                 top_row, bottom_row, done_row = g["top_kept"][i], g["bottom_kept"][i], g["done"][i]
                 for f in missing:
                     j = all_keep.index(f)
-                    top, bottom = low_rank_pair(base, matrices, spectra, {m.key: ranks[f][m.spec.name] for m in matrices})
+                    top, bottom = low_rank_pair(
+                        base, matrices, spectra, {m.key: ranks[f][m.spec.name] for m in matrices}
+                    )
                     top_row[j] = as_array(run_variant(task, model, base, top, opts.bn_recal), metrics)
                     bar.advance(task_id)
                     bottom_row[j] = as_array(run_variant(task, model, base, bottom, opts.bn_recal), metrics)
                     bar.advance(task_id)
                     done_row[j] = True
                 results.write_row(
-                    g, i,
-                    {"full": as_array(full, metrics), "top_kept": top_row, "bottom_kept": bottom_row, "svd_from_store": from_store},
+                    g,
+                    i,
+                    {
+                        "full": as_array(full, metrics),
+                        "top_kept": top_row,
+                        "bottom_kept": bottom_row,
+                        "svd_from_store": from_store,
+                    },
                     {"done": done_row},
                 )
                 computed += 1
@@ -264,18 +296,30 @@ def load_results(store_path: Path) -> dict | None:
 
 def summary(store_path: Path, computed: int, svd_counts: dict, seconds: float) -> dict:
     r = load_results(store_path)
-    out = {"store": str(store_path), "group": GROUP, "computed": computed, "seconds": round(seconds, 3),
-           "svd": svd_counts, "checkpoints": 0}
+    out = {
+        "store": str(store_path),
+        "group": GROUP,
+        "computed": computed,
+        "seconds": round(seconds, 3),
+        "svd": svd_counts,
+        "checkpoints": 0,
+    }
     if r is None:
         return out
     metrics, splits = [str(m) for m in r["metric"]], [str(s) for s in r["split"]]
     keep = [float(f) for f in r["keep"]]
-    out.update({"checkpoints": int(len(r["step"])), "keep": keep, "metrics": metrics, "steps": [int(s) for s in r["step"]]})
+    out.update(
+        {"checkpoints": int(len(r["step"])), "keep": keep, "metrics": metrics, "steps": [int(s) for s in r["step"]]}
+    )
 
     def table(arr):
         return {s: {m: arr[..., si, mi].tolist() for mi, m in enumerate(metrics)} for si, s in enumerate(splits)}
 
     out["full"] = table(r["full"])
-    out["top_kept"] = {str(f): table(np.where(r["done"][:, j, None, None], r["top_kept"][:, j], np.nan)) for j, f in enumerate(keep)}
-    out["bottom_kept"] = {str(f): table(np.where(r["done"][:, j, None, None], r["bottom_kept"][:, j], np.nan)) for j, f in enumerate(keep)}
+    out["top_kept"] = {
+        str(f): table(np.where(r["done"][:, j, None, None], r["top_kept"][:, j], np.nan)) for j, f in enumerate(keep)
+    }
+    out["bottom_kept"] = {
+        str(f): table(np.where(r["done"][:, j, None, None], r["bottom_kept"][:, j], np.nan)) for j, f in enumerate(keep)
+    }
     return out

@@ -28,8 +28,10 @@ def stored_spectrum(st, row: int, spec: MatrixSpec, W: np.ndarray, need: int, wa
         return Spectrum(s, U, V)
     if warned is not None and spec.name not in warned:
         warned.add(spec.name)
-        console.warn(f"{st.path}: the stored SVD of {spec.name} does not match the checkpoint's weights (rewritten "
-                     "since `specdyn analyze`?); computing it from the checkpoint")
+        console.warn(
+            f"{st.path}: the stored SVD of {spec.name} does not match the checkpoint's weights (rewritten "
+            "since `specdyn analyze`?); computing it from the checkpoint"
+        )
     return None
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from specdyn.io import CheckpointReader
 from specdyn.errors import SpecdynError
+from specdyn.io import CheckpointReader
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
@@ -52,7 +52,9 @@ def load_module_task(spec: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise SpecdynError(f"--task {spec}: cannot import {module_name!r} ({e}); check the name and that it is installed") from None
+        raise SpecdynError(
+            f"--task {spec}: cannot import {module_name!r} ({e}); check the name and that it is installed"
+        ) from None
     if not hasattr(module, attr):
         raise SpecdynError(f"--task {spec}: module {module_name!r} defines no {attr!r}")
     return _as_task(getattr(module, attr), spec)
@@ -129,7 +131,9 @@ def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None
         spec = meta_task
     if is_user_spec(spec):
         if overrides:
-            raise SpecdynError(f"--config applies to built-in tasks only; {spec} is a user task (set its options in its file)")
+            raise SpecdynError(
+                f"--config applies to built-in tasks only; {spec} is a user task (set its options in its file)"
+            )
         path_str = spec.rpartition(":")[0]
         task = load_file_task(spec) if path_str.endswith(".py") or "/" in path_str else load_module_task(spec)
         return task, {"spec": spec, "name": str(getattr(task, "name", "")), "config": None}
@@ -181,7 +185,7 @@ def match_state(model: torch.nn.Module, ckpt_shapes: Mapping[str, tuple], where:
     prefixes = [""] + sorted({n[: -len(first)] for n in ckpt_shapes if n.endswith("." + first)}, key=len)
     best = None
     for prefix in prefixes:
-        inside = {n[len(prefix):]: s for n, s in ckpt_shapes.items() if n.startswith(prefix)}
+        inside = {n[len(prefix) :]: s for n, s in ckpt_shapes.items() if n.startswith(prefix)}
         problem = _first_mismatch(model_shapes, inside, prefix)
         if problem is None:
             return StateMap({k: prefix + k for k in model_shapes}, prefix)
@@ -247,7 +251,7 @@ class Endpoint:
     shapes: dict
 
     @classmethod
-    def open(cls, path, trust_pickle: bool = False) -> "Endpoint":
+    def open(cls, path, trust_pickle: bool = False) -> Endpoint:
         from specdyn.io import open_checkpoint
 
         reader = CheckpointReader(open_checkpoint(path), trust_pickle=trust_pickle)  # errors are SpecdynErrors

@@ -26,15 +26,19 @@ class Matrix:
     spec: MatrixSpec
 
 
-def model_matrices(model: torch.nn.Module, state_map: StateMap, known: Mapping[str, MatrixSpec] | None = None) -> list[Matrix]:
+def model_matrices(
+    model: torch.nn.Module, state_map: StateMap, known: Mapping[str, MatrixSpec] | None = None
+) -> list[Matrix]:
     """Every matrix parameter in registration order (method.md 0), with its kind. A transposed convolution is
     recognised by its module type (its name need not say `tconv`), so it is flattened as (c_out, c_in·kh·kw);
     otherwise the store's kind (so flattening agrees with the stored SVDs) or the kind from name and shape."""
     params = dict(model.named_parameters())
-    tconv = {f"{mod_name}.{p}" if mod_name else p
-             for mod_name, mod in model.named_modules()
-             if isinstance(mod, torch.nn.modules.conv._ConvTransposeNd)
-             for p, _ in mod.named_parameters(recurse=False)}
+    tconv = {
+        f"{mod_name}.{p}" if mod_name else p
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.modules.conv._ConvTransposeNd)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     out = []
     for key in matrix_params(model):
         name = state_map.names[key]

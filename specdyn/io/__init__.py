@@ -12,6 +12,19 @@ from specdyn.io.discovery import discover, number_by_name, open_checkpoint
 from specdyn.io.reader import CheckpointReader
 from specdyn.io.registry import FORMATS, get_format, supported_layouts
 
-__all__ = ["FORMATS", "Checkpoint", "CheckpointError", "CheckpointFormat", "CheckpointReader", "UnsafePickleError",
-           "discover", "get_format", "natural_key", "number_by_name", "open_checkpoint", "step_from_name",
-           "strip_prefixes", "supported_layouts"]
+__all__ = [
+    "FORMATS",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointFormat",
+    "CheckpointReader",
+    "UnsafePickleError",
+    "discover",
+    "get_format",
+    "natural_key",
+    "number_by_name",
+    "open_checkpoint",
+    "step_from_name",
+    "strip_prefixes",
+    "supported_layouts",
+]

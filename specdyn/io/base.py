@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from specdyn.errors import CheckpointError, SpecdynError
+from specdyn.errors import SpecdynError
 from specdyn.io.safeload import unreadable
 
 if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
@@ -94,8 +94,16 @@ class CheckpointFormat:
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
-    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
-              epoch: int = 0, history: list[dict] | None = None) -> None:
+    def write(
+        self,
+        path: Path,
+        state_dict: dict[str, torch.Tensor],
+        step: int,
+        task: str,
+        config: dict[str, Any],
+        epoch: int = 0,
+        history: list[dict] | None = None,
+    ) -> None:
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
 
@@ -197,4 +205,3 @@ def reading(path, what: str = "checkpoint"):
         raise
     except Exception as e:
         raise unreadable(path, e, what) from e
-

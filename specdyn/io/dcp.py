@@ -62,12 +62,14 @@ class DcpSource:
         self.dir, self.trust_pickle = directory, trust_pickle
         self.md = read_dcp_metadata(directory, trust_pickle)
         entries = self.md.state_dict_metadata
-        paths = {fqn: tuple(self.md.planner_data.get(fqn, (fqn,))) if self.md.planner_data else (fqn,)
-                 for fqn in entries}
+        paths = {
+            fqn: tuple(self.md.planner_data.get(fqn, (fqn,))) if self.md.planner_data else (fqn,) for fqn in entries
+        }
         self.tensor_md = {fqn: m for fqn, m in entries.items() if isinstance(m, TensorStorageMetadata)}
         self.fqn = _model_names({fqn: paths[fqn] for fqn in self.tensor_md})  # name -> fqn
-        self.top_items = [fqn for fqn, m in entries.items()
-                          if isinstance(m, BytesStorageMetadata) and len(paths[fqn]) == 1]
+        self.top_items = [
+            fqn for fqn, m in entries.items() if isinstance(m, BytesStorageMetadata) and len(paths[fqn]) == 1
+        ]
 
     def keys(self) -> list[str]:
         return list(self.fqn)
@@ -119,5 +121,5 @@ def _model_names(paths: dict[str, tuple]) -> dict[str, str]:
         for key in STATE_DICT_KEYS:
             prefix = next((p[: depth + 1] for p in paths.values() if len(p) > depth + 1 and p[depth] == key), None)
             if prefix is not None:
-                return {".".join(map(str, p[depth + 1:])): fqn for fqn, p in paths.items() if p[: depth + 1] == prefix}
+                return {".".join(map(str, p[depth + 1 :])): fqn for fqn, p in paths.items() if p[: depth + 1] == prefix}
     return {fqn: fqn for fqn, p in paths.items() if not NOT_MODEL_ENTRY.search(str(p[0]))}

@@ -13,8 +13,10 @@ from specdyn.io.base import IN_PROGRESS, Checkpoint, natural_key
 from specdyn.io.hf import FINAL_MODEL
 
 # Files next to checkpoints that are not model weights (HF Trainer, accelerate, DeepSpeed, open_lth).
-_NOT_WEIGHTS = re.compile(r"(optimizer|scheduler|lr_scheduler|scaler|rng_state|random_states|training_args|mask)"
-                          r"(_\d+)?|.*optim_states")
+_NOT_WEIGHTS = re.compile(
+    r"(optimizer|scheduler|lr_scheduler|scaler|rng_state|random_states|training_args|mask)"
+    r"(_\d+)?|.*optim_states"
+)
 _SHARD = re.compile(r".+-\d+-of-\d+\.(safetensors|bin)")
 
 
@@ -46,12 +48,15 @@ def discover(run_dir, order: str = "step") -> list[Checkpoint]:
         found, skipped = _scan(root)
     if not found:
         note = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-        raise SpecdynError(f"no checkpoints found in {root}{note}; supported layouts: {registry.supported_layouts()}",
-                           code=EXIT_NO_CHECKPOINTS)
+        raise SpecdynError(
+            f"no checkpoints found in {root}{note}; supported layouts: {registry.supported_layouts()}",
+            code=EXIT_NO_CHECKPOINTS,
+        )
     formats = Counter(fmt.name for _, fmt in found)
     if len(formats) > 1:
-        listing = ", ".join(f"{n} {name} (e.g. {next(p.name for p, f in found if f.name == name)})"
-                            for name, n in formats.most_common())
+        listing = ", ".join(
+            f"{n} {name} (e.g. {next(p.name for p, f in found if f.name == name)})" for name, n in formats.most_common()
+        )
         raise SpecdynError(f"{root} mixes checkpoint formats: {listing}; pass a directory that holds one series")
     checkpoints = [Checkpoint(path, root, find_step(path, fmt, root), fmt.name) for path, fmt in found]
     return _ordered(checkpoints, order)
@@ -67,8 +72,9 @@ def open_checkpoint(path) -> Checkpoint:
         raise SpecdynError(f"{p}: no such file or directory", code=EXIT_NOT_FOUND)
     kind = registry.claim_dir(p) if p.is_dir() else registry.claim_file(p)
     if kind is None:
-        raise SpecdynError(f"{p} is not a checkpoint specdyn can read; supported layouts: "
-                           f"{registry.supported_layouts()}")
+        raise SpecdynError(
+            f"{p} is not a checkpoint specdyn can read; supported layouts: {registry.supported_layouts()}"
+        )
     fmt, target = kind
     return Checkpoint(target, p.parent, find_step(target, fmt, p.parent), fmt.name)
 
@@ -118,13 +124,17 @@ def _ordered(checkpoints: list[Checkpoint], order: str) -> list[Checkpoint]:
         return sorted(checkpoints, key=lambda c: natural_key(c.relpath))
     for c in checkpoints:
         if c.step is None:
-            raise SpecdynError(f"{c.path}: no training step found in the file or its name; rename it "
-                               "(e.g. step_100.safetensors) or pass --order name to order by name")
+            raise SpecdynError(
+                f"{c.path}: no training step found in the file or its name; rename it "
+                "(e.g. step_100.safetensors) or pass --order name to order by name"
+            )
     checkpoints = sorted(checkpoints, key=lambda c: (c.step, natural_key(c.relpath)))
     for a, b in zip(checkpoints, checkpoints[1:], strict=False):
         if a.step == b.step:
-            raise SpecdynError(f"{a.path} and {b.path} both hold step {a.step}; remove one, pass a narrower "
-                               "directory, or pass --order name")
+            raise SpecdynError(
+                f"{a.path} and {b.path} both hold step {a.step}; remove one, pass a narrower "
+                "directory, or pass --order name"
+            )
     return checkpoints
 
 

@@ -30,22 +30,31 @@ def trainer_step(folder: Path) -> int | None:
 
 def trainer_metadata(folder: Path) -> dict:
     """{"config": config.json, "trainer_state": trainer_state.json} where present."""
-    return {key: data for key, name in (("config", "config.json"), ("trainer_state", "trainer_state.json"))
-            if (data := read_json(folder / name))}
+    return {
+        key: data
+        for key, name in (("config", "config.json"), ("trainer_state", "trainer_state.json"))
+        if (data := read_json(folder / name))
+    }
 
 
 class HFFormat(CheckpointFormat):
     name = "hf"
-    describe = ("Hugging Face checkpoint-<step>/ folders (model.safetensors, sharded model-*-of-*.safetensors + "
-                "index, pytorch_model.bin)")
+    describe = (
+        "Hugging Face checkpoint-<step>/ folders (model.safetensors, sharded model-*-of-*.safetensors + "
+        "index, pytorch_model.bin)"
+    )
     writable = True
 
     def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
         if inside_series and not path.name.startswith("checkpoint-"):
             return None
         weights = weights_file(path)
-        if weights and (weights.name.endswith(".index.json") or (path / "config.json").is_file()
-                        or (path / "trainer_state.json").is_file() or path.name.startswith("checkpoint-")):
+        if weights and (
+            weights.name.endswith(".index.json")
+            or (path / "config.json").is_file()
+            or (path / "trainer_state.json").is_file()
+            or path.name.startswith("checkpoint-")
+        ):
             return path
         return None
 
@@ -73,8 +82,16 @@ class HFFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"checkpoint-{step}"
 
-    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
-              epoch: int = 0, history: list[dict] | None = None) -> None:
+    def write(
+        self,
+        path: Path,
+        state_dict: dict[str, torch.Tensor],
+        step: int,
+        task: str,
+        config: dict[str, Any],
+        epoch: int = 0,
+        history: list[dict] | None = None,
+    ) -> None:
         """model.safetensors ({"format": "pt"} only, as Hugging Face writes), trainer_state.json, config.json."""
         if path.exists():
             shutil.rmtree(path)
@@ -85,4 +102,3 @@ class HFFormat(CheckpointFormat):
             hf_config["num_attention_heads"] = config["n_heads"]
         write_json(path / "config.json", hf_config)
         write_json(path / "trainer_state.json", {"global_step": step, "epoch": epoch, "log_history": history or []})
-

@@ -13,8 +13,14 @@ from specdyn.io.torch_file import TorchFormat, TorchSource
 if TYPE_CHECKING:
     import torch
 
-META_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams_name", "epoch", "global_step",
-             "pytorch-lightning_version")
+META_KEYS = (
+    "hyper_parameters",
+    "datamodule_hyper_parameters",
+    "hparams_name",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
 _VERSIONED = re.compile(r"(.+)-v\d+")
 
 
@@ -42,8 +48,16 @@ class LightningFormat(TorchFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"epoch={epoch}-step={step}.ckpt"
 
-    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
-              epoch: int = 0, history: list[dict] | None = None) -> None:
+    def write(
+        self,
+        path: Path,
+        state_dict: dict[str, torch.Tensor],
+        step: int,
+        task: str,
+        config: dict[str, Any],
+        epoch: int = 0,
+        history: list[dict] | None = None,
+    ) -> None:
         """As a LightningModule holding the model as `self.model` saves it."""
         import torch
 

@@ -68,8 +68,10 @@ class CheckpointReader:
         for key in self._source.keys():
             name = strip_prefixes(key)
             if name in raw:
-                raise CheckpointError(f"{self.checkpoint.path}: tensors {raw[name]!r} and {key!r} are both "
-                                      f"{name!r} once the module./_orig_mod. prefixes are stripped")
+                raise CheckpointError(
+                    f"{self.checkpoint.path}: tensors {raw[name]!r} and {key!r} are both "
+                    f"{name!r} once the module./_orig_mod. prefixes are stripped"
+                )
             raw[name] = key
         if self._source.ordered:
             return raw

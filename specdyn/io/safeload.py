@@ -26,17 +26,42 @@ def unreadable(path, exc: BaseException, what: str = "checkpoint") -> Checkpoint
     """The one-line CheckpointError for a file that failed to load."""
     detail = (str(exc).strip().splitlines() or [""])[0][:200]
     return CheckpointError(
-        f"{path}: cannot read {what}, it may be truncated or corrupt ({type(exc).__name__}: {detail})")
+        f"{path}: cannot read {what}, it may be truncated or corrupt ({type(exc).__name__}: {detail})"
+    )
 
 
 # --- the allowlist --------------------------------------------------------------------------------------------
 
-_BUILTINS = ("int", "float", "complex", "bool", "str", "bytes", "bytearray", "list", "dict", "set", "frozenset",
-             "tuple", "slice", "range")
+_BUILTINS = (
+    "int",
+    "float",
+    "complex",
+    "bool",
+    "str",
+    "bytes",
+    "bytearray",
+    "list",
+    "dict",
+    "set",
+    "frozenset",
+    "tuple",
+    "slice",
+    "range",
+)
 _PATHS = ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")
-_OMEGACONF = ("dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerMetadata", "base.Metadata",
-              "nodes.AnyNode", "nodes.StringNode", "nodes.IntegerNode", "nodes.FloatNode", "nodes.BooleanNode",
-              "nodes.BytesNode", "nodes.PathNode")
+_OMEGACONF = (
+    "dictconfig.DictConfig",
+    "listconfig.ListConfig",
+    "base.ContainerMetadata",
+    "base.Metadata",
+    "nodes.AnyNode",
+    "nodes.StringNode",
+    "nodes.IntegerNode",
+    "nodes.FloatNode",
+    "nodes.BooleanNode",
+    "nodes.BytesNode",
+    "nodes.PathNode",
+)
 
 
 def _defaultdict_as_dict(default_factory=None, *args):
@@ -90,6 +115,7 @@ def inert_globals() -> dict[str, object]:
 
 # --- torch.load ---------------------------------------------------------------------------------------------
 
+
 def safe_torch_load(path, trust_pickle: bool = False, *, mmap: bool = True):
     """`torch.load` a file to CPU, memory-mapped, running no pickled code unless `trust_pickle`.
 
@@ -127,7 +153,6 @@ def safe_load_bytes(data: bytes, label, trust_pickle: bool = False):
 def _weights_only_load(source, label, use_mmap: bool):
     """weights_only load; on refusal, retry once with the inert globals the file needs, or refuse."""
     import torch
-
 
     def load():
         f = source() if callable(source) else source
@@ -194,6 +219,7 @@ def _unsafe_globals(f) -> list[str]:
 
 
 # --- peeking at plain values without unpickling -------------------------------------------------------------
+
 
 class _Inert:
     """Stand-in for every global in a peeked pickle: accepts any construction or state and does nothing."""
@@ -273,9 +299,9 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
     """Rebuilds a DCP `.metadata` from torch's own metadata dataclasses and plain types only."""
 
     def find_class(self, module, name):
-        import torch
-
         import importlib
+
+        import torch
 
         obj = None
         if module in _DCP_MODULES:

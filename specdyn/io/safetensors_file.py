@@ -156,8 +156,16 @@ class SafetensorsFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"step_{step:06d}.safetensors"
 
-    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
-              epoch: int = 0, history: list[dict] | None = None) -> None:
+    def write(
+        self,
+        path: Path,
+        state_dict: dict[str, torch.Tensor],
+        step: int,
+        task: str,
+        config: dict[str, Any],
+        epoch: int = 0,
+        history: list[dict] | None = None,
+    ) -> None:
         """Metadata: step, task, config (JSON), param_order (JSON, state_dict order, buffers included), format pt."""
         meta = {"step": str(step), "task": task, "config": json.dumps(config),
                 "param_order": json.dumps(list(state_dict)), "format": "pt"}  # fmt: skip

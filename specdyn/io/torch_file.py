@@ -56,8 +56,9 @@ class TorchSource:
         if not isinstance(self.top, Mapping):
             return {}
         if keys is None:
-            keys = [k for k in self.top
-                    if isinstance(k, str) and k not in STATE_DICT_KEYS and not NOT_MODEL_ENTRY.search(k)]
+            keys = [
+                k for k in self.top if isinstance(k, str) and k not in STATE_DICT_KEYS and not NOT_MODEL_ENTRY.search(k)
+            ]
         out = {k: plain(self.top[k]) for k in keys if k in self.top}
         return {k: v for k, v in out.items() if v is not NOT_PLAIN}
 
@@ -88,8 +89,16 @@ class TorchFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"step_{step:06d}.pt"
 
-    def write(self, path: Path, state_dict: dict[str, torch.Tensor], step: int, task: str, config: dict[str, Any],
-              epoch: int = 0, history: list[dict] | None = None) -> None:
+    def write(
+        self,
+        path: Path,
+        state_dict: dict[str, torch.Tensor],
+        step: int,
+        task: str,
+        config: dict[str, Any],
+        epoch: int = 0,
+        history: list[dict] | None = None,
+    ) -> None:
         import torch
 
         torch.save({"state_dict": state_dict, "step": step}, path)
@@ -98,8 +107,9 @@ class TorchFormat(CheckpointFormat):
 def _holds_tensors(mapping: Mapping, deep: bool = True) -> bool:
     import torch
 
-    return any(isinstance(v, torch.Tensor) or (deep and isinstance(v, Mapping) and _holds_tensors(v))
-               for v in mapping.values())
+    return any(
+        isinstance(v, torch.Tensor) or (deep and isinstance(v, Mapping) and _holds_tensors(v)) for v in mapping.values()
+    )
 
 
 def pick_state_dict(obj, path: Path) -> Mapping:
@@ -121,8 +131,10 @@ def pick_state_dict(obj, path: Path) -> Mapping:
         if _holds_tensors(model_like):
             return model_like
         keys = ", ".join(map(str, list(obj)[:8]))
-        raise CheckpointError(f"{path}: no model state dict in this file (top-level keys: {keys}); expected a dict "
-                              f"of tensors or one under {', '.join(STATE_DICT_KEYS)}")
+        raise CheckpointError(
+            f"{path}: no model state dict in this file (top-level keys: {keys}); expected a dict "
+            f"of tensors or one under {', '.join(STATE_DICT_KEYS)}"
+        )
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 

@@ -17,8 +17,17 @@ def diag_ranks(diag: np.ndarray, top: int | None) -> int:
 
 
 @style.styled
-def plot(stores, *, pair: str | None = None, pairs: list[str] | None = None, top: int | None = None,
-         steps: str | None = None, x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    pair: str | None = None,
+    pairs: list[str] | None = None,
+    top: int | None = None,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     select.check_top(top)
     pair = select.single(pair, "--pair", "alignment")
     runs, axis = select.prepare(stores, steps, x, log_x)

@@ -25,9 +25,19 @@ def pooled(run, metric: str, matrices, pairs) -> tuple[np.ndarray, np.ndarray, i
 
 
 @style.styled
-def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] | None = None,
-         pairs: list[str] | None = None, per_matrix: bool = False, log_y: bool = False, steps: str | None = None,
-         x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    metric: list[str] | str | None = None,
+    matrices: list[str] | None = None,
+    pairs: list[str] | None = None,
+    per_matrix: bool = False,
+    log_y: bool = False,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     metric_list = [metric] if isinstance(metric, str) else list(metric or ["effective_rank"])
     for m in metric_list:
         select.check_metric(m, COMPARE_METRICS)
@@ -36,7 +46,9 @@ def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] |
     if per_matrix:
         bad = [m for m in metric_list if m not in METRICS]
         if bad:
-            raise SpecdynError(f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)")
+            raise SpecdynError(
+                f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)"
+            )
         names = select.matrices(runs[0], matrices)
         panels = [(m, n) for m in metric_list for n in names]
         select.check_panels(len(panels), "compare --per-matrix")
@@ -81,7 +93,7 @@ def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] |
             ax.set_title(short.get(name, name))
         if log_y or (m.endswith("_loss") and draw.log_y(ax, np.concatenate(ys_all))):
             ax.set_yscale("log")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     handles = {}
     for ax in axes:

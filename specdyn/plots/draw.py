@@ -56,7 +56,9 @@ def rank_axis(ax, n: int) -> None:
 
 
 def colorbar(fig, mappable, axes, label: str, **kw):
-    cb = fig.colorbar(mappable, ax=axes, label=label, shrink=kw.pop("shrink", 0.9), aspect=kw.pop("aspect", 30), pad=0.02, **kw)
+    cb = fig.colorbar(
+        mappable, ax=axes, label=label, shrink=kw.pop("shrink", 0.9), aspect=kw.pop("aspect", 30), pad=0.02, **kw
+    )
     cb.outline.set_linewidth(0.5)
     return cb
 
@@ -124,8 +126,15 @@ def loss_twin(ax, run, keys=("train_loss", "val_loss")):
     tw = ax.twinx()
     tw.spines["right"].set_visible(True)
     for key, hx, hy in curves:
-        tw.plot(hx, hy, color="0.15" if key.startswith("train") else "0.55", lw=1.0,
-                ls="-" if key.startswith("train") else "--", label=style.metric_label(key), zorder=1)
+        tw.plot(
+            hx,
+            hy,
+            color="0.15" if key.startswith("train") else "0.55",
+            lw=1.0,
+            ls="-" if key.startswith("train") else "--",
+            label=style.metric_label(key),
+            zorder=1,
+        )
     log_y(tw, np.concatenate([c[2] for c in curves]))
     tw.set_ylabel("loss")
     return tw
@@ -135,7 +144,12 @@ def log_y(ax, values) -> bool:
     """Log y for positive data spanning more than two decades (losses near convergence), else linear."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
-    if len(v) > 1 and v.min() > 0 and np.log10(v.max() / v.min()) > style.LOG_DECADES and (np.asarray(values) >= 0).all():
+    if (
+        len(v) > 1
+        and v.min() > 0
+        and np.log10(v.max() / v.min()) > style.LOG_DECADES
+        and (np.asarray(values) >= 0).all()
+    ):
         ax.set_yscale("log")
         return True
     return False

@@ -9,9 +9,18 @@ PANEL_W, PANEL_H = 2.75, 2.3
 
 
 @style.styled
-def plot(stores, *, matrix: str | None = None, pair: str | None = None, matrices: list[str] | None = None,
-         top: int | None = None, steps: str | None = None, x: str = "step", log_x: str = "auto",
-         title: str | None = None):
+def plot(
+    stores,
+    *,
+    matrix: str | None = None,
+    pair: str | None = None,
+    matrices: list[str] | None = None,
+    top: int | None = None,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     select.check_top(top)
     matrix = select.single(matrix, "--matrix", "grokking")
     pair = select.single(pair, "--pair", "grokking")
@@ -19,7 +28,12 @@ def plot(stores, *, matrix: str | None = None, pair: str | None = None, matrices
     has_loss = any(r.log.has("train_loss") or r.log.has("val_loss") for r in runs)
     has_err = any(r.log.has("train_err") or r.log.has("val_err") for r in runs)
     has_pairs = any(select.pair_specs(r.store) for r in runs)
-    cols = (["loss"] if has_loss else []) + (["err"] if has_err else []) + ["sv", "erank"] + (["align"] if has_pairs else [])
+    cols = (
+        (["loss"] if has_loss else [])
+        + (["err"] if has_err else [])
+        + ["sv", "erank"]
+        + (["align"] if has_pairs else [])
+    )
     select.check_panels(len(cols) * len(runs), "grokking")
     fig = style.figure(len(runs), len(cols), PANEL_W, PANEL_H, extra_w=0.5)
     axes = fig.subplots(len(runs), len(cols), squeeze=False)

@@ -56,8 +56,17 @@ def _name(step: int, label: str) -> str:
 
 
 @style.styled
-def plot(stores, *, metric: str | list[str] = "loss", split: str = "train", curve: str = "full",
-         steps: str | None = None, x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    metric: str | list[str] = "loss",
+    split: str = "train",
+    curve: str = "full",
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     metric = one_metric(metric)
     if curve not in CURVE_LABELS:
         raise SpecdynError(f"--curve {curve!r}: one of {', '.join(CURVE_LABELS)}")
@@ -79,7 +88,9 @@ def plot(stores, *, metric: str | list[str] = "loss", split: str = "train", curv
         prefix = f"{Path(st.path).parent.name}: " if len(stores) > 1 else ""
         keep = r["attrs"].get("keep")
         _barriers(ax_b, r, groups, keys, si, mi, x, log_x, f"{split} {name} barrier", keep)
-        ax_b.set_title(f"{prefix}barrier ({'mean ± std over pairs' if any(len(v) > 1 for v in groups.values()) else 'per pair'})")
+        ax_b.set_title(
+            f"{prefix}barrier ({'mean ± std over pairs' if any(len(v) > 1 for v in groups.values()) else 'per pair'})"
+        )
         mappable = _paths(ax_a, r, groups, keys, curve, si, mi)
         ax_a.set_xlabel("interpolation α (0 = A, 1 = B)")
         ax_a.set_ylabel(f"{split} {name}")
@@ -109,14 +120,25 @@ def _barriers(ax, r, groups, keys, si: int, mi: int, x: str, log_x: str, ylabel:
             ax.fill_between(xs, mean - std, mean + std, color=COLOURS[c], alpha=0.2, lw=0)
         else:
             offset = {"full": -0.27, "top_kept": 0.0, "bottom_kept": 0.27}[c]
-            ax.bar(np.arange(len(keys)) + offset, mean, width=0.26, yerr=std if np.any(std) else None,
-                   color=COLOURS[c], label=curve_label(c, keep))
+            ax.bar(
+                np.arange(len(keys)) + offset,
+                mean,
+                width=0.26,
+                yerr=std if np.any(std) else None,
+                color=COLOURS[c],
+                label=curve_label(c, keep),
+            )
     if numeric:
         axis = style.XAxis.build([steps], x, log_x)
         axis.apply(ax, label=False)
         ax.set_xlabel("split step" + (" (log scale)" if axis.log else "") if x == "step" else "split index")
     else:
-        ax.set_xticks(range(len(keys)), [_name(*k) for k in keys], rotation=30 if len(keys) > 3 else 0, ha="right" if len(keys) > 3 else "center")
+        ax.set_xticks(
+            range(len(keys)),
+            [_name(*k) for k in keys],
+            rotation=30 if len(keys) > 3 else 0,
+            ha="right" if len(keys) > 3 else "center",
+        )
     ax.axhline(0, color="0.5", lw=0.6, zorder=0)
     ax.set_ylabel(ylabel)
     ax.legend(loc="best")

@@ -25,9 +25,19 @@ def series(run, metric: str, matrices, pairs) -> tuple[np.ndarray, list[str]]:
 
 
 @style.styled
-def plot(stores, *, metric: list[str] | str | None = None, matrices: list[str] | None = None,
-         pairs: list[str] | None = None, loss: bool = True, log_y: bool = False, steps: str | None = None,
-         x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    metric: list[str] | str | None = None,
+    matrices: list[str] | None = None,
+    pairs: list[str] | None = None,
+    loss: bool = True,
+    log_y: bool = False,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     metric_list = [metric] if isinstance(metric, str) else list(metric or ["effective_rank"])
     for m in metric_list:
         select.check_metric(m, LINE_METRICS)

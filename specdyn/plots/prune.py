@@ -34,7 +34,9 @@ def _results(store):
     select.eval_group(store, "prune", MISSING)
     r = load_results(store.path)
     if r is None or len(r["step"]) == 0:
-        raise SpecdynError(f"{store.path}: prune-eval has not finished any checkpoint yet; run `specdyn prune-eval` again")
+        raise SpecdynError(
+            f"{store.path}: prune-eval has not finished any checkpoint yet; run `specdyn prune-eval` again"
+        )
     return r
 
 
@@ -48,8 +50,10 @@ def _pick_keep(r, keep: float | None, store) -> int:
     for j, f in enumerate(fractions):
         if abs(f - keep) < 1e-9 and done[j]:
             return j
-    raise SpecdynError(f"{store.path}: no prune-eval results for --keep {keep:g}; it has "
-                       + ", ".join(f"{f:g}" for f, d in zip(fractions, done) if d))
+    raise SpecdynError(
+        f"{store.path}: no prune-eval results for --keep {keep:g}; it has "
+        + ", ".join(f"{f:g}" for f, d in zip(fractions, done) if d)
+    )
 
 
 def _index(store, steps: np.ndarray) -> np.ndarray:
@@ -74,16 +78,25 @@ def kept_fraction(r, store, j: int) -> tuple[float, float]:
 
 
 @style.styled
-def plot(stores, *, keep: float | None = None, metric: str | list[str] = "loss", steps: str | None = None, x: str = "step",
-         log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    keep: float | None = None,
+    metric: str | list[str] = "loss",
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     from specdyn.selection import parse_steps
 
     metric = one_metric(metric)
     data = [_results(st) for st in stores]
     for st, r in zip(stores, data):
         if metric not in [str(m) for m in r["metric"]]:
-            raise SpecdynError(f"{st.path}: prune-eval recorded no metric {metric!r}; it has "
-                               + ", ".join(str(m) for m in r["metric"]))
+            raise SpecdynError(
+                f"{st.path}: prune-eval recorded no metric {metric!r}; it has " + ", ".join(str(m) for m in r["metric"])
+            )
     lo, hi = parse_steps(steps) if steps else (None, None)
     sweep = any((r["done"].sum(axis=0) > 0).sum() > 1 for r in data)
     cols = 3 if sweep else 2
@@ -149,10 +162,16 @@ def _sweep(ax, st, r, mi: int, metric: str) -> None:
         top = r["top_kept"][i, js, si, mi]
         bottom = r["bottom_kept"][i, js, si, mi]
         o_t, o_b = np.argsort(fr[:, 0]), np.argsort(fr[:, 1])
-        ax.plot(fr[o_t, 0], top[o_t], color=COLOURS["top_kept"], ls=ls, marker="o", ms=3,
-                label=f"top kept ({split})")
-        ax.plot(fr[o_b, 1], bottom[o_b], color=COLOURS["bottom_kept"], ls=ls, marker="s", ms=3,
-                label=f"bottom kept ({split})")
+        ax.plot(fr[o_t, 0], top[o_t], color=COLOURS["top_kept"], ls=ls, marker="o", ms=3, label=f"top kept ({split})")
+        ax.plot(
+            fr[o_b, 1],
+            bottom[o_b],
+            color=COLOURS["bottom_kept"],
+            ls=ls,
+            marker="s",
+            ms=3,
+            label=f"bottom kept ({split})",
+        )
         ax.axhline(r["full"][i, si, mi], color=COLOURS["full"], ls=ls, lw=1.0, label=f"full ({split})")
         ys += [top, bottom, [r["full"][i, si, mi]]]
     if metric == "loss":

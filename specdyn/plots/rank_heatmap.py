@@ -9,8 +9,16 @@ from specdyn.store import METRICS
 
 
 @style.styled
-def plot(stores, *, metric: str | None = None, matrices: list[str] | None = None, steps: str | None = None,
-         x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    metric: str | None = None,
+    matrices: list[str] | None = None,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     metric = select.check_metric(select.single(metric, "--metric", "rank-heatmap") or "effective_rank", METRICS)
     runs, axis = select.prepare(stores, steps, x, log_x)
     chosen = [select.matrices(r, matrices) for r in runs]
@@ -27,7 +35,9 @@ def plot(stores, *, metric: str | None = None, matrices: list[str] | None = None
     same_rows = all(c == chosen[0] for c in chosen)
     labels = [style.shorten_names(names) for names in chosen]
     label_w = max(style.label_width(lab) for lab in labels)
-    fig = style.figure(nrows, ncols, panel_h=height, extra_w=0.8 + label_w * (nrows if same_rows else len(runs)) / nrows)
+    fig = style.figure(
+        nrows, ncols, panel_h=height, extra_w=0.8 + label_w * (nrows if same_rows else len(runs)) / nrows
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, (ax, run, lab, d) in enumerate(zip(axes, runs, labels, data)):
         mesh = draw.heatmap(ax, axis, run.x, d, cmap=cm, vmin=vmin, vmax=vmax)
@@ -37,7 +47,7 @@ def plot(stores, *, metric: str | None = None, matrices: list[str] | None = None
             draw.row_labels(ax, lab, height - 0.75)
             ax.set_ylabel("matrix (by depth)")
         ax.set_title(run.label)
-    for ax in axes[len(runs):]:
+    for ax in axes[len(runs) :]:
         ax.set_visible(False)
     draw.colorbar(fig, mesh, axes[: len(runs)].tolist(), style.metric_label(metric))
     if title:

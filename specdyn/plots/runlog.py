@@ -45,7 +45,8 @@ def run_labels(stores, logs: list[RunLog] | None = None) -> list[str]:
         return names
     keys = sorted(set().union(*(l.config for l in logs)))
     differ = [
-        k for k in keys
+        k
+        for k in keys
         if not any(b in k for b in _BOOKKEEPING)
         and len({json.dumps(l.config.get(k), sort_keys=True) for l in logs}) > 1
     ]

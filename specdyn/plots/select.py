@@ -52,7 +52,9 @@ def prepare(stores: list[SpectralStore], steps: str | None = None, x: str = "ste
     for st, label, log in zip(stores, labels, logs):
         all_steps = st.steps
         if len(all_steps) == 0:
-            raise SpecdynError(f"{st.path}: no completed checkpoints yet; run `specdyn analyze` on its run dir to finish it")
+            raise SpecdynError(
+                f"{st.path}: no completed checkpoints yet; run `specdyn analyze` on its run dir to finish it"
+            )
         keep = np.ones(len(all_steps), bool)
         if lo is not None:
             keep &= all_steps >= lo
@@ -65,12 +67,15 @@ def prepare(stores: list[SpectralStore], steps: str | None = None, x: str = "ste
                 f"(steps {all_steps[0]}..{all_steps[-1]})"
             )
         sel = all_steps[rows]
-        runs.append(Run(st, rows, sel, rows.astype(float) if x == "index" else sel.astype(float), label, log, x == "index"))
+        runs.append(
+            Run(st, rows, sel, rows.astype(float) if x == "index" else sel.astype(float), label, log, x == "index")
+        )
     axis = style.XAxis.build([r.steps for r in runs], x, log_x)
     return runs, axis
 
 
 # ------------------------------------------------------------------------------------------- matrices and pairs
+
 
 def _has_glob(p: str) -> bool:
     return any(c in p for c in "*?[")
@@ -169,6 +174,7 @@ def one_pair(run: Run, name: str | None) -> str:
 
 # ------------------------------------------------------------------------------------------- metrics and counts
 
+
 def check_metric(name: str, allowed=METRICS) -> str:
     if name not in allowed:
         near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
@@ -200,6 +206,7 @@ def check_top(top: int | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------- evaluation results
+
 
 def eval_group(store, name: str, missing: str | None = None) -> bool:
     """Whether the store holds the `evals/<name>` group of a model-based evaluation; with `missing` (what to run

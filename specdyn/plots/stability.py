@@ -13,8 +13,17 @@ def rank_rows(store, name: str, top: int | None) -> int:
 
 
 @style.styled
-def plot(stores, *, matrix: str | None = None, matrices: list[str] | None = None, top: int | None = None,
-         steps: str | None = None, x: str = "step", log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    matrix: str | None = None,
+    matrices: list[str] | None = None,
+    top: int | None = None,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     select.check_top(top)
     matrix = select.single(matrix, "--matrix", "stability")
     runs, axis = select.prepare(stores, steps, x, log_x)

@@ -88,6 +88,7 @@ def heatmap_height(n_rows: int) -> float:
 
 # ------------------------------------------------------------------------------------------- colours
 
+
 def _truncated(name: str, lo: float, hi: float) -> ListedColormap:
     base = mpl.colormaps[name]
     return ListedColormap(base(np.linspace(lo, hi, 256)), name=f"{name}[{lo},{hi}]")
@@ -114,8 +115,16 @@ def cmap(role: str):
 # ------------------------------------------------------------------------------------------- metric labels
 
 # Metrics bounded in [0, 1]: drawn on one fixed [0, 1] colour scale so runs and models compare.
-UNIT_METRICS = {"effective_rank", "count90", "stable_rank", "gini", "stability_score", "subspace_overlap",
-                "stability_prev_score", "alignment_score"}
+UNIT_METRICS = {
+    "effective_rank",
+    "count90",
+    "stable_rank",
+    "gini",
+    "stability_score",
+    "subspace_overlap",
+    "stability_prev_score",
+    "alignment_score",
+}
 METRIC_LABELS = {
     "effective_rank": "normalized effective rank",
     "count90": "rank holding 90% of Σσ / k",
@@ -141,8 +150,18 @@ def metric_label(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- names
 
-_CONTAINERS = {"layers", "layer", "blocks", "block", "h", "resblocks", "stages", "stage", "encoder_layers",
-               "decoder_layers"}
+_CONTAINERS = {
+    "layers",
+    "layer",
+    "blocks",
+    "block",
+    "h",
+    "resblocks",
+    "stages",
+    "stage",
+    "encoder_layers",
+    "decoder_layers",
+}
 _SUFFIX = re.compile(r"(\.|_)(weight|kernel)$")
 
 
@@ -152,8 +171,11 @@ def _compact(parts: list[str], start: int = 0) -> str:
     (`layers.2.weight` -> `layers.2`, never `2`)."""
     name = _SUFFIX.sub("", ".".join(parts)) or ".".join(parts)
     full = name.split(".")
-    kept = [i for i in range(start, len(full))
-            if not (full[i] in _CONTAINERS and i + 2 < len(full) and full[i + 1].isdigit())]
+    kept = [
+        i
+        for i in range(start, len(full))
+        if not (full[i] in _CONTAINERS and i + 2 < len(full) and full[i + 1].isdigit())
+    ]
     if not kept:
         return name
     if all(full[i].isdigit() for i in kept) and kept[0] > 0:

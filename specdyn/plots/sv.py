@@ -22,9 +22,19 @@ def chosen_matrices(run, matrix, matrices) -> list[str]:
 
 
 @style.styled
-def plot(stores, *, matrix: list[str] | str | None = None, matrices: list[str] | None = None, top: int | None = None,
-         normalize: bool = False, log_y: bool = False, steps: str | None = None, x: str = "step",
-         log_x: str = "auto", title: str | None = None):
+def plot(
+    stores,
+    *,
+    matrix: list[str] | str | None = None,
+    matrices: list[str] | None = None,
+    top: int | None = None,
+    normalize: bool = False,
+    log_y: bool = False,
+    steps: str | None = None,
+    x: str = "step",
+    log_x: str = "auto",
+    title: str | None = None,
+):
     select.check_top(top)
     runs, axis = select.prepare(stores, steps, x, log_x)
     matrix = _as_list(matrix)
@@ -49,7 +59,7 @@ def plot(stores, *, matrix: list[str] | str | None = None, matrices: list[str] |
         short = dict(zip(run.store.matrices, style.shorten_names(run.store.matrices)))[name]
         ax.set_title(short if len(runs) == 1 else f"{run.label}: {short}")
         draw.rank_colorbar(fig, lc, ax, s.shape[1])
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)

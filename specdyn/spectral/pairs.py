@@ -105,7 +105,9 @@ def read_pairs_file(path: Path, specs: list[MatrixSpec], n_heads: int | None) ->
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as e:
-        raise SpecdynError(f"{path}: cannot read the pairs file ({e.strerror}); pass a text file of `prev next` lines")
+        raise SpecdynError(
+            f"{path}: cannot read the pairs file ({e.strerror}); pass a text file of `prev next` lines"
+        ) from None
     for lineno, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].replace("->", " ").strip()
         if not line:
@@ -115,7 +117,9 @@ def read_pairs_file(path: Path, specs: list[MatrixSpec], n_heads: int | None) ->
             raise SpecdynError(f"{path}:{lineno}: expected `prev next`, got {line!r}")
         missing = [p for p in parts if p not in by_name]
         if missing:
-            raise SpecdynError(f"{path}:{lineno}: unknown matrix {missing[0]!r}; names are as `specdyn info` lists them")
+            raise SpecdynError(
+                f"{path}:{lineno}: unknown matrix {missing[0]!r}; names are as `specdyn info` lists them"
+            )
         a, b = by_name[parts[0]], by_name[parts[1]]
         if a.name == b.name or (_Q.search(a.name) and _K.search(b.name)):
             if not n_heads:

@@ -6,8 +6,8 @@ previous one) from singular vectors already computed, so growing a series never 
 functions of arrays: the store (`specdyn.store`) reads their inputs and writes their outputs.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -32,7 +32,9 @@ class RowResult:
 class RowComputer:
     """Computes a checkpoint's RowResult from its matrices, given in the specs' order."""
 
-    def __init__(self, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, n_heads: int | None, engine: SVDEngine):
+    def __init__(
+        self, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, n_heads: int | None, engine: SVDEngine
+    ):
         self.specs, self.pairs, self.top, self.n_heads, self.engine = specs, pairs, top, n_heads, engine
         self.by_name = {s.name: s for s in specs}
         self.needs = slice_needs(pairs, specs)
@@ -90,5 +92,9 @@ def derive_stability(done: np.ndarray, n_rows: int, n_matrices: int, top: int, v
                     if prev is not None:
                         prev_score[i, j] = score(sva_diag(U, V, *prev))
                     prev = (U, V)
-    return {"stability": stability, "stability_score": score(stability), "subspace_overlap": overlap,
-            "stability_prev_score": prev_score}
+    return {
+        "stability": stability,
+        "stability_score": score(stability),
+        "subspace_overlap": overlap,
+        "stability_prev_score": prev_score,
+    }

@@ -20,5 +20,18 @@ from specdyn.store.locking import locked
 from specdyn.store.reading import SpectralStore
 from specdyn.store.writing import consolidate, write_session
 
-__all__ = ["DERIVED_METRICS", "LOCK_NAME", "METRICS", "ROW_METRICS", "SCHEMA_VERSION", "STORE_NAME", "SpectralStore",
-           "consolidate", "default_store", "is_store", "locked", "resolve_store", "write_session"]
+__all__ = [
+    "DERIVED_METRICS",
+    "LOCK_NAME",
+    "METRICS",
+    "ROW_METRICS",
+    "SCHEMA_VERSION",
+    "STORE_NAME",
+    "SpectralStore",
+    "consolidate",
+    "default_store",
+    "is_store",
+    "locked",
+    "resolve_store",
+    "write_session",
+]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn import __version__
+from specdyn.version import __version__
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.metrics import SPECTRUM_METRICS
 from specdyn.spectral.pairs import PairSpec

@@ -25,7 +25,7 @@ def acquire_lock(path: Path, purpose: str = "analyze"):
         raise SpecdynError(
             f"{path}: the store is in use by {holder}; wait for it to finish (or stop it) and rerun",
             code=EXIT_STORE_BUSY,
-        )
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"specdyn {purpose} (pid {os.getpid()})")

@@ -10,7 +10,7 @@ import zarr
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
-from specdyn.store.layout import METRICS, is_store, resolve_store, matrix_group, matrix_names, pair_docs, read_attrs
+from specdyn.store.layout import METRICS, is_store, matrix_group, matrix_names, pair_docs, read_attrs, resolve_store
 from specdyn.store.results import has_group
 
 
@@ -29,7 +29,7 @@ class SpectralStore:
         self.rows = np.flatnonzero(done)  # physical rows of completed checkpoints
 
     @classmethod
-    def open(cls, path) -> "SpectralStore":
+    def open(cls, path) -> SpectralStore:
         path = Path(path)
         if not is_store(path):
             hint = "run `specdyn analyze RUN_DIR` first" if not path.exists() else "it is not a specdyn store"

@@ -48,7 +48,9 @@ def read_group(store: Path, group: str) -> tuple[Arrays, dict] | None:
     return arrays, dict(g.attrs.get("specdyn", {}))
 
 
-def _create(g, name: str, dims: tuple[str, ...], data: np.ndarray, row_dims: tuple[str, ...], coords: list[str]) -> None:
+def _create(
+    g, name: str, dims: tuple[str, ...], data: np.ndarray, row_dims: tuple[str, ...], coords: list[str]
+) -> None:
     if "/" in name:  # an array of a subgroup (e.g. one masked run of the lottery results)
         parent, name = name.rsplit("/", 1)
         g = g.require_group(parent)
@@ -70,8 +72,15 @@ def _create(g, name: str, dims: tuple[str, ...], data: np.ndarray, row_dims: tup
         arr[...] = data.astype(object) if dtype is str else data
 
 
-def write_group(store: Path, group: str, arrays: Arrays, attrs: dict, row_dim: str | tuple[str, ...] | None = None,
-                coords: list[str] | None = None, group_attrs: dict[str, dict] | None = None) -> None:
+def write_group(
+    store: Path,
+    group: str,
+    arrays: Arrays,
+    attrs: dict,
+    row_dim: str | tuple[str, ...] | None = None,
+    coords: list[str] | None = None,
+    group_attrs: dict[str, dict] | None = None,
+) -> None:
     """Replace (or create) `store/group` with exactly these arrays and attributes, safely against kills.
 
     Array names may hold a subgroup path (`runs/a/sva_diag`); `group_attrs` gives such subgroups their

@@ -134,7 +134,9 @@ def load_user_task(spec: str):
     if isinstance(obj, (type, types.FunctionType)):
         obj = obj()
     if not isinstance(obj, Task):
-        raise TypeError(f"{spec} is not a task: it needs name, build_model(), batches(split) and evaluate(model, split)")
+        raise TypeError(
+            f"{spec} is not a task: it needs name, build_model(), batches(split) and evaluate(model, split)"
+        )
     return obj
 
 
