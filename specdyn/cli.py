@@ -13,8 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
-from specdyn.version import __version__
 from specdyn.errors import SpecdynError
+from specdyn.version import __version__
 
 # The command registry: module names under specdyn.commands, in the order `--help` lists them.
 COMMANDS = ["analyze", "info", "train", "prune_eval", "interpolate", "lottery", "plot", "report"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdyn.version import __version__
 from specdyn.errors import SpecdynError
+from specdyn.version import __version__
 
 REPORT_DPI = 110
 N_INTERESTING = 3

@@ -105,10 +105,9 @@ def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[d
 
 def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) -> dict:
     from specdyn import branching
-    from specdyn.store import SpectralStore
     from specdyn.io import discover
     from specdyn.spectral.svd import SVDEngine
-    from specdyn.store import write_session
+    from specdyn.store import SpectralStore, write_session
 
     t0 = time.perf_counter()
     densities = sorted({float(d) for d in opts.densities})
@@ -249,8 +248,7 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
     """SVA diagonal (first min(R, store top) ranks) and score per matrix between a masked run's checkpoints and
     the dense run's checkpoints they are zipped with. Dense vectors come from the store; the masked run's from
     its own store when it was analyzed, else from one SVD per matrix and checkpoint."""
-    from specdyn.store import SpectralStore
-    from specdyn.store import default_store, is_store
+    from specdyn.store import SpectralStore, default_store, is_store
 
     names = st.matrices
     r = min(R, st.top, max(st.matrix_spec(n).k for n in names))

@@ -133,9 +133,8 @@ def _spectra(st, row: int, base, matrices, ranks_needed, engine, warned: set):
 
 def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True) -> dict:
     """Run (or resume) the pruning evaluation of a store's checkpoints; returns the JSON summary."""
-    from specdyn.store import SpectralStore
     from specdyn.spectral.svd import SVDEngine
-    from specdyn.store import write_session
+    from specdyn.store import SpectralStore, write_session
 
     t0 = time.perf_counter()
     keep = sorted({float(f) for f in opts.keep})

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.version import __version__
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.metrics import SPECTRUM_METRICS
 from specdyn.spectral.pairs import PairSpec
+from specdyn.version import __version__
 
 STORE_NAME = "specdyn.zarr"  # the default store inside a run dir
 SCHEMA_VERSION = 1
