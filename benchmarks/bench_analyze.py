@@ -5,7 +5,7 @@ Writes (once) a series of 8 safetensors checkpoints shaped like GPT-2 small (12 
 - analyze: wall time of `specdyn analyze` in a fresh process, and its peak RSS;
 - floor: the fastest plain LAPACK route per shape (numpy/torch gesdd, float64 Gram eigh), computing the same
   singular values and top-k vectors of the same matrices, data already in memory, no I/O;
-- reference: method.md's pipeline, five float32 torch SVDs per matrix per checkpoint (2 for alignment, 1 for
+- reference: docs/method.md's pipeline, five float32 torch SVDs per matrix per checkpoint (2 for alignment, 1 for
   metrics, 2 for pruning), timed on --ref-checkpoints checkpoints and scaled to all of them;
 - rerun: `specdyn analyze` again with nothing new (in a fresh process, and the in-process time).
 
@@ -126,7 +126,7 @@ def floor_seconds(paths: list[Path]) -> tuple[float, dict]:
 
 
 def reference_seconds(paths: list[Path]) -> float:
-    """method.md section 2: per checkpoint, 2 SVDs per matrix for alignment, 1 for metrics, 2 for pruning."""
+    """docs/method.md section 2: per checkpoint, 2 SVDs per matrix for alignment, 1 for metrics, 2 for pruning."""
     total = 0.0
     for p in paths:
         for W in load_matrices(p):

@@ -1,4 +1,4 @@
-"""Branch edits of method.md 3, as pure functions of tensors: the norm-preserving random perturbation and
+"""Branch edits of docs/method.md 3, as pure functions of tensors: the norm-preserving random perturbation and
 lottery-ticket masks (global magnitude, and random with the same per-layer densities).
 
 "Matrices" are the parameters with ndim >= 2 in registration order (`matrix_names`); the last one is the
@@ -14,7 +14,7 @@ import torch.nn as nn
 
 
 def matrix_names(model: nn.Module) -> list[str]:
-    """Every parameter with ndim >= 2, in registration order (method.md 0 `param_keys`)."""
+    """Every parameter with ndim >= 2, in registration order (docs/method.md 0 `param_keys`)."""
     return [n for n, p in model.named_parameters() if p.ndim >= 2]
 
 
@@ -36,7 +36,7 @@ def perturb_(
     scale: float,
     generator: torch.Generator,
 ) -> None:
-    """Perturb each named matrix in place, keeping its Frobenius norm (method.md 3, `ModelPerturber`).
+    """Perturb each named matrix in place, keeping its Frobenius norm (docs/method.md 3, `ModelPerturber`).
 
     For each W in `names` order: G ~ N(0, 1) of W's shape from `generator` (one generator, seeded with the
     branch seed, drawn on CPU), W1 = W + scale * ||W||_F * G / ||G||_F, W <- ||W||_F * W1 / ||W1||_F.
@@ -57,7 +57,7 @@ def perturb_(
 def global_magnitude_mask(
     tensors: Mapping[str, torch.Tensor], density: float, exclude_last: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Lottery-ticket masks with one global magnitude threshold (method.md 2, `get_masks`).
+    """Lottery-ticket masks with one global magnitude threshold (docs/method.md 2, `get_masks`).
 
     Pools |w| over every ndim >= 2 tensor (all but the last one, unless `exclude_last=False`; pass
     registration order), sorts ascending, thr = sorted[-int(density * N)] and keeps |w| > thr. That keeps
@@ -83,7 +83,7 @@ def global_magnitude_mask(
 
 
 def random_mask_like(masks: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Per-layer Bernoulli masks with each layer's density in `masks` (method.md 2, mask type `random`)."""
+    """Per-layer Bernoulli masks with each layer's density in `masks` (docs/method.md 2, mask type `random`)."""
     out = {}
     for name, mask in masks.items():
         q = mask.float().mean().item()

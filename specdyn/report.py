@@ -111,7 +111,7 @@ def figure_jobs(stores, labels: list[str]) -> list[FigureJob]:
             FigureJob(
                 sec,
                 "Effective rank of every matrix",
-                "Normalized effective rank (method.md 1.2), matrices by depth, first at the top.",
+                "Normalized effective rank (docs/method.md 1.2), matrices by depth, first at the top.",
                 "rank-heatmap",
                 [st],
             )

@@ -1,7 +1,7 @@
 """Train a built-in task and write its checkpoint series (`specdyn train`), with the paper's branching.
 
 A run directory holds one checkpoint per save plus `run.json` ({"task", "config", "history": one entry of
-train/val metrics per save}), rewritten atomically after every save. Branches (method.md 3) start from a
+train/val metrics per save}), rewritten atomically after every save. Branches (docs/method.md 3) start from a
 trunk checkpoint (`init_from`) with their own seed for the data order, optionally perturbed (norm-preserving
 random noise) or masked (lottery tickets: a global magnitude mask from another checkpoint, re-applied to
 weights and gradients at every step).

@@ -1,4 +1,4 @@
-"""Branch edits (method.md 3): the norm-preserving perturbation and lottery-ticket masks."""
+"""Branch edits (docs/method.md 3): the norm-preserving perturbation and lottery-ticket masks."""
 
 import math
 

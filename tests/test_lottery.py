@@ -18,7 +18,7 @@ STEPS = (0, 10, 20)
 
 
 def numpy_mask(state, names, density):
-    """method.md get_masks: pool |w| over the masked tensors, thr = sorted[-int(d N)], keep |w| > thr."""
+    """docs/method.md get_masks: pool |w| over the masked tensors, thr = sorted[-int(d N)], keep |w| > thr."""
     pooled = np.sort(np.concatenate([np.abs(state[n].numpy()).ravel() for n in names]))
     thr = pooled[-int(density * len(pooled))]
     return {n: np.abs(state[n].numpy()) > thr for n in names}

@@ -1,4 +1,4 @@
-"""Low-rank pruning maths (method.md 1.9) against direct numpy SVDs."""
+"""Low-rank pruning maths (docs/method.md 1.9) against direct numpy SVDs."""
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ def _rank(M, tol=1e-4):
 
 
 def test_keep_rank_is_the_papers_ceiling():
-    assert keep_rank(27, 0.5) == 14  # method.md 9: 14 top kept, 13 bottom
+    assert keep_rank(27, 0.5) == 14  # docs/method.md 9: 14 top kept, 13 bottom
     assert keep_rank(128, 0.5) == 64
     assert keep_rank(30, 0.1) == 3  # 0.1 * 30 is 3.0000000000000004 in floating point
     assert keep_rank(10, 0.25) == 3
@@ -84,7 +84,7 @@ def test_unflatten_inverts_flatten(name, shape, kind):
 
 
 def test_tconv_pruning_acts_on_the_transposed_matrix():
-    """method.md 0: a (c_in, c_out, kh, kw) transposed conv is pruned as c_out x (c_in kh kw), then transposed back."""
+    """docs/method.md 0: a (c_in, c_out, kh, kw) transposed conv is pruned as c_out x (c_in kh kw), then transposed back."""
     spec = MatrixSpec("tconv1.weight", (5, 7, 2, 2), "tconv")
     t = torch.randn(spec.original_shape)
     M = t.transpose(0, 1).reshape(7, 20).numpy()

@@ -1,4 +1,4 @@
-"""Spectral metrics against direct, loop-based implementations of method.md on matrices with known SVD."""
+"""Spectral metrics against direct, loop-based implementations of docs/method.md on matrices with known SVD."""
 
 import math
 
@@ -19,7 +19,7 @@ def known_svd(m, n, s, seed=0):
 
 
 def ref_erank(s):
-    # method.md 1.2, written with torch as the paper's code does
+    # docs/method.md 1.2, written with torch as the paper's code does
     s = torch.tensor(s, dtype=torch.float64) + 1e-10
     p = s / s.sum()
     return float(torch.exp(-(p * torch.log(p)).sum()) / len(s))

@@ -1,4 +1,4 @@
-"""Alignment pairs: discovery on small models and the alignment diagonal against method.md's own recipe."""
+"""Alignment pairs: discovery on small models and the alignment diagonal against docs/method.md's own recipe."""
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ def specs_of(model: torch.nn.Module):
 
 
 class Transformer(torch.nn.Module):
-    """modadd's shape: embedding, fused MHA, MLP, decoder (method.md: 6 pairs, one QK)."""
+    """modadd's shape: embedding, fused MHA, MLP, decoder (docs/method.md: 6 pairs, one QK)."""
 
     def __init__(self, d=16, heads=4, vocab=11):
         super().__init__()
@@ -96,7 +96,7 @@ def test_conv_alignment_matches_method_md_centre_tap():
     specs = specs_of(net)
     w = net.state_dict()
     diags = compute(specs, find_pairs(specs, None), w)
-    # method.md 1.6: Vh2 (k2, c_in*kh*kw) -> (k2, c_in, kh, kw) -> (kh, kw, k2, c_in) @ U1 (c_in, k1), centre tap
+    # docs/method.md 1.6: Vh2 (k2, c_in*kh*kw) -> (k2, c_in, kh, kw) -> (kh, kw, k2, c_in) @ U1 (c_in, k1), centre tap
     U1, _ = full_svd(w["conv1.weight"].flatten(1).numpy())
     _, Vh2 = full_svd(w["conv2.weight"].flatten(1).numpy())
     A = np.abs(Vh2.reshape(-1, 8, 3, 3).transpose(2, 3, 0, 1) @ U1)[1, 1]

@@ -130,7 +130,7 @@ def test_failed_decomposition_falls_back_to_another_driver(monkeypatch):
     calls = {"n": 0}
     real_svd = torch.linalg.svd
 
-    def flaky_svd(A, *a, **k):  # LAPACK gesdd failing once: method.md's safe_svd retries with W + 1e-10 I
+    def flaky_svd(A, *a, **k):  # LAPACK gesdd failing once: docs/method.md's safe_svd retries with W + 1e-10 I
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("linalg.svd: The algorithm failed to converge")

@@ -20,7 +20,7 @@ SMALL = {
     "lm": dict(corpus_bytes=12_000, context=16, d_model=16, n_heads=2, d_mlp=16),
     "unet": dict(image_size=8, channels=(4, 4, 8, 8), embed_dim=8, groups=2, n_train=40, n_val=20),
 }
-FINAL_LAYER = {  # method.md 0: "final layer" = the last ndim>=2 parameter
+FINAL_LAYER = {  # docs/method.md 0: "final layer" = the last ndim>=2 parameter
     "modadd": "decoder.weight", "mlp": "layers.3.weight", "cnn": "fc.weight",
     "lstm": "linear.weight", "lm": "decoder.weight", "unet": "tconv1.weight",
 }  # fmt: skip
@@ -48,7 +48,7 @@ def test_default_models_follow_the_papers_naming(name):
         assert names[0] == "embed.weight"
         assert "layers.0.self_attn.in_proj_weight" in names
         assert task.config.n_heads * (task.config.d_model // task.config.n_heads) == task.config.d_model
-    if name == "modadd":  # method.md 4: L = 6 matrices
+    if name == "modadd":  # docs/method.md 4: L = 6 matrices
         assert len(names) == 6
     if name == "unet":
         assert "tconv4.weight" in names and "time_embed.0.W" not in names  # the 1-D Fourier W is excluded

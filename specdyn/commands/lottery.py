@@ -55,7 +55,7 @@ def lottery_command(
 ):
     """Lottery-ticket masks against the SVD, from weights alone, into the store's evals/lottery.
 
-    The global magnitude mask of method.md (get_masks) and a random mask with the same per-layer densities; the singular vector agreement between SVD(W) and SVD(M⊙W) per matrix; with --masked runs, the agreement between masked and dense checkpoints over time.
+    The global magnitude mask of docs/method.md (get_masks) and a random mask with the same per-layer densities; the singular vector agreement between SVD(W) and SVD(M⊙W) per matrix; with --masked runs, the agreement between masked and dense checkpoints over time.
     """
     from rich.table import Table
 

@@ -52,7 +52,7 @@ def prune_eval_command(
         bool,
         typer.Option(
             "--bn-recal/--no-bn-recal",
-            help="Re-estimate BatchNorm statistics on the train batches after pruning (method.md 1.9).",
+            help="Re-estimate BatchNorm statistics on the train batches after pruning (docs/method.md 1.9).",
         ),
     ] = True,
     every: Annotated[

@@ -27,7 +27,7 @@ class MaskType(StrEnum):
     random = "random"
 
 
-BRANCH = "Branching (method.md 3)"
+BRANCH = "Branching (docs/method.md 3)"
 SAVING = "Saving"
 
 

@@ -1,4 +1,4 @@
-"""`interpolate`: linear mode connectivity between two checkpoints (method.md 1.10 and 2, `evaluate_lmc.py`).
+"""`interpolate`: linear mode connectivity between two checkpoints (docs/method.md 1.10 and 2, `evaluate_lmc.py`).
 
 On an even alpha grid including both ends, the whole state dict (buffers included) is interpolated,
 BatchNorm re-estimated, and the model evaluated on train and val: as is, with every matrix but the final layer
@@ -90,7 +90,7 @@ def lerp_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alp
 
 
 def curve_barriers(y: np.ndarray) -> np.ndarray:
-    """The signed barrier (method.md 1.10) along axis 0 of y (alpha, ...), for every trailing index."""
+    """The signed barrier (docs/method.md 1.10) along axis 0 of y (alpha, ...), for every trailing index."""
     y = np.asarray(y, dtype=np.float64)
     flat = y.reshape(y.shape[0], -1)
     return np.array([barrier(flat[:, j]) for j in range(flat.shape[1])]).reshape(y.shape[1:])
@@ -127,7 +127,7 @@ def read_pairs_file(path: Path) -> list[Pair]:
 
 def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pair]:
     """All pairs of branches that start from the same trunk checkpoint (and perturbation), compared at their
-    final checkpoints (or at `at_step`): the paper's split-point experiment (method.md 3)."""
+    final checkpoints (or at `at_step`): the paper's split-point experiment (docs/method.md 3)."""
     from specdyn.io import discover
 
     groups: dict[tuple, list[tuple[int, Path]]] = {}

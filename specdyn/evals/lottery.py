@@ -1,7 +1,7 @@
-"""`lottery`: lottery-ticket masks against the SVD, from weights alone (method.md 2 `evaluate_run_mask.py`, 3).
+"""`lottery`: lottery-ticket masks against the SVD, from weights alone (docs/method.md 2 `evaluate_run_mask.py`, 3).
 
 At one checkpoint (default: the last analyzed) and for each density d: the global magnitude mask M of
-method.md's get_masks over every ndim >= 2 tensor but the last, and a random mask with the same per-layer
+docs/method.md's get_masks over every ndim >= 2 tensor but the last, and a random mask with the same per-layer
 densities; per masked matrix, the singular vector agreement SVA(SVD(W), SVD(M ⊙ W)) (its first `sva_rank`
 ranks) and its score. With masked runs (`specdyn train --mask-from`), the SVA between each masked checkpoint
 and the dense checkpoint at the same step (or index) over time. Results replace `evals/lottery` in the store.
@@ -73,7 +73,7 @@ def _spec(st, name: str, shape) -> MatrixSpec:
 
 
 def mask_sva(W: np.ndarray, M: np.ndarray, dense, engine, rank: int) -> np.ndarray:
-    """SVA(SVD(W), SVD(M ⊙ W)) over the first min(rank, k) ranks (method.md 2 `sva_mask_final`)."""
+    """SVA(SVD(W), SVD(M ⊙ W)) over the first min(rank, k) ranks (docs/method.md 2 `sva_mask_final`)."""
     r = min(rank, min(W.shape))
     masked = spectrum(engine, W * M, r)
     return sva(dense.U[:, :r], dense.V[:, :r], masked.U[:, :r], masked.V[:, :r])
@@ -90,7 +90,7 @@ def _run_name(path: Path, taken: set) -> str:
 
 
 def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[dict, object]]:
-    """Pairs (dense row, masked checkpoint): equal steps, or equal positions (method.md 2 zips by index)."""
+    """Pairs (dense row, masked checkpoint): equal steps, or equal positions (docs/method.md 2 zips by index)."""
     if how == "index":
         return list(zip(dense, masked))
     by_step = {r["step"]: r for r in dense}
@@ -203,7 +203,7 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
         "sva_rank": R,
         "final_layer": list(tensors)[-1],
         "zip": opts.zip,
-        "mask": "global magnitude over every ndim >= 2 tensor but the last (method.md get_masks); random: "
+        "mask": "global magnitude over every ndim >= 2 tensor but the last (docs/method.md get_masks); random: "
         "per-layer Bernoulli with the magnitude mask's layer densities",
     }
     with write_session(Path(store_path), "lottery"):

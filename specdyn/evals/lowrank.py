@@ -1,4 +1,4 @@
-"""Low-rank pruning of one weight matrix (method.md 1.9), as pure functions of the matrix and its top singular
+"""Low-rank pruning of one weight matrix (docs/method.md 1.9), as pure functions of the matrix and its top singular
 triplets.
 
 Keeping the top r directions is U_r S_r V_rᵀ; keeping the bottom k - r is the rest, W - U_r S_r V_rᵀ, which is
@@ -59,7 +59,7 @@ def split_top_bottom(
 
 def unflatten(spec: MatrixSpec, M: np.ndarray) -> torch.Tensor:
     """The inverse of `MatrixSpec.flatten`: an m x n matrix back to the tensor's original shape (a transposed
-    conv is transposed back on dims 0 and 1; no kernel flip, as method.md 0)."""
+    conv is transposed back on dims 0 and 1; no kernel flip, as docs/method.md 0)."""
     shape = spec.original_shape
     if spec.kind == "tconv":
         t = torch.from_numpy(np.ascontiguousarray(M)).reshape(shape[1], shape[0], *shape[2:])

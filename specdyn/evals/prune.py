@@ -1,4 +1,4 @@
-"""`prune-eval`: the loss of low-rank pruned models over training (method.md 1.9, the paper's Fig. 4).
+"""`prune-eval`: the loss of low-rank pruned models over training (docs/method.md 1.9, the paper's Fig. 4).
 
 For each analyzed checkpoint: the full model; every matrix but the final layer keeping its top ceil(f k)
 singular directions ("top_kept", the paper's pruned_bot); keeping the other k - ceil(f k) ("bottom_kept",

@@ -235,7 +235,7 @@ def load_state_(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> No
 
 
 def matrix_params(model: torch.nn.Module) -> list[str]:
-    """method.md 0: parameters with ndim >= 2 in registration order; the last is the final layer."""
+    """docs/method.md 0: parameters with ndim >= 2 in registration order; the last is the final layer."""
     from specdyn.branching import matrix_names
 
     return matrix_names(model)

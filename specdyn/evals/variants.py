@@ -29,7 +29,7 @@ class Matrix:
 def model_matrices(
     model: torch.nn.Module, state_map: StateMap, known: Mapping[str, MatrixSpec] | None = None
 ) -> list[Matrix]:
-    """Every matrix parameter in registration order (method.md 0), with its kind. A transposed convolution is
+    """Every matrix parameter in registration order (docs/method.md 0), with its kind. A transposed convolution is
     recognised by its module type (its name need not say `tconv`), so it is flattened as (c_out, c_in·kh·kw);
     otherwise the store's kind (so flattening agrees with the stored SVDs) or the kind from name and shape."""
     params = dict(model.named_parameters())
@@ -83,7 +83,7 @@ def run_variant(task, model, base: Mapping[str, torch.Tensor], replacements: Map
 
 def low_rank_pair(base: Mapping[str, torch.Tensor], matrices: list[Matrix], spectra: Mapping, ranks: Mapping[str, int]):
     """Replacement tensors for the top-kept and the bottom-kept model: per matrix, keep its top `ranks[key]`
-    directions, or the other k - r (method.md 1.9). `spectra[key]` holds s and at least the top r vectors."""
+    directions, or the other k - r (docs/method.md 1.9). `spectra[key]` holds s and at least the top r vectors."""
     top, bottom = {}, {}
     for m in matrices:
         sp = spectra[m.key]

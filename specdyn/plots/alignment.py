@@ -1,5 +1,5 @@
 """`alignment` (the paper's Fig. 5): neighbouring-layer alignment. Left, the alignment diagonal
-|<v_i(next), u_i(prev)>| of one pair over time (rank x checkpoint; method.md 1.6); right, the alignment score
+|<v_i(next), u_i(prev)>| of one pair over time (rank x checkpoint; docs/method.md 1.6); right, the alignment score
 (top-10 mean) of every pair over time. One row per store, one [0, 1] colour scale."""
 
 import numpy as np

@@ -1,6 +1,6 @@
 """`stability`: how far each singular direction still is from where training ends. Left, the SVA diagonal of
-one matrix against the final checkpoint, |<u_i(t), u_i(T)><v_i(t), v_i(T)>| (rank x checkpoint; method.md 1.5);
-right, the stability score (mean of the top-10 diagonal, method.md 1.7) of every matrix over time. One row
+one matrix against the final checkpoint, |<u_i(t), u_i(T)><v_i(t), v_i(T)>| (rank x checkpoint; docs/method.md 1.5);
+right, the stability score (mean of the top-10 diagonal, docs/method.md 1.7) of every matrix over time. One row
 per store, one [0, 1] colour scale."""
 
 from specdyn.plots import draw, select, style

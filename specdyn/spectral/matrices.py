@@ -1,6 +1,6 @@
 """Which tensors of a checkpoint are weight matrices, what kind each is, and how to flatten it to m x n.
 
-Every tensor with ndim >= 2 is a matrix (method.md 0): conv kernels (c_out, c_in, *k) flatten to
+Every tensor with ndim >= 2 is a matrix (docs/method.md 0): conv kernels (c_out, c_in, *k) flatten to
 c_out x (c_in * prod(k)); transposed convs (stored (c_in, c_out, *k), recognised by name) are transposed on
 dims 0 and 1 first; bf16/fp16 are upcast to float32. The kind only matters for alignment pairs.
 """

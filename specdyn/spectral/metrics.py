@@ -1,4 +1,4 @@
-"""Spectral measurements of method.md, as pure numpy functions of singular values and vectors.
+"""Spectral measurements of docs/method.md, as pure numpy functions of singular values and vectors.
 
 Conventions: `s` holds singular values in descending order along its last axis (leading axes are batch axes);
 `U` (m, r) and `V` (n, r) hold singular vectors as columns, in the same order. Everything here is derived from
@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 
-# method.md adds 1e-10 to s before taking entropies and ratios (its helpers do it in place, so the paper's
+# docs/method.md adds 1e-10 to s before taking entropies and ratios (its helpers do it in place, so the paper's
 # stored s drift by a few 1e-10; we add it to a copy and store s untouched).
 EPS = 1e-10
-SCORE_RANK = 10  # method.md 1.7: every stability/alignment score is the mean of the first 10 diagonal terms.
+SCORE_RANK = 10  # docs/method.md 1.7: every stability/alignment score is the mean of the first 10 diagonal terms.
 
 
 def _k(s: np.ndarray) -> int:
@@ -20,7 +20,7 @@ def _k(s: np.ndarray) -> int:
 
 
 def effective_rank(s: np.ndarray) -> np.ndarray:
-    """Normalized entropy effective rank (Roy & Vetterli on sigma, method.md 1.2), in [1/k, 1].
+    """Normalized entropy effective rank (Roy & Vetterli on sigma, docs/method.md 1.2), in [1/k, 1].
 
     >>> float(effective_rank(np.ones(4)))
     1.0
@@ -32,7 +32,7 @@ def effective_rank(s: np.ndarray) -> np.ndarray:
 
 
 def count90(s: np.ndarray) -> np.ndarray:
-    """Fraction of singular values needed to hold 90% of the sum of sigma (method.md 1.3 `sv_count`)."""
+    """Fraction of singular values needed to hold 90% of the sum of sigma (docs/method.md 1.3 `sv_count`)."""
     s = np.asarray(s, dtype=np.float64) + EPS
     p = s / s.sum(axis=-1, keepdims=True)
     first = np.argmax(np.cumsum(p, axis=-1) > 0.9, axis=-1)
@@ -40,7 +40,7 @@ def count90(s: np.ndarray) -> np.ndarray:
 
 
 def stable_rank(s: np.ndarray) -> np.ndarray:
-    """Normalized stable rank sum(s^2) / s_1^2 / k (method.md 1.4 `sv_ratio`)."""
+    """Normalized stable rank sum(s^2) / s_1^2 / k (docs/method.md 1.4 `sv_ratio`)."""
     s = np.asarray(s, dtype=np.float64) + EPS
     return (s**2).sum(axis=-1) / s[..., 0] ** 2 / _k(s)
 
@@ -58,7 +58,7 @@ def nuclear_norm(s: np.ndarray) -> np.ndarray:
 
 
 def gini(s: np.ndarray) -> np.ndarray:
-    """Gini coefficient of the singular values (method.md 1.8)."""
+    """Gini coefficient of the singular values (docs/method.md 1.8)."""
     s = np.asarray(s, dtype=np.float64)
     k = _k(s)
     diffs = np.abs(s[..., :, None] - s[..., None, :]).sum(axis=(-1, -2))
@@ -86,7 +86,7 @@ def spectrum_metrics(s: np.ndarray) -> dict[str, float]:
 
 
 def sva(Ux, Vx, Uy, Vy) -> np.ndarray:
-    """Singular vector agreement |(Ux^T Uy) * (Vx^T Vy)| (method.md 1.5); rows index x's ranks, columns y's."""
+    """Singular vector agreement |(Ux^T Uy) * (Vx^T Vy)| (docs/method.md 1.5); rows index x's ranks, columns y's."""
     return np.abs((Ux.T @ Uy) * (Vx.T @ Vy))
 
 
@@ -103,7 +103,7 @@ def subspace_overlap(Ux, Uy, rank: int = SCORE_RANK) -> float:
 
 
 def score(diag: np.ndarray, rank: int = SCORE_RANK) -> np.ndarray:
-    """Mean of the first `rank` diagonal entries along the last axis (method.md 1.7); NaN padding ignored."""
+    """Mean of the first `rank` diagonal entries along the last axis (docs/method.md 1.7); NaN padding ignored."""
     d = np.asarray(diag, dtype=np.float64)[..., :rank]
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(d)
@@ -113,14 +113,14 @@ def score(diag: np.ndarray, rank: int = SCORE_RANK) -> np.ndarray:
 
 
 def alignment_diag(U_prev: np.ndarray, V_next: np.ndarray) -> np.ndarray:
-    """|<v_i^next, u_i^prev>| for i < r (method.md 1.6, diagonal pairing): output space of the previous layer
+    """|<v_i^next, u_i^prev>| for i < r (docs/method.md 1.6, diagonal pairing): output space of the previous layer
     against the input space of the next. Both are (d, r) with a shared dimension d."""
     r = min(U_prev.shape[-1], V_next.shape[-1])
     return np.abs((U_prev[:, :r] * V_next[:, :r]).sum(axis=0))
 
 
 def barrier(y) -> float:
-    """Signed loss barrier of a curve on an even alpha grid (method.md 1.10): the largest excess of the
+    """Signed loss barrier of a curve on an even alpha grid (docs/method.md 1.10): the largest excess of the
     interior points over the straight line between the endpoints."""
     y = np.asarray(y, dtype=np.float64)
     n = y.shape[0]

@@ -1,8 +1,8 @@
-"""Neighbouring-layer alignment pairs (method.md 1.6): which matrices pair up, and their alignment diagonal.
+"""Neighbouring-layer alignment pairs (docs/method.md 1.6): which matrices pair up, and their alignment diagonal.
 
 A pair (prev, next) compares the output space of `prev` with the input space of `next`:
 A_ii = |<v_i^next, u_i^prev>|. Pairs are found automatically between consecutive matrices in depth order whose
-shapes chain (prev's output dimension equals next's input dimension), with the conventions of method.md:
+shapes chain (prev's output dimension equals next's input dimension), with the conventions of docs/method.md:
 - an embedding (vocab x d) outputs along its d side, so its V stands in for U; it is never a `next`;
 - a conv `next` is read at its centre kernel tap (its v_j sliced there, not renormalized);
 - a fused attention in-projection (3d x d) feeds the following d-input matrix through its value rows

@@ -102,7 +102,7 @@ def svd_gram_torch(W: np.ndarray, top: int) -> Spectrum | None:
 
 
 def svd_lapack(W: np.ndarray, top: int, device: str = "cpu") -> Spectrum:
-    """torch.linalg.svd (gesdd); method.md's safe_svd retry with W + 1e-10 I, then float64, if it fails."""
+    """torch.linalg.svd (gesdd); docs/method.md's safe_svd retry with W + 1e-10 I, then float64, if it fails."""
     import torch
 
     T = torch.from_numpy(W).to(device)

@@ -54,7 +54,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable) -> None:
-    """Re-estimate BatchNorm running statistics as a cumulative average over `batches` (method.md 1.9).
+    """Re-estimate BatchNorm running statistics as a cumulative average over `batches` (docs/method.md 1.9).
 
     Uses `torch.optim.swa_utils.update_bn`, which feeds the first element of each tuple batch to the model.
     A no-op for models without BatchNorm (GroupNorm and LayerNorm keep no running statistics).
@@ -197,7 +197,7 @@ class BuiltinTask:
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """Example-weighted mean loss (and error) over the whole split, in eval mode.
 
-        The paper averaged batch means, over-weighting a last partial batch (method.md 0); we weight examples.
+        The paper averaged batch means, over-weighting a last partial batch (docs/method.md 0); we weight examples.
         """
         was_training = model.training
         model.eval()

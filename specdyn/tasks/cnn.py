@@ -1,4 +1,4 @@
-"""`cnn`: a small VGG-style convnet with BatchNorm on synthetic images (method.md 4, the VGG16-BN rows).
+"""`cnn`: a small VGG-style convnet with BatchNorm on synthetic images (docs/method.md 4, the VGG16-BN rows).
 
 Each class is a smooth random colour texture; an example is its class texture, circularly shifted by up to
 `max_shift` pixels, scaled in contrast and covered in noise, so translation-invariant conv features pay off.

@@ -3,7 +3,7 @@
 The corpus is a fixed list of stdlib modules read from this interpreter's install (offline, nothing
 downloaded), concatenated in that order and cut to `corpus_bytes`; its last `val_frac` is validation.
 The stdlib differs between Python versions, so runs are reproducible for one Python version; run.json
-records the corpus digest. Paper model (method.md 4): pre-LN, FFN width = d_model, ReLU, no dropout,
+records the corpus digest. Paper model (docs/method.md 4): pre-LN, FFN width = d_model, ReLU, no dropout,
 untied decoder, AdamW with warmup + cosine, clipping 1.0; here 2 layers of width 128 instead of 12 of 768.
 """
 
@@ -87,7 +87,7 @@ class LMTask(BuiltinTask):
     Config = Config
     has_error = False
     eval_batch_size = 200
-    eval_train_subset = 1000  # method.md 2: the LM's train evaluation uses a fixed 1000-example subset
+    eval_train_subset = 1000  # docs/method.md 2: the LM's train evaluation uses a fixed 1000-example subset
 
     def make_data(self):
         c = self.config

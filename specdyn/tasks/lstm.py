@@ -1,4 +1,4 @@
-"""`lstm`: a bidirectional LSTM labelling every frame of synthetic sequences (method.md 4, the speech rows).
+"""`lstm`: a bidirectional LSTM labelling every frame of synthetic sequences (docs/method.md 4, the speech rows).
 
 A sticky Markov chain over `n_states` hidden states emits noisy feature frames (a state's mean plus noise);
 the task is to recover each frame's state, which context on both sides makes far easier than one frame alone,

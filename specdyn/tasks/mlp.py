@@ -1,4 +1,4 @@
-"""`mlp`: an MLP classifier on synthetic clustered data, with `random_labels` for memorisation (method.md 4).
+"""`mlp`: an MLP classifier on synthetic clustered data, with `random_labels` for memorisation (docs/method.md 4).
 
 The paper's "rethinking generalization" MLP (3072-256-256-256-10, SGD with momentum) on CIFAR-10; here the
 inputs are a Gaussian mixture whose classes are each a union of several clusters (learnable, not linearly

@@ -1,4 +1,4 @@
-"""`modadd`: modular addition with a one-layer transformer, the grokking experiment (method.md 4, Fig. 2).
+"""`modadd`: modular addition with a one-layer transformer, the grokking experiment (docs/method.md 4, Fig. 2).
 
 Inputs are the tokens (a, b, '=') with '=' = p, the target is (a + b) mod p read at the last position, trained
 full batch with AdamW. The model is the paper's (d=128, 4 heads, ReLU MLP 512, sinusoidal positions, embeddings

@@ -1,4 +1,4 @@
-"""`unet`: a small DDPM noise-prediction UNet on synthetic shape images (method.md 4, the image_generation rows).
+"""`unet`: a small DDPM noise-prediction UNet on synthetic shape images (docs/method.md 4, the image_generation rows).
 
 The model is the score-network UNet of the paper's code at small width (conv1-4 with time `dense1-4` and
 GroupNorm, transposed convs `tconv4`..`tconv1` with `dense5-7`, skip connections, swish), so the analyzer's
