@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_ERROR, SpecdynError
 
 _MISSING = dataclasses.MISSING
 
@@ -64,11 +64,16 @@ def flag_of(f: dataclasses.Field) -> str:
 class Options:
     """Base of the option dataclasses: checks every field's declared bounds and choices, then `check()`."""
 
+    error_code: ClassVar[int] = EXIT_ERROR  # the exit code of a refused option
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             meta = f.metadata.get("specdyn")
             if meta:
-                _check_field(f, getattr(self, f.name), meta)
+                try:
+                    _check_field(f, getattr(self, f.name), meta)
+                except SpecdynError as e:
+                    raise SpecdynError(e.message, code=self.error_code) from None
         self.check()
 
     def check(self) -> None:
@@ -92,6 +97,75 @@ def _check_field(f: dataclasses.Field, value, meta: dict) -> None:
             raise SpecdynError(f"{flag} {v}: must be at least {meta['min']:g}")
         if meta["max"] is not None and v > meta["max"]:
             raise SpecdynError(f"{flag} {v}: must be at most {meta['max']:g}")
+
+
+# --- parsers of CLI strings, shared by the commands -------------------------------------------------------------
+
+
+def parse_fractions(values, flag: str) -> list[float]:
+    """Fractions in (0, 1] from repeated and/or comma-separated values (`--keep 0.1,0.25 --keep 0.5`)."""
+    out = []
+    for v in [values] if isinstance(values, str) else values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                f = float(part)
+            except ValueError:
+                raise SpecdynError(f"{flag} {part!r}: expected a number such as 0.5") from None
+            if not 0.0 < f <= 1.0:
+                raise SpecdynError(f"{flag} {f:g}: must be in (0, 1]")
+            out.append(f)
+    return out
+
+
+def parse_key_values(items, flag: str, example: str, code: int | None = None) -> dict[str, str]:
+    """`key=value` strings (repeated options) as a dict; values stay strings for the config to convert."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecdynError(
+                f"{flag} {item!r}: expected KEY=VALUE (e.g. {flag} {example})", **({"code": code} if code else {})
+            )
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def fractions_option(default: list[float], *flags: str, help: str, **kw):
+    """A list of fractions in (0, 1], given as repeated or comma-separated values."""
+    return option(
+        None,
+        *flags,
+        factory=lambda: list(default),
+        help=help,
+        parse=lambda v: parse_fractions(v, flags[0]),
+        show_default=",".join(f"{f:g}" for f in default),
+        **kw,
+    )
+
+
+TASK_HELP = (
+    "Task that builds the model and data: a built-in name, path/to/file.py:object or package.module:object. "
+    "Default: the task recorded in the checkpoints by `specdyn train`."
+)
+CONFIG_HELP = "Override a built-in task's config key (repeatable), e.g. --config data_frac=0.3."
+
+
+def task_option():
+    return option(None, "--task", help=TASK_HELP, show_default=False)
+
+
+def config_option():
+    return option(
+        None,
+        "--config",
+        factory=dict,
+        metavar="KEY=VALUE",
+        help=CONFIG_HELP,
+        parse=lambda v: parse_key_values(v, "--config", "data_frac=0.3"),
+    )
 
 
 TRUST_PICKLE_HELP = "Allow arbitrary pickle in torch checkpoints (runs code: only for files you trust)."

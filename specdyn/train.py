@@ -24,9 +24,9 @@ from specdyn import branching
 from specdyn.errors import SpecdynError
 from specdyn.io.runmeta import write_run_info
 from specdyn.tasks.base import BuiltinTask, config_dict, recalibrate
+from specdyn.train_options import MASK_TYPES
 
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MASK_TYPES = ("magnitude", "random")
 DEFAULT_SAVES = 20
 
 

@@ -20,7 +20,7 @@ from specdyn.evals.interpolate import (
     interpolate,
     lerp_state,
     load_results,
-    read_pairs_file,
+    read_checkpoint_pairs,
 )
 from specdyn.spectral.metrics import barrier, effective_rank
 from tests.eval_tasks import bn_task, conv_task, evaluate_state, mlp_task, spec, write_series
@@ -156,7 +156,7 @@ def test_pairs_file_branches_and_resume(tmp_path):
         )
         + "\n"
     )
-    from_file = read_pairs_file(listing)
+    from_file = read_checkpoint_pairs(listing)
     assert from_file == pairs[:4]
 
     out = tmp_path / "lmc.zarr"

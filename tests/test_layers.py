@@ -20,7 +20,14 @@ LAYERS = [
     {"specdyn.analyze", "specdyn.train"},
     {"specdyn.store", "specdyn.tasks", "specdyn.branching"},
     {"specdyn.spectral", "specdyn.io"},
-    {"specdyn.options", "specdyn.selection", "specdyn.console", "specdyn.errors", "specdyn.version"},
+    {
+        "specdyn.options",
+        "specdyn.train_options",
+        "specdyn.selection",
+        "specdyn.console",
+        "specdyn.errors",
+        "specdyn.version",
+    },
 ]
 SHARED = {0, len(LAYERS) - 1}  # layers whose members may import each other (entry points; base utilities)
 

@@ -16,10 +16,10 @@ from specdyn.evals.taskload import (
     check_same_architecture,
     load_state_,
     match_state,
-    parse_overrides,
     read_state,
     resolve_task,
 )
+from specdyn.options import parse_key_values
 from tests.eval_tasks import TinyTask, analyzed, mlp_task, spec, write_series
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,12 +96,12 @@ def test_builtin_task_and_config_come_from_the_checkpoint(tmp_path, fmt):
 
 def test_named_builtin_task_keeps_the_checkpoint_config_and_applies_overrides(tmp_path):
     path, _ = _modadd_checkpoint(tmp_path)
-    task, _ = resolve_task("modadd", path, parse_overrides(["data_frac=0.3"]))
+    task, _ = resolve_task("modadd", path, parse_key_values(["data_frac=0.3"], "--config", "data_frac=0.3"))
     assert task.config.p == 11 and task.config.data_frac == 0.3
     with pytest.raises(SpecdynError, match="no config key 'nope'"):
         resolve_task("modadd", path, {"nope": "1"})
-    with pytest.raises(SpecdynError, match="expected key=value"):
-        parse_overrides(["data_frac"])
+    with pytest.raises(SpecdynError, match="--config 'data_frac': expected KEY=VALUE"):
+        parse_key_values(["data_frac"], "--config", "data_frac=0.3")
 
 
 def test_model_that_does_not_match_the_checkpoint_names_the_first_mismatch(tmp_path):

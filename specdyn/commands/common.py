@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from specdyn.options import _MISSING
+from specdyn.options import _MISSING, flag_of
+
+__all__ = ["JsonFlag", "QuietFlag", "cli_command", "flag_of"]
 
 
 def _cli_type(tp):
@@ -32,7 +34,8 @@ def _field_parameter(f: dataclasses.Field, hints: dict) -> inspect.Parameter:
     tp = hints[f.name]
     flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
     default = f.default if f.default is not _MISSING else None
-    show_default = meta["show_default"] if f.default is not _MISSING and f.default is not None else False
+    given = f.default is not _MISSING and f.default is not None
+    show_default = meta["show_default"] if given or isinstance(meta["show_default"], str) else False
     info = typer.Option(
         *flags,
         help=meta["help"],
@@ -41,8 +44,11 @@ def _field_parameter(f: dataclasses.Field, hints: dict) -> inspect.Parameter:
         show_default=show_default,
         hidden=meta["hidden"],
     )
-    if meta["parse"] is not None:
-        tp = typing.Optional[list[str]] if _cli_type(tp) == typing.Optional[list[str]] else typing.Optional[str]  # noqa: UP045
+    if meta["parse"] is not None:  # the CLI gives strings (repeatable for list and dict fields); parse converts
+        many = (
+            typing.get_origin(tp) in (list, dict) or tp in (list, dict) or _cli_type(tp) == typing.Optional[list[str]]
+        )
+        tp = typing.Optional[list[str]] if many else typing.Optional[str]  # noqa: UP045
     return inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[_cli_type(tp), info]
     )

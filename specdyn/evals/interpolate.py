@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 
 from specdyn.errors import SpecdynError
 from specdyn.evals.lowrank import keep_rank
-from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task, run_info
+from specdyn.evals.options import InterpOptions
+from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task
 from specdyn.evals.variants import (
     SPLITS,
     as_array,
@@ -31,6 +32,7 @@ from specdyn.evals.variants import (
     progress,
     run_variant,
 )
+from specdyn.io.runmeta import read_run_info
 from specdyn.spectral.metrics import barrier, effective_rank, score, sva_diag
 from specdyn.store import results
 
@@ -47,18 +49,6 @@ class Pair:
     b: Path
     split_step: int = -1  # the trunk step both branches started from; -1 when unknown
     label: str = ""
-
-
-@dataclass
-class InterpOptions:
-    points: int = 11
-    keep: float = 0.5
-    bn_recal: bool = True
-    task: str | None = None
-    config: dict = field(default_factory=dict)
-    sva_rank: int = 64
-    trust_pickle: bool = False
-    overwrite: bool = False
 
 
 # ------------------------------------------------------------------------------------------ the maths
@@ -99,7 +89,7 @@ def curve_barriers(y: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ pairs
 
 
-def read_pairs_file(path: Path) -> list[Pair]:
+def read_checkpoint_pairs(path: Path) -> list[Pair]:
     """`CKPT_A CKPT_B [SPLIT_STEP [LABEL...]]` per line (paths relative to the file); `#` starts a comment."""
     path = Path(path)
     if not path.is_file():
@@ -132,7 +122,7 @@ def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pa
 
     groups: dict[tuple, list[tuple[int, Path]]] = {}
     for d in branch_dirs:
-        info = run_info(d)
+        info = read_run_info(d)
         init = info.get("init_from")
         if not isinstance(init, Mapping) or "step" not in init:
             raise SpecdynError(
@@ -162,7 +152,7 @@ def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pa
 
 def infer_split(a: Path, b: Path) -> int:
     """The shared branch point of two checkpoints from their runs' run.json, or -1."""
-    ia, ib = (run_info(p.parent).get("init_from") for p in (a, b))
+    ia, ib = (read_run_info(p.parent).get("init_from") for p in (a, b))
     if (
         isinstance(ia, Mapping)
         and isinstance(ib, Mapping)
@@ -180,7 +170,7 @@ def default_out(pairs: list[Pair]) -> Path:
 
     trunks = set()
     for p in pairs:
-        init = run_info(p.a.parent).get("init_from")
+        init = read_run_info(p.a.parent).get("init_from")
         trunks.add(Path(init["path"]).parent if isinstance(init, Mapping) and init.get("path") else None)
     if len(trunks) == 1 and None not in trunks:
         trunk = next(iter(trunks))

@@ -11,33 +11,22 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from specdyn.errors import SpecdynError
+from specdyn.evals.options import LotteryOptions
 from specdyn.evals.spectra import spectrum, spectrum_for
-from specdyn.evals.taskload import run_info
 from specdyn.evals.variants import progress
+from specdyn.io.runmeta import read_run_info
 from specdyn.spectral.matrices import MatrixSpec, classify
 from specdyn.spectral.metrics import score, sva, sva_diag
 from specdyn.store import results
 
 GROUP = "evals/lottery"
 MASK_TYPES = ("magnitude", "random")
-
-
-@dataclass
-class LotteryOptions:
-    densities: list[float] = field(default_factory=lambda: [0.05])
-    step: int | None = None
-    seed: int = 0
-    sva_rank: int = 100
-    masked: list[Path] = field(default_factory=list)
-    zip: str = "step"
-    trust_pickle: bool = False
 
 
 def _rows(st) -> list[dict]:
@@ -280,7 +269,7 @@ def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, t
             diag[t, j, : len(d)] = d
             scores[t, j] = score(d)
         tick()
-    info = run_info(run_dir)
+    info = read_run_info(run_dir)
     arrays = {
         "step": (
             ("run_checkpoint",),

@@ -10,13 +10,14 @@ to `evals/prune` in the store (docs/store.md), one row per checkpoint with done 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from specdyn.errors import SpecdynError
 from specdyn.evals.lowrank import keep_rank
+from specdyn.evals.options import PruneOptions
 from specdyn.evals.spectra import spectrum_for
 from specdyn.evals.taskload import Endpoint, check_same_architecture, match_state, read_state, resolve_task
 from specdyn.evals.variants import SPLITS, as_array, low_rank_pair, metric_names, progress, pruned_matrices, run_variant
@@ -25,18 +26,6 @@ from specdyn.store import results
 GROUP = "evals/prune"
 ROW = "prune_checkpoint"
 COORDS = ["step", "path", "source"]  # not `checkpoint`: that name is the root's dimension coordinate
-
-
-@dataclass
-class PruneOptions:
-    keep: list[float] = field(default_factory=lambda: [0.5])
-    bn_recal: bool = True
-    task: str | None = None
-    config: dict = field(default_factory=dict)
-    every: int | None = None
-    steps: str | None = None
-    trust_pickle: bool = False
-    overwrite: bool = False
 
 
 def _row_key(source: int, checkpoint: str) -> tuple[int, str]:
@@ -131,20 +120,68 @@ def _spectra(st, row: int, base, matrices, ranks_needed, engine, warned: set):
     return out, np.array(from_store, dtype=bool)
 
 
+@dataclass
+class _Setup:
+    """What every row of a run shares: the task and its model, the matrices pruned, their kept ranks."""
+
+    task: object
+    model: object
+    state_map: object
+    matrices: list
+    names: list[str]
+    ranks: dict[float, dict[str, int]]
+    attrs: dict
+
+
 def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True) -> dict:
     """Run (or resume) the pruning evaluation of a store's checkpoints; returns the JSON summary."""
     from specdyn.spectral.svd import SVDEngine
     from specdyn.store import SpectralStore, write_session
 
     t0 = time.perf_counter()
+    store_path = Path(store_path)
     keep = sorted({float(f) for f in opts.keep})
-    for f in keep:
-        if not 0.0 < f <= 1.0:
-            raise SpecdynError(f"--keep {f}: fractions must be in (0, 1]")
     st = SpectralStore.open(store_path)
     rows = _selected(st, opts)
+    setup = _setup(st, rows, keep, opts)
+    if not opts.overwrite:  # refuse before the write session touches the store
+        _check_compatible(results.read_group(store_path, GROUP), setup.attrs, store_path, False)
+    engine, warned = SVDEngine(), set()
+    computed, svd_counts = 0, {"store": 0, "checkpoint": 0}
+    with write_session(store_path, "prune-eval"):
+        results.recover(store_path, GROUP)
+        existing = None if opts.overwrite else results.read_group(store_path, GROUP)
+        _check_compatible(existing, setup.attrs, store_path, opts.overwrite)
+        all_rows, all_keep, metrics = _merge(existing, rows, keep, setup)
+        todo = _todo(store_path, existing, rows, all_rows, all_keep, keep, metrics, setup)
+        total = sum(1 + 2 * len(missing) for _, _, missing in todo)
+        with progress(show_progress and total > 0) as bar:
+            task_id = bar.add_task("prune-eval", total=total)
+            for r, i, missing in todo:
+                bar.update(task_id, description=f"prune-eval step {r['step']}")
+                metrics, from_store = _evaluate_row(
+                    st,
+                    store_path,
+                    r,
+                    i,
+                    missing,
+                    all_rows,
+                    all_keep,
+                    metrics,
+                    setup,
+                    opts,
+                    engine,
+                    warned,
+                    lambda: bar.advance(task_id),
+                )
+                svd_counts["store"] += int(from_store.sum())
+                svd_counts["checkpoint"] += int((~from_store).sum())
+                computed += 1
+    return summary(store_path, computed, svd_counts, time.perf_counter() - t0)
 
-    # Everything is checked before any work: the task, its model against every selected checkpoint.
+
+def _setup(st, rows: list[dict], keep: list[float], opts: PruneOptions) -> _Setup:
+    """Everything checked before any work: the task, its model against every selected checkpoint."""
     first = Endpoint.open(rows[0]["path"], opts.trust_pickle)
     task, described = resolve_task(opts.task, first.path, opts.config)
     model = task.build_model()
@@ -158,111 +195,93 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
     matrices = pruned_matrices(model, state_map, known)
     if not matrices:
         raise SpecdynError(f"{first.path}: the model has a single weight matrix (the final layer); nothing to prune")
-    names = [m.spec.name for m in matrices]
     ranks = {f: {m.spec.name: keep_rank(m.spec.k, f) for m in matrices} for f in keep}
     attrs = {
         "task": described,
         "bn_recal": opts.bn_recal,
         "final_layer": state_map.names[model_final(model)],
-        "store": str(Path(store_path).resolve()),
+        "store": str(st.path.resolve()),
     }
+    return _Setup(task, model, state_map, matrices, [m.spec.name for m in matrices], ranks, attrs)
 
-    engine, warned = SVDEngine(), set()
-    computed, svd_counts = 0, {"store": 0, "checkpoint": 0}
-    if not opts.overwrite:  # refuse before the write session touches the store
-        _check_compatible(results.read_group(Path(store_path), GROUP), attrs, Path(store_path), False)
-    with write_session(Path(store_path), "prune-eval"):
-        results.recover(Path(store_path), GROUP)
-        existing = None if opts.overwrite else results.read_group(Path(store_path), GROUP)
-        _check_compatible(existing, attrs, Path(store_path), opts.overwrite)
-        if existing is not None:
-            old = existing[0]
-            old_rows = [
-                {"step": int(s), "checkpoint": str(c), "source": int(src)}
-                for s, c, src in zip(old["step"][1], old["path"][1], old["source"][1])
-            ]
-            sel = {_row_key(r["source"], r["checkpoint"]) for r in rows}
-            all_rows = rows + [r for r in old_rows if _row_key(r["source"], r["checkpoint"]) not in sel]
-            all_keep = sorted(set(keep) | {float(f) for f in old["keep"][1]})
-            metrics = [str(m) for m in old["metric"][1]]
-            old_ranks = {
-                float(f): dict(zip(old["prune_matrix"][1], old["kept_rank"][1][j]))
-                for j, f in enumerate(old["keep"][1])
-            }
-            for f in all_keep:
-                ranks.setdefault(f, old_ranks.get(f, {n: keep_rank(m.spec.k, f) for n, m in zip(names, matrices)}))
-        else:
-            all_rows, all_keep, metrics = list(rows), keep, None
-        all_rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
-        index = {_row_key(r["source"], r["checkpoint"]): i for i, r in enumerate(all_rows)}
 
-        layout = None
-        if existing is not None:
-            layout = _layout(existing, all_rows, all_keep, metrics, names, ranks, attrs)
-            if _same_axes(existing[0], layout):
-                layout = None  # nothing to rebuild; rows are filled in place
-            else:
-                results.write_group(
-                    Path(store_path), GROUP, layout, {**existing[1], **attrs}, row_dim=ROW, coords=COORDS
-                )
-            done = results.read_group(Path(store_path), GROUP)[0]["done"][1]
-        todo = []
-        for r in rows:
-            i = index[_row_key(r["source"], r["checkpoint"])]
-            missing = [f for j, f in enumerate(all_keep) if f in keep and (existing is None or not done[i, j])]
-            if missing:
-                todo.append((r, i, missing))
+def _merge(existing, rows: list[dict], keep: list[float], setup: _Setup):
+    """The group's rows and fractions after this run: the selected ones and those already in the store (whose
+    kept ranks stay as they were computed)."""
+    if existing is None:
+        return sorted(rows, key=_order), keep, None
+    old = existing[0]
+    old_rows = [
+        {"step": int(s), "checkpoint": str(c), "source": int(src)}
+        for s, c, src in zip(old["step"][1], old["path"][1], old["source"][1])
+    ]
+    sel = {_row_key(r["source"], r["checkpoint"]) for r in rows}
+    all_rows = rows + [r for r in old_rows if _row_key(r["source"], r["checkpoint"]) not in sel]
+    all_keep = sorted(set(keep) | {float(f) for f in old["keep"][1]})
+    old_ranks = {
+        float(f): dict(zip(old["prune_matrix"][1], old["kept_rank"][1][j])) for j, f in enumerate(old["keep"][1])
+    }
+    for f in all_keep:
+        fresh = {n: keep_rank(m.spec.k, f) for n, m in zip(setup.names, setup.matrices)}
+        setup.ranks.setdefault(f, old_ranks.get(f, fresh))
+    return sorted(all_rows, key=_order), all_keep, [str(m) for m in old["metric"][1]]
 
-        total = sum(1 + 2 * len(missing) for _, _, missing in todo)
-        with progress(show_progress and total > 0) as bar:
-            task_id = bar.add_task("prune-eval", total=total)
-            for r, i, missing in todo:
-                bar.update(task_id, description=f"prune-eval step {r['step']}")
-                ep = Endpoint.open(r["path"], opts.trust_pickle)
-                base = read_state(ep.reader, state_map, model)
-                ep.reader.close()
-                full = run_variant(task, model, base, {}, recal=False)
-                bar.advance(task_id)
-                if metrics is None:
-                    metrics = metric_names(full)
-                    results.write_group(
-                        Path(store_path),
-                        GROUP,
-                        _layout(None, all_rows, all_keep, metrics, names, ranks, attrs),
-                        attrs,
-                        row_dim=ROW,
-                        coords=COORDS,
-                    )
-                need = {m.key: max(ranks[f][m.spec.name] for f in missing) for m in matrices}
-                spectra, from_store = _spectra(st, r["row"], base, matrices, need, engine, warned)
-                svd_counts["store"] += int(from_store.sum())
-                svd_counts["checkpoint"] += int((~from_store).sum())
-                g = results.open_group(Path(store_path), GROUP)
-                top_row, bottom_row, done_row = g["top_kept"][i], g["bottom_kept"][i], g["done"][i]
-                for f in missing:
-                    j = all_keep.index(f)
-                    top, bottom = low_rank_pair(
-                        base, matrices, spectra, {m.key: ranks[f][m.spec.name] for m in matrices}
-                    )
-                    top_row[j] = as_array(run_variant(task, model, base, top, opts.bn_recal), metrics)
-                    bar.advance(task_id)
-                    bottom_row[j] = as_array(run_variant(task, model, base, bottom, opts.bn_recal), metrics)
-                    bar.advance(task_id)
-                    done_row[j] = True
-                results.write_row(
-                    g,
-                    i,
-                    {
-                        "full": as_array(full, metrics),
-                        "top_kept": top_row,
-                        "bottom_kept": bottom_row,
-                        "svd_from_store": from_store,
-                    },
-                    {"done": done_row},
-                )
-                computed += 1
-                del base, spectra
-    return summary(Path(store_path), computed, svd_counts, time.perf_counter() - t0)
+
+def _order(r: dict):
+    return r["step"], r["source"], r["checkpoint"]
+
+
+def _todo(store_path, existing, rows, all_rows, all_keep, keep, metrics, setup: _Setup):
+    """(row, its index in the group, the fractions it still needs) for each selected row; rewrites the group
+    first when its axes change (new rows or fractions), keeping every done cell."""
+    index = {_row_key(r["source"], r["checkpoint"]): i for i, r in enumerate(all_rows)}
+    done = None
+    if existing is not None:
+        layout = _layout(existing, all_rows, all_keep, metrics, setup.names, setup.ranks, setup.attrs)
+        if not _same_axes(existing[0], layout):
+            attrs = {**existing[1], **setup.attrs}
+            results.write_group(store_path, GROUP, layout, attrs, row_dim=ROW, coords=COORDS)
+        done = results.read_group(store_path, GROUP)[0]["done"][1]
+    todo = []
+    for r in rows:
+        i = index[_row_key(r["source"], r["checkpoint"])]
+        missing = [f for j, f in enumerate(all_keep) if f in keep and (done is None or not done[i, j])]
+        if missing:
+            todo.append((r, i, missing))
+    return todo
+
+
+def _evaluate_row(
+    st, store_path, r, i, missing, all_rows, all_keep, metrics, setup: _Setup, opts, engine, warned, tick
+):
+    """The full model and both variants of every missing fraction at one checkpoint, written as one row (its
+    done flags last). Returns the metric names (known after the first evaluation) and which SVDs the store gave."""
+    task, model, matrices, ranks = setup.task, setup.model, setup.matrices, setup.ranks
+    ep = Endpoint.open(r["path"], opts.trust_pickle)
+    base = read_state(ep.reader, setup.state_map, model)
+    ep.reader.close()
+    full = run_variant(task, model, base, {}, recal=False)
+    tick()
+    if metrics is None:  # the first evaluation names the metrics: now the group can be laid out
+        metrics = metric_names(full)
+        layout = _layout(None, all_rows, all_keep, metrics, setup.names, ranks, setup.attrs)
+        results.write_group(store_path, GROUP, layout, setup.attrs, row_dim=ROW, coords=COORDS)
+    need = {m.key: max(ranks[f][m.spec.name] for f in missing) for m in matrices}
+    spectra, from_store = _spectra(st, r["row"], base, matrices, need, engine, warned)
+    g = results.open_group(store_path, GROUP)
+    top_row, bottom_row, done_row = g["top_kept"][i], g["bottom_kept"][i], g["done"][i]
+    for f in missing:
+        j = all_keep.index(f)
+        top, bottom = low_rank_pair(base, matrices, spectra, {m.key: ranks[f][m.spec.name] for m in matrices})
+        top_row[j] = as_array(run_variant(task, model, base, top, opts.bn_recal), metrics)
+        tick()
+        bottom_row[j] = as_array(run_variant(task, model, base, bottom, opts.bn_recal), metrics)
+        tick()
+        done_row[j] = True
+    values = {"full": as_array(full, metrics), "top_kept": top_row, "bottom_kept": bottom_row,
+              "svd_from_store": from_store}  # fmt: skip
+    results.write_row(g, i, values, {"done": done_row})
+    return metrics, from_store
 
 
 def model_final(model) -> str:

@@ -21,17 +21,6 @@ from specdyn.errors import SpecdynError
 from specdyn.io import CheckpointReader
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    """`key=value` strings (from repeated --config options) as a dict; values stay strings for make_config."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecdynError(f"--config {item!r}: expected key=value, e.g. --config data_frac=0.3")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _as_task(obj, spec: str):
     """A Task instance from an object named by the user: an instance, or a class/factory called with no args."""
     from specdyn.tasks.base import Task
@@ -84,17 +73,6 @@ def load_file_task(spec: str):
 
 def is_user_spec(spec: str) -> bool:
     return ":" in spec
-
-
-def run_info(run_dir: Path) -> dict:
-    """The run.json `specdyn train` writes in a run dir ({"task", "config", "init_from", "mask", ...}); {} if none."""
-    f = Path(run_dir) / "run.json"
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError:
-        raise SpecdynError(f"{f}: not valid JSON; fix or remove it") from None
 
 
 def trained_task(path: Path) -> tuple[str | None, dict | None]:
