@@ -58,110 +58,57 @@ def interesting_matrices(store, n: int = N_INTERESTING) -> dict[str, list[tuple[
 
 
 def figure_jobs(stores, labels: list[str]) -> list[FigureJob]:
+    """Every figure of the report: comparisons across runs (with several stores), then each run's own."""
+    jobs = _comparison_jobs(stores) if len(stores) > 1 else []
+    for st, label in zip(stores, labels):
+        jobs += _run_jobs(st, label)
+    return jobs
+
+
+def _comparison_jobs(stores) -> list[FigureJob]:
+    sec = "Comparison"
+    mean = "Mean over every matrix of each run (band: ± one standard deviation across matrices)."
+    jobs = [FigureJob(sec, "Spectral metrics, all runs", mean, "compare", stores,
+                      {"metric": ["effective_rank", "stable_rank", "stability_score"]})]  # fmt: skip
+    logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(stores, m)]
+    if logs:
+        jobs.append(FigureJob(sec, "Training curves, all runs", "From each run's run.json.", "compare", stores,
+                              {"metric": logs}))  # fmt: skip
+    heat = "Normalized effective rank of every matrix; one colour scale, fixed to [0, 1]."
+    jobs.append(FigureJob(sec, "Effective rank, all runs", heat, "rank-heatmap", stores))
+    jobs.append(FigureJob(sec, "At a glance, all runs", "One row per run (the paper's Fig. 2).", "grokking", stores))
+    return jobs
+
+
+def _run_jobs(st, sec: str) -> list[FigureJob]:
     from specdyn.plots import interp, prune, select
 
-    jobs = []
-    if len(stores) > 1:
-        sec = "Comparison"
-        jobs.append(
-            FigureJob(
-                sec,
-                "Spectral metrics, all runs",
-                "Mean over every matrix of each run (band: ± one standard deviation across matrices).",
-                "compare",
-                stores,
-                {"metric": ["effective_rank", "stable_rank", "stability_score"]},
-            )
-        )
-        logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(stores, m)]
-        if logs:
-            jobs.append(
-                FigureJob(
-                    sec, "Training curves, all runs", "From each run's run.json.", "compare", stores, {"metric": logs}
-                )
-            )
-        jobs.append(
-            FigureJob(
-                sec,
-                "Effective rank, all runs",
-                "Normalized effective rank of every matrix; one colour scale, fixed to [0, 1].",
-                "rank-heatmap",
-                stores,
-            )
-        )
-        jobs.append(
-            FigureJob(sec, "At a glance, all runs", "One row per run (the paper's Fig. 2).", "grokking", stores)
-        )
-    for st, label in zip(stores, labels):
-        sec = label
-        pick = interesting_matrices(st)
-        least = pick["least_stable"][0][0] if pick["least_stable"] else None
-        shown = list(dict.fromkeys([n for n, _ in pick["rank_drop"][:2]] + [n for n, _ in pick["least_stable"][:2]]))
-        jobs.append(
-            FigureJob(
-                sec,
-                "At a glance",
-                "Loss and error (run.json), the singular values of one matrix, the "
-                "effective rank of every matrix, and the alignment diagonal of one pair.",
-                "grokking",
-                [st],
-            )
-        )
-        jobs.append(
-            FigureJob(
-                sec,
-                "Effective rank of every matrix",
-                "Normalized effective rank (docs/method.md 1.2), matrices by depth, first at the top.",
-                "rank-heatmap",
-                [st],
-            )
-        )
-        jobs.append(
-            FigureJob(
-                sec,
-                "Rank metrics and loss",
-                "Normalized effective rank and stable rank of every matrix, with the logged losses on the right axis.",
-                "metrics",
-                [st],
-                {"metric": ["effective_rank", "stable_rank"]},
-            )
-        )
-        jobs.append(
-            FigureJob(
-                sec,
-                "Stability",
-                "Left: the SVA diagonal of the least stable matrix against the "
-                "final checkpoint; right: the stability score of every matrix.",
-                "stability",
-                [st],
-                {"matrix": least} if least else {},
-            )
-        )
-        if select.pair_specs(st):
-            jobs.append(
-                FigureJob(
-                    sec,
-                    "Alignment",
-                    "Left: the alignment diagonal of one neighbouring pair; right: the alignment score of every pair.",
-                    "alignment",
-                    [st],
-                )
-            )
-        if shown:
-            jobs.append(
-                FigureJob(
-                    sec,
-                    "Singular values of the most interesting matrices",
-                    "The largest drops of effective rank and the least stable matrices (see the table).",
-                    "sv",
-                    [st],
-                    {"matrix": shown},
-                )
-            )
-        if prune.has_results(st):
-            jobs.append(FigureJob(sec, "Low-rank pruning", "From `specdyn prune-eval`.", "prune", [st]))
-        if interp.has_results(st):
-            jobs.append(FigureJob(sec, "Interpolation", "From `specdyn interpolate`.", "interp", [st]))
+    pick = interesting_matrices(st)
+    least = pick["least_stable"][0][0] if pick["least_stable"] else None
+    shown = list(dict.fromkeys([n for n, _ in pick["rank_drop"][:2]] + [n for n, _ in pick["least_stable"][:2]]))
+    glance = ("Loss and error (run.json), the singular values of one matrix, the effective rank of every matrix, "
+              "and the alignment diagonal of one pair.")  # fmt: skip
+    heat = "Normalized effective rank (docs/method.md 1.2), matrices by depth, first at the top."
+    ranks = "Normalized effective rank and stable rank of every matrix, with the logged losses on the right axis."
+    stability = ("Left: the SVA diagonal of the least stable matrix against the final checkpoint; right: the "
+                 "stability score of every matrix.")  # fmt: skip
+    jobs = [
+        FigureJob(sec, "At a glance", glance, "grokking", [st]),
+        FigureJob(sec, "Effective rank of every matrix", heat, "rank-heatmap", [st]),
+        FigureJob(sec, "Rank metrics and loss", ranks, "metrics", [st], {"metric": ["effective_rank", "stable_rank"]}),
+        FigureJob(sec, "Stability", stability, "stability", [st], {"matrix": least} if least else {}),
+    ]
+    if select.pair_specs(st):
+        alignment = "Left: the alignment diagonal of one neighbouring pair; right: the alignment score of every pair."
+        jobs.append(FigureJob(sec, "Alignment", alignment, "alignment", [st]))
+    if shown:
+        sv = "The largest drops of effective rank and the least stable matrices (see the table)."
+        jobs.append(FigureJob(sec, "Singular values of the most interesting matrices", sv, "sv", [st],
+                              {"matrix": shown}))  # fmt: skip
+    if prune.has_results(st):
+        jobs.append(FigureJob(sec, "Low-rank pruning", "From `specdyn prune-eval`.", "prune", [st]))
+    if interp.has_results(st):
+        jobs.append(FigureJob(sec, "Interpolation", "From `specdyn interpolate`.", "interp", [st]))
     return jobs
 
 

@@ -260,36 +260,13 @@ def train(
     config = config_dict(cfg)
 
     model = task.build_model()
-    start = 0
-    info: dict[str, Any] = {}
-    if branch.init_from is not None:
-        src = branch.init_from
-        load_weights(model, src.state_dict, src.path)
-        start = src.step or 0
-        info["init_from"] = {"path": str(src.path), "step": start}
+    start, masks, info = _branch_start(task, model, branch)
     if start >= cfg.steps:
         raise SpecdynError(
             f"the run starts at step {start} and config steps is {cfg.steps}: nothing to train; "
             f"pass --steps larger than {start}"
         )
     schedule = save_steps(start, cfg.steps, every=every, log=log)
-
-    edited = False
-    if branch.perturb_scale:
-        g = torch.Generator().manual_seed(cfg.seed)
-        branching.perturb_(model, branching.branch_names(model), branch.perturb_scale, g)
-        info["perturb"] = {"scale": branch.perturb_scale, "seed": cfg.seed}
-        edited = True
-    masks: dict[str, torch.Tensor] = {}
-    if branch.mask_from is not None:
-        masks = _make_masks(model, branch, cfg.seed)
-        branching.apply_masks_(model, masks)
-        info["mask"] = {"from": str(branch.mask_from.path), "step": branch.mask_from.step, "type": branch.mask_type,
-                        "density": branch.density, "kept_fraction": branching.mask_density(masks),
-                        "kept": sum(int(m.sum()) for m in masks.values())}  # fmt: skip
-        edited = True
-    if edited:
-        recalibrate(task, model)
     prepare_run_dir(run_dir, overwrite)
 
     optimizer = task.make_optimizer(model)
@@ -316,7 +293,44 @@ def train(
             torch.save(optimizer.state_dict(), run_dir / "optimizer" / f"step_{step:06d}.optim")
         write_run_info(run_dir, run_info)
 
-    save_at = set(schedule)
+    _train_loop(task, model, optimizer, masks, start, set(schedule), save, show_progress, history, run_dir)
+    if fmt == "lightning":
+        shutil.copyfile(written[-1], run_dir / "last.ckpt")  # as Lightning's save_last does
+    return RunResult(run_dir, written, history, info)
+
+
+def _branch_start(task: BuiltinTask, model, branch: Branch) -> tuple[int, dict, dict]:
+    """Put the model at its starting point: the trunk's weights for a branch, then its edits (a norm-preserving
+    perturbation, a lottery mask). Returns the start step, the masks to keep applying, and what was done."""
+    cfg, start, info = task.config, 0, {}
+    if branch.init_from is not None:
+        src = branch.init_from
+        load_weights(model, src.state_dict, src.path)
+        start = src.step or 0
+        info["init_from"] = {"path": str(src.path), "step": start}
+    edited = False
+    if branch.perturb_scale:
+        g = torch.Generator().manual_seed(cfg.seed)
+        branching.perturb_(model, branching.branch_names(model), branch.perturb_scale, g)
+        info["perturb"] = {"scale": branch.perturb_scale, "seed": cfg.seed}
+        edited = True
+    masks: dict[str, torch.Tensor] = {}
+    if branch.mask_from is not None:
+        masks = _make_masks(model, branch, cfg.seed)
+        branching.apply_masks_(model, masks)
+        info["mask"] = {"from": str(branch.mask_from.path), "step": branch.mask_from.step, "type": branch.mask_type,
+                        "density": branch.density, "kept_fraction": branching.mask_density(masks),
+                        "kept": sum(int(m.sum()) for m in masks.values())}  # fmt: skip
+        edited = True
+    if edited:
+        recalibrate(task, model)
+    return start, masks, info
+
+
+def _train_loop(task, model, optimizer, masks, start: int, save_at: set, save, show_progress: bool, history, run_dir):
+    """Optimizer steps from `start` to the config's steps, calling save(step) at each step in `save_at`."""
+    cfg = task.config
+    spe = task.steps_per_epoch()
     model.train()
     with _progress(show_progress, task.name, start, cfg.steps) as advance:
         save(start)
@@ -350,9 +364,6 @@ def train(
             if step in save_at:
                 save(step)
             advance(value, history[-1])
-    if fmt == "lightning":
-        shutil.copyfile(written[-1], run_dir / "last.ckpt")  # as Lightning's save_last does
-    return RunResult(run_dir, written, history, info)
 
 
 def _make_masks(model, branch: Branch, seed: int) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from specdyn.cli import app
 from specdyn.commands.common import flag_of
 from specdyn.errors import SpecdynError
 from specdyn.evals.options import InterpOptions, LotteryOptions, PruneOptions
+from specdyn.plots.options import PlotOptions
 from specdyn.train_options import TrainOptions
 
 runner = CliRunner()
@@ -31,6 +32,8 @@ CASES = [
     (TrainOptions, {"save_every": 2, "save_log": 3}, ["train", "mlp", "--save-every", "2", "--save-log", "3"],
      "pass --save-every or --save-log, not both"),
     (TrainOptions, {"density": 0.1}, ["train", "mlp", "--density", "0.1"], "--mask-from and --density go together"),
+    (PlotOptions, {"dpi": 5}, ["plot", "sv", "RUN", "-o", "f.png", "--dpi", "5"], "--dpi 5: must be at least 10"),
+    (PlotOptions, {"x": "time"}, ["plot", "sv", "RUN", "-o", "f.png", "--x", "time"], "--x 'time': use step, index"),
     (TrainOptions, {"format": "onnx"}, ["train", "mlp", "--format", "onnx"], "--format 'onnx': use safetensors"),
 ]  # fmt: skip
 
@@ -48,7 +51,7 @@ def test_api_and_cli_refuse_the_same_input_with_the_same_message(cls, kwargs, ar
 
 @pytest.mark.parametrize("cls, command", [(AnalyzeOptions, "analyze"), (PruneOptions, "prune-eval"),
                                           (InterpOptions, "interpolate"), (LotteryOptions, "lottery"),
-                                          (TrainOptions, "train")])  # fmt: skip
+                                          (TrainOptions, "train"), (PlotOptions, "plot")])  # fmt: skip
 def test_every_field_is_a_flag_of_its_command(cls, command):
     text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
     for f in dataclasses.fields(cls):
@@ -63,6 +66,6 @@ def test_options_are_frozen_so_no_loop_can_change_them():
 
 
 def test_defaults_are_valid_and_cli_lists_arrive_parsed():
-    for cls in (AnalyzeOptions, PruneOptions, InterpOptions, LotteryOptions, TrainOptions):
+    for cls in (AnalyzeOptions, PruneOptions, InterpOptions, LotteryOptions, TrainOptions, PlotOptions):
         cls()
     assert PruneOptions().keep == [0.5] and LotteryOptions().densities == [0.05]

@@ -336,14 +336,54 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
 
     t0 = time.perf_counter()
     grid = alphas(opts.points)
-    if not 0.0 < opts.keep <= 1.0:
-        raise SpecdynError(f"--keep {opts.keep}: the fraction must be in (0, 1]")
-    if opts.sva_rank < 1:
-        raise SpecdynError(f"--sva-rank {opts.sva_rank}: must be positive")
     if not pairs:
         raise SpecdynError("no pairs to interpolate")
+    task, described, model, state_map, matrices = _setup(pairs, opts)
+    names = [m.spec.name for m in matrices]
+    out = Path(out) if out is not None else default_out(pairs)
+    attrs = {
+        "task": described,
+        "points": opts.points,
+        "keep": opts.keep,
+        "bn_recal": opts.bn_recal,
+        "sva_rank": opts.sva_rank,
+        "final_layer": names[-1],
+        "paths_relative_to": "the store's parent folder",
+    }
+    if not opts.overwrite:  # refuse before the write session touches the store
+        _check_compatible(results.read_group(out, GROUP) if out.exists() else None, attrs, out)
+    ev = Evaluator(task, model, state_map, matrices, opts)
+    computed = 0
+    with write_session(out, "interpolate") as root:
+        results.mark_results_only(out, root)
+        results.recover(out, GROUP)
+        existing = None if opts.overwrite else results.read_group(out, GROUP)
+        _check_compatible(existing, attrs, out)
+        rows, done = _rows(pairs, out.parent, existing)
+        todo = [
+            (i, r) for i, r in enumerate(rows) if r["pair"] is not None and not done.get((r["ckpt_a"], r["ckpt_b"]))
+        ]
+        layout_written = existing is not None
+        if existing is not None:
+            ev.metrics = [str(m) for m in existing[0]["metric"][1]]
+            layout = _layout(rows, grid, ev.metrics, names, opts.sva_rank, existing)
+            results.write_group(out, GROUP, layout, attrs, row_dim=ROW, coords=COORDS)
+        with progress(show_progress and bool(todo)) as bar:
+            tid = bar.add_task("interpolate", total=len(todo) * len(grid) * 3)
+            for i, r in todo:
+                bar.update(tid, description=f"interpolate {r['label'] or Path(r['ckpt_a']).name}")
+                res = ev.pair(r["pair"], grid, lambda: bar.advance(tid))
+                if not layout_written:  # the first evaluation names the metrics: now the group can be laid out
+                    layout = _layout(rows, grid, ev.metrics, names, opts.sva_rank, None)
+                    results.write_group(out, GROUP, layout, attrs, row_dim=ROW, coords=COORDS)
+                    layout_written = True
+                results.write_row(results.open_group(out, GROUP), i, res, {"done": np.array(True)})
+                computed += 1
+    return summary(out, computed, time.perf_counter() - t0)
 
-    # Before any work: every endpoint readable, one architecture throughout, and the task's model fits it.
+
+def _setup(pairs: list[Pair], opts: InterpOptions):
+    """Before any work: every endpoint readable, one architecture throughout, and the task's model fits it."""
     shapes: dict[Path, dict] = {}
 
     def shapes_of(path: Path) -> dict:
@@ -364,97 +404,31 @@ def interpolate(pairs: list[Pair], out: Path | None, opts: InterpOptions, show_p
     matrices = model_matrices(model, state_map)
     if len(matrices) < 2:
         raise SpecdynError(f"{first.path}: the model has a single weight matrix (the final layer); nothing to prune")
-    names = [m.spec.name for m in matrices]
+    return task, described, model, state_map, matrices
 
-    out = Path(out) if out is not None else default_out(pairs)
-    base = out.parent
-    attrs = {
-        "task": described,
-        "points": opts.points,
-        "keep": opts.keep,
-        "bn_recal": opts.bn_recal,
-        "sva_rank": opts.sva_rank,
-        "final_layer": names[-1],
-        "paths_relative_to": "the store's parent folder",
-    }
-    if not opts.overwrite:  # refuse before the write session touches the store
-        _check_compatible(results.read_group(out, GROUP) if out.exists() else None, attrs, out)
-    ev = Evaluator(task, model, state_map, matrices, opts)
-    computed = 0
-    with write_session(out, "interpolate") as root:
-        from specdyn.store import is_store
 
-        if not is_store(out) and "specdyn_evals" not in root.attrs:
-            root.attrs["specdyn_evals"] = {"schema_version": 1, "contents": "evaluation results only (no spectra)"}
-        results.recover(out, GROUP)
-        existing = None if opts.overwrite else results.read_group(out, GROUP)
-        _check_compatible(existing, attrs, out)
-        rows = []
-        seen = set()
-        for p in pairs:
-            a, b = _row_id(p, base)
-            if (a, b) not in seen:
-                seen.add((a, b))
-                split = p.split_step if p.split_step >= 0 else infer_split(p.a, p.b)
-                # pairs with neither a split step nor a label are told apart by their checkpoints' names
-                label = p.label or ("" if split >= 0 else f"{_short(p.a)} vs {_short(p.b)}")
-                rows.append({"ckpt_a": a, "ckpt_b": b, "split_step": split, "label": label, "pair": p})
-        if existing is not None:
-            old = existing[0]
-            for i, (a, b) in enumerate(zip(old["ckpt_a"][1], old["ckpt_b"][1])):
-                if (str(a), str(b)) not in seen:
-                    rows.append(
-                        {
-                            "ckpt_a": str(a),
-                            "ckpt_b": str(b),
-                            "split_step": int(old["split_step"][1][i]),
-                            "label": str(old["label"][1][i]),
-                            "pair": None,
-                        }
-                    )
-        rows.sort(key=lambda r: (r["split_step"], r["label"], r["ckpt_a"], r["ckpt_b"]))
-        metrics = [str(m) for m in existing[0]["metric"][1]] if existing is not None else None
-        done = {}
-        if existing is not None:
-            done = {
-                (str(a), str(b)): bool(d)
-                for a, b, d in zip(existing[0]["ckpt_a"][1], existing[0]["ckpt_b"][1], existing[0]["done"][1])
-            }
-        todo = [
-            (i, r) for i, r in enumerate(rows) if r["pair"] is not None and not done.get((r["ckpt_a"], r["ckpt_b"]))
-        ]
-        layout_written = False
-        if existing is not None:
-            ev.metrics = metrics
-            results.write_group(
-                out,
-                GROUP,
-                _layout(rows, grid, metrics, names, opts.sva_rank, existing),
-                attrs,
-                row_dim=ROW,
-                coords=COORDS,
-            )
-            layout_written = True
-
-        with progress(show_progress and bool(todo)) as bar:
-            tid = bar.add_task("interpolate", total=len(todo) * len(grid) * 3)
-            for i, r in todo:
-                bar.update(tid, description=f"interpolate {r['label'] or Path(r['ckpt_a']).name}")
-                res = ev.pair(r["pair"], grid, lambda: bar.advance(tid))
-                if not layout_written:
-                    results.write_group(
-                        out,
-                        GROUP,
-                        _layout(rows, grid, ev.metrics, names, opts.sva_rank, None),
-                        attrs,
-                        row_dim=ROW,
-                        coords=COORDS,
-                    )
-                    layout_written = True
-                g = results.open_group(out, GROUP)
-                results.write_row(g, i, res, {"done": np.array(True)})
-                computed += 1
-    return summary(out, computed, time.perf_counter() - t0)
+def _rows(pairs: list[Pair], base: Path, existing):
+    """The group's rows after this run (the pairs given and those already stored), sorted by split step, and
+    which stored pairs are done."""
+    rows, seen = [], set()
+    for p in pairs:
+        a, b = _row_id(p, base)
+        if (a, b) not in seen:
+            seen.add((a, b))
+            split = p.split_step if p.split_step >= 0 else infer_split(p.a, p.b)
+            # pairs with neither a split step nor a label are told apart by their checkpoints' names
+            label = p.label or ("" if split >= 0 else f"{_short(p.a)} vs {_short(p.b)}")
+            rows.append({"ckpt_a": a, "ckpt_b": b, "split_step": split, "label": label, "pair": p})
+    done = {}
+    if existing is not None:
+        old = existing[0]
+        for i, (a, b) in enumerate(zip(old["ckpt_a"][1], old["ckpt_b"][1])):
+            done[(str(a), str(b))] = bool(old["done"][1][i])
+            if (str(a), str(b)) not in seen:
+                rows.append({"ckpt_a": str(a), "ckpt_b": str(b), "split_step": int(old["split_step"][1][i]),
+                             "label": str(old["label"][1][i]), "pair": None})  # fmt: skip
+    rows.sort(key=lambda r: (r["split_step"], r["label"], r["ckpt_a"], r["ckpt_b"]))
+    return rows, done
 
 
 # ------------------------------------------------------------------------------------------ reading

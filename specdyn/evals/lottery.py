@@ -93,20 +93,13 @@ def _zip(dense: list[dict], masked: list, how: str, where: Path) -> list[tuple[d
 
 
 def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) -> dict:
-    from specdyn import branching
-    from specdyn.io import discover
+    """Masks from one analyzed checkpoint, the SVA of each masked matrix against the dense one, and (with
+    --masked runs) masked against dense over time; written as the store's evals/lottery group."""
     from specdyn.spectral.svd import SVDEngine
     from specdyn.store import SpectralStore, write_session
 
     t0 = time.perf_counter()
     densities = sorted({float(d) for d in opts.densities})
-    for d in densities:
-        if not 0.0 < d <= 1.0:
-            raise SpecdynError(f"--density {d}: the kept fraction must be in (0, 1]")
-    if opts.zip not in ("step", "index"):
-        raise SpecdynError(f"--zip {opts.zip!r}: use 'step' or 'index'")
-    if opts.sva_rank < 1:
-        raise SpecdynError(f"--sva-rank {opts.sva_rank}: must be positive")
     st = SpectralStore.open(store_path)
     rows = _rows(st)
     if not rows:
@@ -114,97 +107,33 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
     at = _pick(rows, opts.step, st.path)
     if not at["path"].exists():
         raise SpecdynError(f"{at['path']}: checkpoint listed in {st.path} no longer exists; masks need its weights")
-    runs = []
-    for d in opts.masked:
-        ckpts = discover(d)
-        if not ckpts:
-            raise SpecdynError(f"{d}: no checkpoints in this masked run")
-        runs.append((Path(d), ckpts, _zip(rows, ckpts, opts.zip, Path(d))))
-
+    runs = _masked_runs(rows, opts)
     tensors = _read_matrices(at["path"], opts.trust_pickle)
     if len(tensors) < 2:
         raise SpecdynError(
             f"{at['path']}: a single weight matrix (the final layer, which masks leave alone); nothing to mask"
         )
     masked_names = list(tensors)[:-1]
-    specs = {n: _spec(st, n, tensors[n].shape) for n in tensors}
-    R, L, D = opts.sva_rank, len(masked_names), len(densities)
-    engine, warned = SVDEngine(), set()
-    sva_all = np.full((D, 2, L, R, R), np.nan, dtype=np.float32)
-    scores = np.full((D, 2, L), np.nan)
-    layer_density = np.full((D, 2, L), np.nan)
-    kept = np.zeros((D, 2), dtype=np.int64)
-    total = D * 2 * L + L + sum(len(z) for _, _, z in runs)
+    engine = SVDEngine()
+    total = len(densities) * 2 * len(masked_names) + len(masked_names) + sum(len(z) for _, _, z in runs)
     with progress(show_progress) as bar:
         tid = bar.add_task("lottery", total=total)
-        dense = {}
-        for n in masked_names:
-            W = specs[n].flatten(tensors[n])
-            dense[n], _ = spectrum_for(st, at["row"], specs[n], W, R, engine, warned)
-            bar.advance(tid)
-        for i, density in enumerate(densities):
-            try:
-                magnitude = branching.global_magnitude_mask(tensors, density)
-            except ValueError as e:
-                raise SpecdynError(f"--density {density}: {e}") from None
-            random = branching.random_mask_like(magnitude, torch.Generator().manual_seed(opts.seed))
-            for t, masks in enumerate((magnitude, random)):
-                kept[i, t] = sum(int(m.sum()) for m in masks.values())
-                for j, n in enumerate(masked_names):
-                    bar.update(tid, description=f"lottery d={density:g} {MASK_TYPES[t]}")
-                    W = specs[n].flatten(tensors[n])
-                    M = specs[n].flatten(masks[n].to(torch.float32))
-                    A = mask_sva(W, M, dense[n], engine, R)
-                    sva_all[i, t, j, : A.shape[0], : A.shape[1]] = A
-                    scores[i, t, j] = score(np.diag(A))
-                    layer_density[i, t, j] = float(masks[n].float().mean())
-                    bar.advance(tid)
-
-        arrays: results.Arrays = {
-            "density": (("lottery_density",), np.array(densities)),
-            "mask_type": (("mask_type",), np.array(MASK_TYPES, dtype=object)),
-            "lottery_matrix": (("lottery_matrix",), np.array(masked_names, dtype=object)),
-            "sva": (("lottery_density", "mask_type", "lottery_matrix", "rank_i", "rank_j"), sva_all),
-            "sva_score": (("lottery_density", "mask_type", "lottery_matrix"), scores),
-            "layer_density": (("lottery_density", "mask_type", "lottery_matrix"), layer_density),
-            "kept": (("lottery_density", "mask_type"), kept),
-        }
-        group_attrs, taken, run_summaries = {}, set(), []
-        for run_dir, _ckpts, zipped in runs:
-            name = _run_name(run_dir, taken)
-            a, info = _masked_run(st, run_dir, zipped, R, engine, opts.trust_pickle, lambda: bar.advance(tid))
-            for k, v in a.items():
-                arrays[f"runs/{name}/{k}"] = v
-            group_attrs[f"runs/{name}"] = info
-            run_summaries.append(
-                {
-                    "name": name,
-                    **info,
-                    "steps": a["step"][1].tolist(),
-                    "mean_sva_score": np.nanmean(a["sva_score"][1], axis=1).tolist(),
-                }
-            )
-
+        arrays, kept = _mask_svas(st, at, tensors, masked_names, densities, opts, engine, bar, tid)
+        group_attrs, run_summaries = _analyze_masked_runs(st, runs, arrays, opts, engine, lambda: bar.advance(tid))
     attrs = {
         "step": at["step"],
         "checkpoint": str(at["path"]),
         "seed": opts.seed,
-        "sva_rank": R,
+        "sva_rank": opts.sva_rank,
         "final_layer": list(tensors)[-1],
         "zip": opts.zip,
         "mask": "global magnitude over every ndim >= 2 tensor but the last (docs/method.md get_masks); random: "
         "per-layer Bernoulli with the magnitude mask's layer densities",
     }
     with write_session(Path(store_path), "lottery"):
-        results.write_group(
-            Path(store_path),
-            GROUP,
-            arrays,
-            attrs,
-            row_dim=("run_checkpoint",),
-            coords=["step", "dense_step", "path"],
-            group_attrs=group_attrs,
-        )
+        results.write_group(Path(store_path), GROUP, arrays, attrs, row_dim=("run_checkpoint",),
+                            coords=["step", "dense_step", "path"], group_attrs=group_attrs)  # fmt: skip
+    total_weights = sum(v.numel() for k, v in tensors.items() if k in masked_names)
     return {
         "store": str(store_path),
         "group": GROUP,
@@ -213,24 +142,93 @@ def lottery(store_path: Path, opts: LotteryOptions, show_progress: bool = True) 
         "seconds": round(time.perf_counter() - t0, 3),
         "matrices": masked_names,
         "densities": [
-            {
-                "density": d,
-                **{
-                    t: {
-                        "kept": int(kept[i, ti]),
-                        "kept_fraction": float(
-                            kept[i, ti] / sum(v.numel() for k, v in tensors.items() if k in masked_names)
-                        ),
-                        "sva_score": dict(zip(masked_names, scores[i, ti].tolist())),
-                        "layer_density": dict(zip(masked_names, layer_density[i, ti].tolist())),
-                    }
-                    for ti, t in enumerate(MASK_TYPES)
-                },
-            }
-            for i, d in enumerate(densities)
+            _density_summary(d, i, arrays, kept, masked_names, total_weights) for i, d in enumerate(densities)
         ],
         "runs": run_summaries,
     }
+
+
+def _masked_runs(rows: list[dict], opts: LotteryOptions) -> list:
+    """(run dir, its checkpoints, their pairing with the dense rows) for every --masked run."""
+    from specdyn.io import discover
+
+    runs = []
+    for d in opts.masked:
+        ckpts = discover(d)
+        if not ckpts:
+            raise SpecdynError(f"{d}: no checkpoints in this masked run")
+        runs.append((Path(d), ckpts, _zip(rows, ckpts, opts.zip, Path(d))))
+    return runs
+
+
+def _mask_svas(st, at: dict, tensors: dict, masked_names: list[str], densities: list[float], opts, engine, bar, tid):
+    """Per density and mask type (magnitude, random): the SVA of SVD(W) vs SVD(M⊙W) of every masked matrix."""
+    from specdyn import branching
+
+    R, L, D = opts.sva_rank, len(masked_names), len(densities)
+    specs = {n: _spec(st, n, tensors[n].shape) for n in tensors}
+    sva_all = np.full((D, 2, L, R, R), np.nan, dtype=np.float32)
+    scores = np.full((D, 2, L), np.nan)
+    layer_density = np.full((D, 2, L), np.nan)
+    kept = np.zeros((D, 2), dtype=np.int64)
+    dense, warned = {}, set()
+    for n in masked_names:
+        dense[n], _ = spectrum_for(st, at["row"], specs[n], specs[n].flatten(tensors[n]), R, engine, warned)
+        bar.advance(tid)
+    for i, density in enumerate(densities):
+        try:
+            magnitude = branching.global_magnitude_mask(tensors, density)
+        except ValueError as e:
+            raise SpecdynError(f"--density {density}: {e}") from None
+        random = branching.random_mask_like(magnitude, torch.Generator().manual_seed(opts.seed))
+        for t, masks in enumerate((magnitude, random)):
+            kept[i, t] = sum(int(m.sum()) for m in masks.values())
+            for j, n in enumerate(masked_names):
+                bar.update(tid, description=f"lottery d={density:g} {MASK_TYPES[t]}")
+                W = specs[n].flatten(tensors[n])
+                M = specs[n].flatten(masks[n].to(torch.float32))
+                A = mask_sva(W, M, dense[n], engine, R)
+                sva_all[i, t, j, : A.shape[0], : A.shape[1]] = A
+                scores[i, t, j] = score(np.diag(A))
+                layer_density[i, t, j] = float(masks[n].float().mean())
+                bar.advance(tid)
+    arrays: results.Arrays = {
+        "density": (("lottery_density",), np.array(densities)),
+        "mask_type": (("mask_type",), np.array(MASK_TYPES, dtype=object)),
+        "lottery_matrix": (("lottery_matrix",), np.array(masked_names, dtype=object)),
+        "sva": (("lottery_density", "mask_type", "lottery_matrix", "rank_i", "rank_j"), sva_all),
+        "sva_score": (("lottery_density", "mask_type", "lottery_matrix"), scores),
+        "layer_density": (("lottery_density", "mask_type", "lottery_matrix"), layer_density),
+        "kept": (("lottery_density", "mask_type"), kept),
+    }
+    return arrays, kept
+
+
+def _analyze_masked_runs(st, runs, arrays: results.Arrays, opts, engine, tick):
+    """Each masked run's SVA against the dense run over time, added to `arrays` under runs/<name>/."""
+    group_attrs, taken, summaries = {}, set(), []
+    for run_dir, _ckpts, zipped in runs:
+        name = _run_name(run_dir, taken)
+        a, info = _masked_run(st, run_dir, zipped, opts.sva_rank, engine, opts.trust_pickle, tick)
+        for k, v in a.items():
+            arrays[f"runs/{name}/{k}"] = v
+        group_attrs[f"runs/{name}"] = info
+        mean_score = np.nanmean(a["sva_score"][1], axis=1).tolist()
+        summaries.append({"name": name, **info, "steps": a["step"][1].tolist(), "mean_sva_score": mean_score})
+    return group_attrs, summaries
+
+
+def _density_summary(d: float, i: int, arrays, kept, masked_names: list[str], total_weights: int) -> dict:
+    scores, layer_density = arrays["sva_score"][1], arrays["layer_density"][1]
+    out = {"density": d}
+    for ti, t in enumerate(MASK_TYPES):
+        out[t] = {
+            "kept": int(kept[i, ti]),
+            "kept_fraction": float(kept[i, ti] / total_weights),
+            "sva_score": dict(zip(masked_names, scores[i, ti].tolist())),
+            "layer_density": dict(zip(masked_names, layer_density[i, ti].tolist())),
+        }
+    return out
 
 
 def _masked_run(st, run_dir: Path, zipped, R: int, engine, trust_pickle: bool, tick):

@@ -9,15 +9,10 @@ import inspect
 from pathlib import Path
 
 from specdyn.errors import SpecdynError
+from specdyn.plots.options import flags
 from specdyn.plots.registry import KINDS, PLOTS
 
-# CLI flag of each plot-function keyword, for messages.
-FLAGS = {
-    "metric": "--metric", "matrices": "--matrices", "matrix": "--matrix", "pair": "--pair", "pairs": "--pairs",
-    "top": "--top", "normalize": "--normalize", "log_y": "--log-y", "per_matrix": "--per-matrix",
-    "loss": "--no-loss", "steps": "--steps", "x": "--x", "log_x": "--log-x", "title": "--title",
-    "keep": "--keep", "split": "--split", "curve": "--curve",
-}  # fmt: skip
+FLAGS = flags()  # CLI flag of each plot-function keyword, for messages
 
 
 def check_kind(kind: str) -> str:

@@ -27,6 +27,14 @@ def recover(store: Path, group: str) -> None:
     _swap(store, group).recover()
 
 
+def mark_results_only(store: Path, root) -> None:
+    """Label a zarr folder that holds evaluation results but no spectra (interpolate's standalone interp.zarr)."""
+    from specdyn.store.layout import is_store
+
+    if not is_store(store) and "specdyn_evals" not in root.attrs:
+        root.attrs["specdyn_evals"] = {"schema_version": 1, "contents": "evaluation results only (no spectra)"}
+
+
 def has_group(store: Path, group: str) -> bool:
     return (Path(store) / group / "zarr.json").exists()
 
