@@ -22,6 +22,7 @@ import torch
 
 from specdyn import branching
 from specdyn.errors import SpecdynError
+from specdyn.io.base import Saved
 from specdyn.io.runmeta import write_run_info
 from specdyn.tasks.base import BuiltinTask, config_dict, recalibrate
 from specdyn.train_options import MASK_TYPES
@@ -96,7 +97,7 @@ def write_checkpoint(
     tmp = path.with_name(path.name + ".tmp")
     if tmp.is_dir():
         shutil.rmtree(tmp)
-    writer.write(tmp, state_dict, step, task_name, config, epoch, history)
+    writer.write(tmp, Saved(state_dict, step, task_name, config, epoch, history))
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)

@@ -41,6 +41,18 @@ class Checkpoint:
         return self.path.relative_to(self.run_dir).as_posix()
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A checkpoint to write: the weights, the step, and what `specdyn train` records with them."""
+
+    state_dict: dict[str, torch.Tensor]
+    step: int
+    task: str
+    config: dict[str, Any]
+    epoch: int = 0
+    history: list[dict] | None = None
+
+
 class TensorSource(Protocol):
     """An open checkpoint: raw tensor keys, shapes and dtypes from headers, one tensor at a time."""
 
@@ -94,16 +106,8 @@ class CheckpointFormat:
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
-    def write(
-        self,
-        path: Path,
-        state_dict: dict[str, torch.Tensor],
-        step: int,
-        task: str,
-        config: dict[str, Any],
-        epoch: int = 0,
-        history: list[dict] | None = None,
-    ) -> None:
+    def write(self, path: Path, ckpt: Saved) -> None:
+        """Write `ckpt` at `path` (the caller writes to a temporary name and renames it into place)."""
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import CheckpointFormat, TensorSource, as_step, read_json, reading, write_json
+from specdyn.io.base import CheckpointFormat, Saved, TensorSource, as_step, read_json, reading, write_json
 from specdyn.io.safetensors_file import SafetensorsSource, save_file
 from specdyn.io.torch_file import TorchSource
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 FINAL_MODEL = ("model.safetensors", "pytorch_model.bin")  # what Trainer.save_model writes next to checkpoint-*/
@@ -82,23 +82,15 @@ class HFFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"checkpoint-{step}"
 
-    def write(
-        self,
-        path: Path,
-        state_dict: dict[str, torch.Tensor],
-        step: int,
-        task: str,
-        config: dict[str, Any],
-        epoch: int = 0,
-        history: list[dict] | None = None,
-    ) -> None:
+    def write(self, path: Path, ckpt: Saved) -> None:
         """model.safetensors ({"format": "pt"} only, as Hugging Face writes), trainer_state.json, config.json."""
         if path.exists():
             shutil.rmtree(path)
         path.mkdir()
-        save_file(state_dict, path / "model.safetensors", {"format": "pt"})
-        hf_config = {"specdyn_task": task, **config}
-        if "n_heads" in config:
-            hf_config["num_attention_heads"] = config["n_heads"]
+        save_file(ckpt.state_dict, path / "model.safetensors", {"format": "pt"})
+        hf_config = {"specdyn_task": ckpt.task, **ckpt.config}
+        if "n_heads" in ckpt.config:
+            hf_config["num_attention_heads"] = ckpt.config["n_heads"]
         write_json(path / "config.json", hf_config)
-        write_json(path / "trainer_state.json", {"global_step": step, "epoch": epoch, "log_history": history or []})
+        state = {"global_step": ckpt.step, "epoch": ckpt.epoch, "log_history": ckpt.history or []}
+        write_json(path / "trainer_state.json", state)

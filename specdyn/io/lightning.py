@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from specdyn.io.base import step_from_name
+from specdyn.io.base import Saved, step_from_name
 from specdyn.io.torch_file import TorchFormat, TorchSource
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 META_KEYS = (
     "hyper_parameters",
@@ -48,19 +48,11 @@ class LightningFormat(TorchFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"epoch={epoch}-step={step}.ckpt"
 
-    def write(
-        self,
-        path: Path,
-        state_dict: dict[str, torch.Tensor],
-        step: int,
-        task: str,
-        config: dict[str, Any],
-        epoch: int = 0,
-        history: list[dict] | None = None,
-    ) -> None:
+    def write(self, path: Path, ckpt: Saved) -> None:
         """As a LightningModule holding the model as `self.model` saves it."""
         import torch
 
-        ckpt = {"state_dict": {f"model.{k}": v for k, v in state_dict.items()}, "global_step": step,
-                "epoch": epoch, "hyper_parameters": {"task": task, **config}}  # fmt: skip
-        torch.save(ckpt, path)
+        state_dict = {f"model.{k}": v for k, v in ckpt.state_dict.items()}
+        hparams = {"task": ckpt.task, **ckpt.config}
+        torch.save({"state_dict": state_dict, "global_step": ckpt.step, "epoch": ckpt.epoch,
+                    "hyper_parameters": hparams}, path)  # fmt: skip

@@ -10,10 +10,10 @@ import contextlib
 import json
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import CheckpointFormat, as_step, parse_json, reading
+from specdyn.io.base import CheckpointFormat, Saved, as_step, parse_json, reading
 
 if TYPE_CHECKING:
     import torch
@@ -156,17 +156,8 @@ class SafetensorsFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"step_{step:06d}.safetensors"
 
-    def write(
-        self,
-        path: Path,
-        state_dict: dict[str, torch.Tensor],
-        step: int,
-        task: str,
-        config: dict[str, Any],
-        epoch: int = 0,
-        history: list[dict] | None = None,
-    ) -> None:
+    def write(self, path: Path, ckpt: Saved) -> None:
         """Metadata: step, task, config (JSON), param_order (JSON, state_dict order, buffers included), format pt."""
-        meta = {"step": str(step), "task": task, "config": json.dumps(config),
-                "param_order": json.dumps(list(state_dict)), "format": "pt"}  # fmt: skip
-        save_file(state_dict, path, meta)
+        meta = {"step": str(ckpt.step), "task": ckpt.task, "config": json.dumps(ckpt.config),
+                "param_order": json.dumps(list(ckpt.state_dict)), "format": "pt"}  # fmt: skip
+        save_file(ckpt.state_dict, path, meta)

@@ -11,10 +11,10 @@ import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import STATE_DICT_KEYS, CheckpointFormat, step_in
+from specdyn.io.base import STATE_DICT_KEYS, CheckpointFormat, Saved, step_in
 from specdyn.io.safeload import peek_pickle, safe_torch_load
 
 if TYPE_CHECKING:
@@ -89,19 +89,10 @@ class TorchFormat(CheckpointFormat):
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         return f"step_{step:06d}.pt"
 
-    def write(
-        self,
-        path: Path,
-        state_dict: dict[str, torch.Tensor],
-        step: int,
-        task: str,
-        config: dict[str, Any],
-        epoch: int = 0,
-        history: list[dict] | None = None,
-    ) -> None:
+    def write(self, path: Path, ckpt: Saved) -> None:
         import torch
 
-        torch.save({"state_dict": state_dict, "step": step}, path)
+        torch.save({"state_dict": ckpt.state_dict, "step": ckpt.step}, path)
 
 
 def _holds_tensors(mapping: Mapping, deep: bool = True) -> bool:
