@@ -30,10 +30,9 @@ MASK_TYPES = ("magnitude", "random")
 
 
 def _rows(st) -> list[dict]:
-    sources = st.source_index
     return [
-        {"step": int(s), "checkpoint": c, "row": int(r), "path": st.run_dirs[int(src)] / c}
-        for s, c, src, r in zip(st.steps, st.checkpoints, sources, st.rows)
+        {"step": int(s), "checkpoint": c, "row": int(r), "path": path}
+        for s, c, r, path in zip(st.steps, st.checkpoints, st.rows, st.checkpoint_paths())
     ]
 
 

@@ -36,17 +36,15 @@ def _selected(st, opts: PruneOptions) -> list[dict]:
     from specdyn.selection import subsample
 
     rows = [
-        {"step": int(step), "checkpoint": ck, "source": int(src), "row": int(r)}
-        for step, ck, src, r in zip(st.steps, st.checkpoints, st.source_index, st.rows)
+        {"step": int(step), "checkpoint": ck, "source": int(src), "row": int(r), "path": path}
+        for step, ck, src, r, path in zip(st.steps, st.checkpoints, st.source_index, st.rows, st.checkpoint_paths())
     ]
     rows = subsample(rows, opts.every, None, opts.steps, key=lambda r: r["step"])
     if not rows:
         raise SpecdynError(
             f"{st.path}: no analyzed checkpoints selected; check --steps/--every or run `specdyn analyze`"
         )
-    run_dirs = st.run_dirs
     for r in rows:
-        r["path"] = run_dirs[r["source"]] / r["checkpoint"]
         if not r["path"].exists():
             raise SpecdynError(
                 f"{r['path']}: checkpoint listed in {st.path} no longer exists; pruning needs the weights"
