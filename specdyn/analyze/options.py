@@ -22,6 +22,13 @@ class AnalyzeOptions(Options):
     order: str = option(
         "step", choices=("step", "name"), help="Order checkpoints by training 'step' or natural 'name'.", panel=SELECT
     )
+    repo: str | None = option(
+        None,
+        help="With a Hugging Face hub cache root as RUN_DIR: the repo to analyze (org/name), one checkpoint per "
+        "revision in its refs/.",
+        metavar="ORG/NAME",
+        panel=SELECT,
+    )
     pairs_file: str | None = option(None, "--pairs", help="File of alignment pairs, one `prev next` per line.")
     heads: int | None = option(None, min=1, help="Attention heads (default: from checkpoint config).")
     device: str = option("cpu", help="'cpu' or 'cuda' (GPU SVDs).", panel=COMPUTE)
@@ -48,6 +55,8 @@ class AnalyzeOptions(Options):
     overwrite: bool = option(False, help="Delete an existing store first.")
 
     def check(self) -> None:
+        if self.repo is not None and (self.repo.count("/") != 1 or not all(self.repo.split("/"))):
+            raise SpecdynError(f"--repo {self.repo!r}: give the hub repo id as org/name, e.g. EleutherAI/pythia-70m")
         if self.device.startswith("cuda"):
             import torch
 

@@ -45,14 +45,14 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     attrs = read_attrs(open_root(store)) if existing else {}
     if existing:
         _check_options(store, attrs, opts)
-    sources = _sources(store, run_dirs, attrs)
-    source_of = {d: sources.index(_rel(store, d)) for d in run_dirs}
-    found = []
+    discovered = []
     for run_dir in run_dirs:
-        ckpts = discover(run_dir, order=opts.order)
-        if opts.order == "name":
-            ckpts = number_by_name(ckpts)
-        found += [(source_of[run_dir], c) for c in ckpts]
+        ckpts = discover(run_dir, order=opts.order, repo=opts.repo)
+        discovered += number_by_name(ckpts) if opts.order == "name" else ckpts
+    # a checkpoint's source is the run dir it is relative to (a hub repo folder, the parent of a single folder)
+    roots = list(dict.fromkeys(c.run_dir for c in discovered))
+    sources = _sources(store, roots, attrs)
+    found = [(sources.index(_rel(store, c.run_dir)), c) for c in discovered]
     by_step = sorted(found, key=lambda sc: sc[1].step)
     selected = subsample(by_step, opts.every, opts.log_spaced, opts.steps, key=lambda sc: sc[1].step)
     _check_duplicate_steps([c for _, c in selected])

@@ -25,6 +25,7 @@ from specdyn.store.writing import (
     recoverable,
     remove_store,
     resize_rows,
+    source_docs,
     update_attrs,
     write_identity,
     write_session,
@@ -79,7 +80,7 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         ]
         update_attrs(
             root,
-            sources=[{"run_dir": s} for s in p.sources],
+            sources=source_docs(p.attrs.get("sources", []), p.sources, p.rows),
             skipped=previous + skipped,
             svd_routes={**p.attrs.get("svd_routes", {}), **engine.summary()},
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

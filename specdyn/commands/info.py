@@ -28,6 +28,10 @@ def store_summary(st) -> dict:
         "sources": [str(d) for d in st.run_dirs],
         "checkpoints": len(st),
         "steps": [int(s) for s in steps],
+        "rows": [
+            {"step": int(step), "checkpoint": ck, "revision": rev, "repo": st.sources[int(src)].get("repo")}
+            for step, ck, rev, src in zip(steps, st.checkpoints, st.revisions, st.source_index)
+        ],
         "skipped": st.attrs.get("skipped", []),
         "options": st.attrs.get("options", {}),
         "heads": st.attrs.get("heads"),
@@ -67,6 +71,9 @@ def info_command(
     out.print(
         f"  {summary['checkpoints']} checkpoints, {span}; top-{summary['top']} vectors; heads: {summary['heads']}"
     )
+    for r in summary["rows"]:  # a hub series: which revision each row is (its folder is only a commit hash)
+        if r["revision"] is not None:
+            out.print(f"  step {r['step']:>8}  {r['repo']}@{r['revision']}  ({r['checkpoint'][:22]})")
     for s in summary["skipped"]:
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")

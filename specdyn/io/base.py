@@ -35,10 +35,17 @@ class Checkpoint:
     run_dir: Path  # the run directory it belongs to, absolute
     step: int | None  # None only under order="name" (or from open_checkpoint) when no step is found
     format: str  # a key of specdyn.io.registry.FORMATS
+    revision: str | None = None  # a hub revision (`step1000`) where the series came from a hub cache
+    repo: str | None = None  # the hub repo id (`EleutherAI/pythia-70m`) of such a series
 
     @property
     def relpath(self) -> str:
         return self.path.relative_to(self.run_dir).as_posix()
+
+    @property
+    def name(self) -> str:
+        """What `--order name` sorts by: the revision where there is one (a snapshot's folder is a hash)."""
+        return self.revision or self.relpath
 
 
 @dataclass(frozen=True)
@@ -136,19 +143,48 @@ def strip_prefixes(name: str) -> str:
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
+_EXPLICIT = re.compile(r"(?:step|iter|iteration)[_=-]?(\d+)", re.I)
+_HASH = re.compile(r"[0-9a-f]{7,}", re.I)
+
+
+def is_hash(part: str) -> bool:
+    """Whether a name (or one `-`/`_`/`.` separated part of it) is a hexadecimal hash: a commit (40 hex digits, 64
+    for sha256) or any run of 7+ hex digits holding a letter. Digits inside a hash are not a step."""
+    return bool(_HASH.fullmatch(part)) and (len(part) in (40, 64) or not part.isdigit())
+
+
 def step_from_name(name: str, explicit_only: bool = False) -> int | None:
     """The step a file or folder name states: `step_100`, `step=100`, `global_step100`, `iter_5`, else (unless
-    `explicit_only`) the last integer in the stem (`checkpoint-500`, `ckpt_2000.pt`)."""
+    `explicit_only`) the last integer in the stem (`checkpoint-500`, `ckpt_2000.pt`).
+
+    Never a step from a hexadecimal hash (a hub snapshot's `snapshots/<commit>/` folder, `model-3fa9c0e`): such
+    parts of a name are ignored, so a hash alone gives None.
+    """
     stem = name
     for suffix in _SUFFIXES:
         stem = stem.removesuffix(suffix)
-    found = re.findall(r"(?:step|iter|iteration)[_=-]?(\d+)", stem, re.I)
+    parts = [p for p in re.split(r"[-_.=/]", stem) if p and not is_hash(p)]
+    stem = "-".join(parts)
+    found = _EXPLICIT.findall(stem)
     if found:
         return int(found[-1])
     if explicit_only:
         return None
     numbers = re.findall(r"\d+", stem)
     return int(numbers[-1]) if numbers else None
+
+
+def revision_step(revision: str) -> int | None:
+    """The step a hub revision (branch or tag) names: Pythia `step1000`, OLMo `step1000-tokens4B` (or
+    `stage1-step1000-tokens4B`), `global_step1000`, `iter_0001000`, `checkpoint-1000`, or a bare number.
+    None for any other name (`main`, `v1.0`): no step is guessed from a revision that does not state one."""
+    found = _EXPLICIT.findall(revision)
+    if found:
+        return int(found[-1])
+    m = re.fullmatch(r"(?:checkpoint|ckpt)[-_]?(\d+)|(\d+)", revision, re.I)
+    if m and not is_hash(revision):
+        return int(m[1] or m[2])
+    return None
 
 
 def as_step(value) -> int | None:

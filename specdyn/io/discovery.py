@@ -11,6 +11,7 @@ from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from specdyn.io import registry
 from specdyn.io.base import IN_PROGRESS, Checkpoint, natural_key
 from specdyn.io.hf import FINAL_MODEL
+from specdyn.io.hub import hub_series
 
 # Files next to checkpoints that are not model weights (HF Trainer, accelerate, DeepSpeed, open_lth).
 _NOT_WEIGHTS = re.compile(
@@ -20,7 +21,7 @@ _NOT_WEIGHTS = re.compile(
 _SHARD = re.compile(r".+-\d+-of-\d+\.(safetensors|bin)")
 
 
-def discover(run_dir, order: str = "step") -> list[Checkpoint]:
+def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Checkpoint]:
     """All checkpoints of the series in `run_dir`, ordered by training step (order="name": natural sort of
     relative paths, steps filled where known, no step required and equal steps allowed).
 
@@ -30,6 +31,9 @@ def discover(run_dir, order: str = "step") -> list[Checkpoint]:
     `adapter_model.*` (adapters are not the model's weights), a final `model.safetensors` saved next to HF
     checkpoint folders, and files or folders still being written (`*.tmp`, `*.partial`, ...). A `run_dir` that
     is itself one HF or DCP checkpoint folder yields that one checkpoint.
+
+    A Hugging Face hub cache (its root with `repo`, a `models--org--name` folder, its snapshots/ or refs/, or one
+    snapshot) yields one checkpoint per revision, stepped by the revision's name (see specdyn.io.hub).
     """
     if order not in ("step", "name"):
         raise ValueError(f"order must be 'step' or 'name', not {order!r}")
@@ -38,6 +42,11 @@ def discover(run_dir, order: str = "step") -> list[Checkpoint]:
         raise SpecdynError(f"{root}: no such directory", code=EXIT_NOT_FOUND)
     if not root.is_dir():
         raise SpecdynError(f"{root} is a file; pass the directory that holds the checkpoint series")
+    hub = hub_series(root, repo, order)
+    if hub is not None:
+        return _ordered(hub, order)
+    if repo is not None:
+        raise SpecdynError(f"--repo {repo}: {root} is not a Hugging Face hub cache (no models--*/ folders in it)")
     itself = registry.claim_dir(root)
     if itself and itself[0].name == "hf" and any(root.glob("checkpoint-*/")):
         itself = None  # an HF output_dir: its top-level model is the final save, the series is in checkpoint-*
@@ -121,14 +130,14 @@ def _scan(root: Path):
 
 def _ordered(checkpoints: list[Checkpoint], order: str) -> list[Checkpoint]:
     if order == "name":
-        return sorted(checkpoints, key=lambda c: natural_key(c.relpath))
+        return sorted(checkpoints, key=lambda c: natural_key(c.name))
     for c in checkpoints:
         if c.step is None:
             raise SpecdynError(
                 f"{c.path}: no training step found in the file or its name; rename it "
                 "(e.g. step_100.safetensors) or pass --order name to order by name"
             )
-    checkpoints = sorted(checkpoints, key=lambda c: (c.step, natural_key(c.relpath)))
+    checkpoints = sorted(checkpoints, key=lambda c: (c.step, natural_key(c.name)))
     for a, b in zip(checkpoints, checkpoints[1:], strict=False):
         if a.step == b.step:
             raise SpecdynError(

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import CheckpointFormat, Saved, TensorSource, as_step, read_json, reading, write_json
+from specdyn.io.base import (
+    CheckpointFormat,
+    Saved,
+    TensorSource,
+    as_step,
+    read_json,
+    reading,
+    step_from_name,
+    write_json,
+)
 from specdyn.io.safetensors_file import SafetensorsSource, save_file
 from specdyn.io.torch_file import TorchSource
 
@@ -22,6 +31,21 @@ FINAL_MODEL = ("model.safetensors", "pytorch_model.bin")  # what Trainer.save_mo
 
 def weights_file(folder: Path) -> Path | None:
     return next((folder / n for n in WEIGHTS if (folder / n).is_file()), None)
+
+
+def shard_path(folder: Path, name: str) -> Path:
+    """The file a shard index names: a relative path inside `folder`. In a hub snapshot the shard is a symlink
+    into the same repo's `blobs/` (how huggingface_hub stores files), which is allowed; nothing else outside is."""
+    rel = PurePosixPath(name)
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise CheckpointError(f"{folder}: the shard index names {name!r}, which is not a file inside this folder")
+    path = folder / rel
+    blobs = folder.parent.parent / "blobs"
+    if folder.parent.name == "snapshots" and blobs.is_dir() and path.exists():
+        target = path.resolve()
+        if not (target.is_relative_to(folder.resolve()) or target.is_relative_to(blobs.resolve())):
+            raise CheckpointError(f"{path}: links outside its hub repo ({target}); the cache is damaged")
+    return path
 
 
 def trainer_step(folder: Path) -> int | None:
@@ -46,8 +70,10 @@ class HFFormat(CheckpointFormat):
     writable = True
 
     def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
-        if inside_series and not path.name.startswith("checkpoint-"):
-            return None
+        if inside_series and not (
+            path.name.startswith("checkpoint-") or step_from_name(path.name, explicit_only=True) is not None
+        ):
+            return None  # inside a run dir only checkpoint-N/ and stepN/ folders (e.g. symlinks to snapshots)
         weights = weights_file(path)
         if weights and (
             weights.name.endswith(".index.json")
@@ -68,7 +94,7 @@ class HFFormat(CheckpointFormat):
         if weights.name.endswith(".index.json"):
             with reading(weights, "shard index"):
                 weight_map = json.loads(weights.read_text())["weight_map"]
-            shards = {k: path / f for k, f in weight_map.items()}
+            shards = {k: shard_path(path, f) for k, f in weight_map.items()}
             if weights.name.startswith("model.safetensors"):
                 return SafetensorsSource(shards)
             return TorchSource(sorted(set(shards.values())), trust_pickle)  # HF shards in state-dict order

@@ -3,13 +3,15 @@
 from specdyn.io.base import CheckpointFormat
 from specdyn.io.dcp import DcpFormat
 from specdyn.io.hf import HFFormat
+from specdyn.io.hub import HubFormat
 from specdyn.io.lightning import LightningFormat
 from specdyn.io.safetensors_file import SafetensorsFormat
 from specdyn.io.torch_file import TorchFormat
 
-# Folders: DCP before HF (an HF folder may hold an FSDP save); files: by suffix, so the order does not matter.
+# Folders: DCP before HF (an HF folder may hold an FSDP save), hub snapshots before HF (a snapshot is an HF folder
+# named by its commit); files: by suffix, so the order does not matter.
 FORMATS: dict[str, CheckpointFormat] = {
-    f.name: f for f in (DcpFormat(), HFFormat(), SafetensorsFormat(), LightningFormat(), TorchFormat())
+    f.name: f for f in (DcpFormat(), HubFormat(), HFFormat(), SafetensorsFormat(), LightningFormat(), TorchFormat())
 }
 
 # Names `specdyn train --format` accepted before the formats had one name each.

@@ -50,6 +50,15 @@ class SpectralStore:
         return list(self.attrs.get("sources", []))
 
     @property
+    def revisions(self) -> list[str | None]:
+        """The hub revision (`step1000`) of every completed checkpoint of a hub cache series, else None."""
+        sources = self.sources
+        return [
+            sources[int(s)].get("revisions", {}).get(c) if int(s) < len(sources) else None
+            for s, c in zip(self.source_index, self.checkpoints)
+        ]
+
+    @property
     def source_index(self) -> np.ndarray:
         """The index into `sources` (and `run_dirs`) of every completed checkpoint."""
         return self.root["source"][:][self.rows]

@@ -153,6 +153,22 @@ def derived_marker(root) -> dict:
     return {"rows": len(done), "final": str(root["checkpoint"][final]) if final >= 0 else None}
 
 
+def source_docs(previous: list[dict], run_dirs: list[str], rows: list[dict]) -> list[dict]:
+    """The `sources` attribute: `{"run_dir"}` per source, plus `repo` and `revisions` ({checkpoint: revision})
+    for a hub cache series (docs/store.md); earlier entries keep what they recorded."""
+    old = {d.get("run_dir"): d for d in previous if isinstance(d, dict)}
+    docs = [{**old.get(s, {}), "run_dir": s} for s in run_dirs]
+    for r in rows:
+        c = r.get("ckpt")
+        if c is None or getattr(c, "revision", None) is None:
+            continue
+        doc = docs[r["source"]]
+        if c.repo:
+            doc["repo"] = c.repo
+        doc["revisions"] = {**doc.get("revisions", {}), r["checkpoint"]: c.revision}
+    return docs
+
+
 def update_attrs(root, **changes) -> None:
     attrs = read_attrs(root)
     attrs.update(changes)

@@ -1,0 +1,165 @@
+"""Hugging Face hub caches as a checkpoint series: one checkpoint per revision (`step1000`, ...) in `refs/`.
+
+huggingface_hub's cache (`snapshot_download`, `HF_HOME/hub`) holds one folder per repo::
+
+    models--EleutherAI--pythia-70m/
+        refs/step1000            a file holding the commit hash of revision `step1000`
+        snapshots/<commit>/      the revision's files: symlinks into blobs/ (relative, `../../blobs/<hash>`)
+        blobs/<sha256 or etag>   the file contents, stored once
+
+The step comes from the revision's name (docs/method.md §0 orders a series by step), never from the commit
+hash. Pull-request refs (`refs/pr/N`) are not revisions of the series. A revision whose name states no step
+(`main`) is an alias when another revision names the same commit, and an error otherwise (unless --order name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
+from specdyn.io.base import Checkpoint, is_hash, revision_step
+from specdyn.io.hf import HFFormat, weights_file
+
+REPO_PREFIX = "models--"
+
+
+def repo_id(folder: Path) -> str:
+    """`models--org--name` -> `org/name` (huggingface_hub joins the parts of a repo id with `--`)."""
+    return folder.name[len(REPO_PREFIX) :].replace("--", "/")
+
+
+def repo_folder_name(repo: str) -> str:
+    return REPO_PREFIX + repo.replace("/", "--")
+
+
+def is_repo_folder(path: Path) -> bool:
+    return path.name.startswith(REPO_PREFIX) and ((path / "refs").is_dir() or (path / "snapshots").is_dir())
+
+
+def cached_repos(root: Path) -> list[str]:
+    """The model repos a hub cache root holds."""
+    return sorted(repo_id(p) for p in root.glob(REPO_PREFIX + "*") if is_repo_folder(p))
+
+
+def blobs_of(snapshot: Path) -> Path | None:
+    """The blobs/ folder of the repo a snapshot folder belongs to (where its symlinks may point), else None."""
+    if snapshot.parent.name == "snapshots" and is_repo_folder(snapshot.parent.parent):
+        return snapshot.parent.parent / "blobs"
+    return None
+
+
+def read_refs(repo: Path) -> dict[str, str]:
+    """revision name -> commit, from `refs/` (names may hold `/`; `refs/pr/` is skipped)."""
+    refs_dir = repo / "refs"
+    out = {}
+    if not refs_dir.is_dir():
+        return out
+    for f in sorted(refs_dir.rglob("*")):
+        rel = f.relative_to(refs_dir).as_posix()
+        if not f.is_file() or rel.startswith("pr/"):
+            continue
+        commit = f.read_text().strip()
+        if is_hash(commit):
+            out[rel] = commit
+    return out
+
+
+def _locate(path: Path, repo: str | None) -> tuple[Path, Path | None] | None:
+    """(repo folder, the one snapshot asked for or None) when `path` is in a hub cache, else None."""
+    if repo is not None:
+        folder = path / repo_folder_name(repo)
+        if not is_repo_folder(folder):
+            held = cached_repos(path)
+            listing = f"it holds {', '.join(held)}" if held else "it holds no model repos"
+            raise SpecdynError(
+                f"{path}: no {repo} in this hub cache ({listing}); fetch it with `specdyn fetch {repo} ...`",
+                code=EXIT_NO_CHECKPOINTS,
+            )
+        return folder, None
+    if is_repo_folder(path):
+        return path, None
+    if path.name in ("snapshots", "refs") and is_repo_folder(path.parent):
+        return path.parent, None
+    if blobs_of(path) is not None:
+        return path.parent.parent, path
+    held = cached_repos(path)
+    if held:
+        if len(held) == 1:
+            return path / repo_folder_name(held[0]), None
+        raise SpecdynError(f"{path} is a hub cache holding {len(held)} repos; pass --repo (one of {', '.join(held)})")
+    return None
+
+
+def hub_series(path: Path, repo: str | None = None, order: str = "step") -> list[Checkpoint] | None:
+    """The checkpoints of a hub cache path (its root with `repo`, a `models--org--name` folder, its `snapshots/` or
+    `refs/` dir, or one `snapshots/<commit>` folder), unordered; None when `path` is not in a hub cache."""
+    from specdyn.console import warn
+
+    located = _locate(path, repo)
+    if located is None:
+        return None
+    folder, only = located
+    name = repo_id(folder)
+    by_commit: dict[str, list[str]] = {}
+    for rev, commit in read_refs(folder).items():
+        by_commit.setdefault(commit, []).append(rev)
+    if only is not None:
+        by_commit = {only.name: by_commit.get(only.name, [])}
+    checkpoints = []
+    for commit, revisions in sorted(by_commit.items()):
+        snapshot = folder / "snapshots" / commit
+        label = ", ".join(revisions) or commit
+        if weights_file(snapshot) is None:
+            warn(f"{folder}: revision {label} ({commit[:12]}) has no model weights in snapshots/; left out")
+            continue
+        checkpoints.append(_checkpoint(folder, name, snapshot, revisions, order))
+    unreferenced = [s.name for s in (folder / "snapshots").glob("*") if s.name not in by_commit and only is None]
+    if unreferenced:
+        warn(f"{folder}: snapshots {', '.join(u[:12] for u in unreferenced)} have no revision in refs/; left out")
+    if not checkpoints:
+        raise SpecdynError(
+            f"{folder}: no revision of {name} with model weights in this cache; fetch some with "
+            f"`specdyn fetch {name} --revisions step1000,...`",
+            code=EXIT_NO_CHECKPOINTS,
+        )
+    return checkpoints
+
+
+def _checkpoint(folder: Path, name: str, snapshot: Path, revisions: list[str], order: str) -> Checkpoint:
+    stepped = {rev: revision_step(rev) for rev in revisions if revision_step(rev) is not None}
+    if len(set(stepped.values())) > 1:
+        listing = " and ".join(f"{r} (step {s})" for r, s in stepped.items())
+        raise SpecdynError(f"{folder}: revisions {listing} are one commit {snapshot.name[:12]}; remove one ref")
+    if stepped:  # a step-less name beside them (`main` on the final commit) is an alias
+        revision = sorted(stepped)[0]
+        return Checkpoint(snapshot, folder, stepped[revision], "hub", revision, name)
+    if order == "step":
+        label = " / ".join(revisions) if revisions else f"snapshots/{snapshot.name} (no ref)"
+        raise SpecdynError(
+            f"{folder}: revision {label} of {name} names no training step (expected e.g. step1000, "
+            "step1000-tokens4B, global_step1000, iter_0001000, checkpoint-1000); remove it from refs/ or pass "
+            "--order name"
+        )
+    return Checkpoint(snapshot, folder, None, "hub", sorted(revisions)[0] if revisions else None, name)
+
+
+class HubFormat(HFFormat):
+    """A revision's snapshot folder: read as an HF folder (symlinks followed into blobs/), stepped by revision."""
+
+    name = "hub"
+    describe = "Hugging Face hub caches (models--org--name/ with refs/ and snapshots/; the cache root with --repo)"
+    writable = False
+
+    def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
+        return path if blobs_of(path) is not None and weights_file(path) is not None else None
+
+    def recorded_step(self, path: Path, run_dir: Path) -> int | None:
+        steps = [revision_step(r) for r, c in read_refs(path.parent.parent).items() if c == path.name]
+        steps = [s for s in steps if s is not None]
+        return steps[0] if len(set(steps)) == 1 else None
+
+    def step_from_name(self, path: Path) -> int | None:
+        return None  # a snapshot folder is named by its commit hash: no step in it
+
+    def checkpoint_name(self, step: int, epoch: int = 0) -> str:
+        raise NotImplementedError("specdyn cannot write hub caches; `specdyn fetch` downloads into one")
