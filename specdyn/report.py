@@ -72,7 +72,7 @@ def _comparison_jobs(stores) -> list[FigureJob]:
                       {"metric": ["effective_rank", "stable_rank", "stability_score"]})]  # fmt: skip
     logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(stores, m)]
     if logs:
-        jobs.append(FigureJob(sec, "Training curves, all runs", "From each run's run.json.", "compare", stores,
+        jobs.append(FigureJob(sec, "Training curves, all runs", "From each run's training log.", "compare", stores,
                               {"metric": logs}))  # fmt: skip
     heat = "Normalized effective rank of every matrix; one colour scale, fixed to [0, 1]."
     jobs.append(FigureJob(sec, "Effective rank, all runs", heat, "rank-heatmap", stores))
@@ -86,7 +86,7 @@ def _run_jobs(st, sec: str) -> list[FigureJob]:
     pick = interesting_matrices(st)
     least = pick["least_stable"][0][0] if pick["least_stable"] else None
     shown = list(dict.fromkeys([n for n, _ in pick["rank_drop"][:2]] + [n for n, _ in pick["least_stable"][:2]]))
-    glance = ("Loss and error (run.json), the singular values of one matrix, the effective rank of every matrix, "
+    glance = ("Loss and error (the training log), the singular values of one matrix, the effective rank of every matrix, "
               "and the alignment diagonal of one pair.")  # fmt: skip
     heat = "Normalized effective rank (docs/method.md 1.2), matrices by depth, first at the top."
     ranks = "Normalized effective rank and stable rank of every matrix, with the logged losses on the right axis."
@@ -183,7 +183,14 @@ def store_table(store, label: str, log, pick) -> str:
         ("val_err", "final validation error"),
     ):
         if log.has(key):
-            facts.append((name, _f(log.final(key), "{:.4g}")))
+            logged = f" ({html.escape(log.names[key])})" if key in log.names else ""
+            facts.append((name + logged, _f(log.final(key), "{:.4g}")))
+    if log.sources:
+        facts.append(("training log", "<br>".join(html.escape(s) for s in log.sources)))
+    revisions = [r for r in store.revisions if r is not None]
+    if revisions:
+        repos = {s.get("repo") for s in store.sources if s.get("repo")}
+        facts.append(("hub revisions", html.escape(f"{', '.join(sorted(repos))}: {revisions[0]} … {revisions[-1]}")))
     if log.config:
         facts.append(("config", html.escape(", ".join(f"{k}={v}" for k, v in log.config.items()))))
     out = ['<table class="facts">'] + [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts] + ["</table>"]
@@ -267,7 +274,7 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
         f'<h1>{html.escape(title)}</h1><p class="meta">specdyn {__version__}, {when}. Figures read the stores '
-        f"only (and each run's run.json); rerun <code>specdyn report</code> after <code>specdyn analyze</code> "
+        f"only (and each run's training log); rerun <code>specdyn report</code> after <code>specdyn analyze</code> "
         f"adds checkpoints.</p><nav>{nav}</nav>{body}</body></html>\n"
     )
 

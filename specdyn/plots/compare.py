@@ -1,7 +1,7 @@
 """`compare`: one metric for several stores on shared axes (weight decay on/off, random vs true labels), one
 line per store, labelled from what differs in the runs' configs. A per-matrix metric is averaged over the
 chosen matrices (band: ± one standard deviation across them) unless `per_matrix`, which gives one panel per
-matrix; run.json curves (train_loss, val_loss, train_err, val_err) compare as they are."""
+matrix; logged curves (train_loss, val_loss, train_err, val_err) compare as they are."""
 
 import warnings
 

@@ -132,7 +132,7 @@ def loss_twin(ax, run, keys=("train_loss", "val_loss")):
             color="0.15" if key.startswith("train") else "0.55",
             lw=1.0,
             ls="-" if key.startswith("train") else "--",
-            label=style.metric_label(key),
+            label=run.log.label(key, style.metric_label(key)),
             zorder=1,
         )
     log_y(tw, np.concatenate([c[2] for c in curves]))
@@ -165,17 +165,19 @@ def note(ax, text: str) -> None:
 
 
 def history_panel(ax, axis: style.XAxis, run, kind: str) -> bool:
-    """Train and validation curves of `loss` or `err` from run.json; False (and a note) when not logged."""
+    """Train and validation curves of `loss` or `err` from the run's log, labelled with their logged names when
+    another library logged them; False (and a note) when not logged."""
     drawn = False
     ys = []
     for split, colour in (("train", style.TRAIN), ("val", style.VAL)):
         hx, hy = run.history(f"{split}_{kind}")
         if len(hx):
-            ax.plot(hx, hy, color=colour, label="train" if split == "train" else "validation")
+            default = "train" if split == "train" else "validation"
+            ax.plot(hx, hy, color=colour, label=run.log.label(f"{split}_{kind}", default))
             ys.append(hy)
             drawn = True
     if not drawn:
-        note(ax, f"no {'loss' if kind == 'loss' else 'error'} in run.json")
+        note(ax, f"no {'loss' if kind == 'loss' else 'error'} logged")
         return False
     axis.apply(ax)
     ax.margins(x=0)

@@ -1,5 +1,5 @@
 """`grokking` (a row of the paper's Fig. 2): one row per store with the train/validation loss and error from
-run.json, the singular values of one matrix, the effective rank of every matrix, and the alignment diagonal of
+the run's training log (run.json, trainer_state.json, metrics.csv, TensorBoard), the singular values of one matrix, the effective rank of every matrix, and the alignment diagonal of
 one pair, all on the same x axis, so a delayed jump in validation can be read against the spectra."""
 
 from specdyn.plots import alignment, draw, select, style

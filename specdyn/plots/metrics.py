@@ -1,5 +1,5 @@
 """`metrics`: line plots of any per-matrix metric (or the alignment score per pair) for chosen matrices, with
-the run's train and validation loss from run.json on a right-hand axis. Rows are metrics, columns stores."""
+the run's train and validation loss from its training log (run.json, trainer_state.json, metrics.csv, TensorBoard) on a right-hand axis. Rows are metrics, columns stores."""
 
 import numpy as np
 

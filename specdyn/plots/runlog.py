@@ -1,4 +1,5 @@
-"""A store's training log (read by `specdyn.io.runmeta`) and legend labels that tell runs apart.
+"""A store's training log (run.json, trainer_state.json, metrics.csv or TensorBoard, read by `specdyn.io.runmeta`)
+and legend labels that tell runs apart.
 
 A store merged from several run dirs merges their histories by step; a missing or unreadable log just means no
 loss curves.
@@ -18,7 +19,7 @@ _BOOKKEEPING = ("dir", "path", "device", "every", "log", "save", "workers", "com
 
 def read_run_log(store) -> RunLog:
     """The merged training log of a store's run dirs (an empty RunLog when there is none)."""
-    return runmeta.read_run_log(store.run_dirs)
+    return runmeta.read_run_log(store.run_dirs, store.checkpoint_paths())
 
 
 def store_name(store) -> str:

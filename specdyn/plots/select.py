@@ -31,7 +31,7 @@ class Run:
         return self.store.metric(name)[self.rows]
 
     def history(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """A run.json curve on this figure's x axis, within the selected steps (index mode interpolates the
+        """A logged curve on this figure's x axis, within the selected steps (index mode interpolates the
         logged steps between checkpoint indices)."""
         if not self.log.has(key):
             return np.zeros(0), np.zeros(0)
