@@ -157,6 +157,15 @@ def task_option():
     return option(None, "--task", help=TASK_HELP, show_default=False)
 
 
+DATA_HELP = (
+    "Data of the hf-causal-lm / hf-masked-lm tasks: text (tokenized with the run's tokenizer) or token ids (.npy/.pt)."
+)
+
+
+def data_option():
+    return option(None, "--data", metavar="FILE", help=DATA_HELP, show_default=False)
+
+
 def config_option():
     return option(
         None,

@@ -397,7 +397,7 @@ def _setup(pairs: list[Pair], opts: InterpOptions):
         check_same_architecture(shapes_of(p.a), shapes_of(p.b), p.a, p.b)
         check_same_architecture(shapes_of(pairs[0].a), shapes_of(p.a), pairs[0].a, p.a)
     first = Endpoint.open(pairs[0].a, opts.trust_pickle)
-    task, described = resolve_task(opts.task, first.path, opts.config)
+    task, described = resolve_task(opts.task, first.path, opts.config, data=opts.data)
     model = task.build_model()
     state_map = match_state(model, first.shapes, first.path)
     first.reader.close()

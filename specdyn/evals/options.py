@@ -7,6 +7,7 @@ from pathlib import Path
 from specdyn.options import (
     Options,
     config_option,
+    data_option,
     fractions_option,
     option,
     parse_fractions,
@@ -25,6 +26,7 @@ class PruneOptions(Options):
     )  # fmt: skip
     task: str | None = task_option()
     config: dict = config_option()
+    data: str | None = data_option()
     bn_recal: bool = option(True, BN_RECAL, help="Re-estimate BatchNorm statistics on the train batches after "
                             "pruning (docs/method.md 1.9).")  # fmt: skip
     every: int | None = option(None, min=1, help="Every N-th analyzed checkpoint (and the last).")
@@ -43,6 +45,7 @@ class InterpOptions(Options):
                          "bottom-kept keeps the rest.")  # fmt: skip
     task: str | None = task_option()
     config: dict = config_option()
+    data: str | None = data_option()
     bn_recal: bool = option(True, BN_RECAL, help="Re-estimate BatchNorm statistics at every alpha and after pruning.")
     sva_rank: int = option(64, min=1, help="Ranks of the endpoint SVA diagonal to store.")
     trust_pickle: bool = trust_pickle_option()

@@ -181,7 +181,7 @@ def prune_eval(store_path: Path, opts: PruneOptions, show_progress: bool = True)
 def _setup(st, rows: list[dict], keep: list[float], opts: PruneOptions) -> _Setup:
     """Everything checked before any work: the task, its model against every selected checkpoint."""
     first = Endpoint.open(rows[0]["path"], opts.trust_pickle)
-    task, described = resolve_task(opts.task, first.path, opts.config)
+    task, described = resolve_task(opts.task, first.path, opts.config, data=opts.data)
     model = task.build_model()
     state_map = match_state(model, first.shapes, first.path)
     for r in rows[1:]:

@@ -1,6 +1,7 @@
 """Which task evaluates a checkpoint, and how its weights get into the task's model.
 
-A task comes from `--task NAME` (built-in), `--task path/to/file.py:object` or `--task package.module:object`
+A task comes from `--task NAME` (built-in; `hf-causal-lm`/`hf-masked-lm` build any Hugging Face language model from
+the checkpoint's config.json and evaluate it on `--data FILE`), `--task path/to/file.py:object` or `--task package.module:object`
 (a user's own model and data, see specdyn.tasks.base.Task), or, when the series was written by `specdyn train`,
 from the checkpoint's metadata ("task" + "config"). Before any work, the model's state dict is matched against
 the checkpoint's tensors by name and shape, so a wrong task fails in one line naming the first mismatch.
@@ -88,15 +89,24 @@ def trained_task(path: Path) -> tuple[str | None, dict | None]:
     return (task if isinstance(task, str) else None), (config if isinstance(config, Mapping) else None)
 
 
-def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None):
+def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None, data: str | None = None):
     """The task for checkpoint `where` and a JSON description of it (stored with results, so reruns can be checked).
 
     spec None: the task `specdyn train` recorded for the checkpoint, with its exact config. A built-in name: that
     task, with the checkpoint's config when it records the same task (else the defaults), then `overrides`.
-    A user task (`file.py:object`, `module:object`) is loaded as is.
+    A user task (`file.py:object`, `module:object`) is loaded as is. `data` (--data FILE) is the data of the
+    hf-* tasks, which build the model from `where`'s config.json.
     """
+    if data is not None:
+        overrides = {**(overrides or {}), "data": str(data)}
     from specdyn.tasks import TASKS, make_config, task_from_config
+    from specdyn.tasks.hf_lm import HF_TASKS, make_hf_task
 
+    if spec in HF_TASKS:  # built from the checkpoint's own config.json, evaluated on --data
+        task, config = make_hf_task(spec, where, dict(overrides or {}))
+        return task, {"spec": spec, "name": spec, "config": config}
+    if overrides and "data" in overrides:
+        raise SpecdynError(f"--data is the data of the {' and '.join(HF_TASKS)} tasks; pass one with --task")
     meta_task, meta_config = (None, None) if spec is not None and is_user_spec(spec) else trained_task(where)
     if spec is None:
         if meta_task is None:
@@ -117,7 +127,7 @@ def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None
         return task, {"spec": spec, "name": str(getattr(task, "name", "")), "config": None}
     if spec not in TASKS:
         raise SpecdynError(
-            f"--task {spec!r}: no such built-in task ({', '.join(TASKS)}); a user task is path/to/file.py:object "
+            f"--task {spec!r}: no such built-in task ({', '.join([*TASKS, *HF_TASKS])}); a user task is path/to/file.py:object "
             "or package.module:object"
         )
     base = meta_config if meta_task == spec else None
@@ -156,6 +166,10 @@ def match_state(model: torch.nn.Module, ckpt_shapes: Mapping[str, tuple], where:
     The checkpoint's names may carry one wrapper prefix (a LightningModule's `model.`, `net.`); tensors outside
     that prefix are other modules and ignored. Inside it, a missing or extra tensor or a shape mismatch fails.
     """
+    from specdyn.tasks.hf_keys import hf_state_map, is_hf_model
+
+    if is_hf_model(model):  # tied heads, renamed heads, base-model prefixes: transformers' own key handling
+        return StateMap(hf_state_map(model, ckpt_shapes, where))
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if not model_shapes:
         raise SpecdynError(f"{where}: the task's model has no parameters")

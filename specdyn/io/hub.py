@@ -70,9 +70,14 @@ def _locate(path: Path, repo: str | None) -> tuple[Path, Path | None] | None:
         folder = path / repo_folder_name(repo)
         if not is_repo_folder(folder):
             held = cached_repos(path)
-            listing = f"it holds {', '.join(held)}" if held else "it holds no model repos"
+            if not held:
+                raise SpecdynError(
+                    f"--repo {repo}: {path} is not a Hugging Face hub cache (no models--*/ folders in it); pass the "
+                    "cache root (e.g. ~/.cache/huggingface/hub), or the repo's models--org--name folder without --repo"
+                )
             raise SpecdynError(
-                f"{path}: no {repo} in this hub cache ({listing}); fetch it with `specdyn fetch {repo} ...`",
+                f"{path}: no {repo} in this hub cache (it holds {', '.join(held)}); fetch it with "
+                f"`specdyn fetch {repo} ...`",
                 code=EXIT_NO_CHECKPOINTS,
             )
         return folder, None
