@@ -17,3 +17,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny GPT-NeoX trained for 40 steps by the real HF Trainer: checkpoint-8 ... checkpoint-40 (see
+    tests/hub_fixtures.py); shared by the hub cache and fetch tests."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer needs it
+    from tests.hub_fixtures import train_with_trainer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_with_trainer(tmp_path_factory.mktemp("trainer") / "run")
+    finally:
+        torch.set_num_threads(before)

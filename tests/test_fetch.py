@@ -18,7 +18,6 @@ from specdyn.errors import SpecdynError  # noqa: E402
 from specdyn.io import discover  # noqa: E402
 from specdyn.io.fetch import FetchOptions, choose  # noqa: E402
 from tests.hub_fixtures import add_revision  # noqa: E402
-from tests.test_hub import trained  # noqa: E402, F401  (the session's Trainer run)
 
 runner = CliRunner()
 REPO = "tiny/neox"
@@ -50,7 +49,7 @@ class StandIn:
         return SimpleNamespace(branches=[SimpleNamespace(name=n) for n in self.names], tags=[])
 
 
-def test_log_spaced_revisions_from_the_repos_refs(monkeypatch, trained):  # noqa: F811
+def test_log_spaced_revisions_from_the_repos_refs(monkeypatch, trained):
     StandIn(monkeypatch, trained, ["main"] + [f"step{s}" for s in PYTHIA])
     got = choose(REPO, FetchOptions(log_spaced=8))
     steps = [int(r[4:]) for r in got]
@@ -61,7 +60,7 @@ def test_log_spaced_revisions_from_the_repos_refs(monkeypatch, trained):  # noqa
     assert limited[0] == "step1000" and limited[-1] == "step10000"
 
 
-def test_fetch_downloads_weights_and_config_once_then_analyze_reads_them(monkeypatch, trained, tmp_path):  # noqa: F811
+def test_fetch_downloads_weights_and_config_once_then_analyze_reads_them(monkeypatch, trained, tmp_path):
     hub = StandIn(monkeypatch, trained, ["main", "step8", "step16", "step24"])
     cache = tmp_path / "hub"
     args = ["fetch", REPO, "--log-spaced", "3", "--cache-dir", str(cache), "--json", "-q"]
@@ -83,10 +82,14 @@ def test_fetch_downloads_weights_and_config_once_then_analyze_reads_them(monkeyp
     assert "analyze them: specdyn analyze" in text
 
 
-def test_fetch_errors_are_one_line(monkeypatch, trained, tmp_path):  # noqa: F811
+def test_fetch_errors_are_one_line(monkeypatch, trained, tmp_path):
     StandIn(monkeypatch, trained, ["main"])
     result = runner.invoke(app, ["fetch", "other/model", "--log-spaced", "4", "--cache-dir", str(tmp_path)])
-    assert result.exit_code != 0 and "repository other/model not found" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code != 0
+        and "repository other/model not found" in result.output
+        and "Traceback" not in result.output
+    )
     with pytest.raises(SpecdynError, match="no branch or tag names a step"):
         choose(REPO, FetchOptions(log_spaced=4))
     with pytest.raises(SpecdynError, match="--revisions .* or --log-spaced N"):

@@ -18,25 +18,12 @@ from specdyn.errors import SpecdynError  # noqa: E402
 from specdyn.io import discover, open_checkpoint  # noqa: E402
 from specdyn.io.base import revision_step, step_from_name  # noqa: E402
 from specdyn.io.hf import shard_path  # noqa: E402
-from tests.hub_fixtures import add_revision, hub_cache_from_trainer, tiny_neox, train_with_trainer  # noqa: E402
+from tests.hub_fixtures import add_revision, hub_cache_from_trainer, tiny_neox  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 REPO = "tiny/neox"
 STEPS = [8, 16, 24, 32, 40]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = train_with_trainer(tmp_path_factory.mktemp("trainer") / "run")
-    finally:
-        torch.set_num_threads(before)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +96,7 @@ def test_snapshot_folders_as_run_dirs_take_their_step_from_refs_not_the_hash(hub
     assert result.exit_code == 0, result.output
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)
     assert info["steps"] == STEPS
-    assert open_checkpoint(snaps[0]).step == revision_step(
-        next(r for r, c in commits.items() if c == snaps[0].name)
-    )
+    assert open_checkpoint(snaps[0]).step == revision_step(next(r for r, c in commits.items() if c == snaps[0].name))
 
 
 def test_no_step_from_a_hexadecimal_hash():

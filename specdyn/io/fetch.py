@@ -26,7 +26,9 @@ PICKLED = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 @dataclass(frozen=True)
 class FetchOptions(Options):
-    revisions: str | None = option(None, metavar="REV,REV,...", help="Revisions to fetch, e.g. step0,step1000,step143000.")
+    revisions: str | None = option(
+        None, metavar="REV,REV,...", help="Revisions to fetch, e.g. step0,step1000,step143000."
+    )
     log_spaced: int | None = option(
         None, min=2, help="About N revisions spaced evenly in log(step) among the repo's step-named branches and tags."
     )

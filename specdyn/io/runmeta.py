@@ -193,7 +193,9 @@ def _from_rows(rows: list[dict], step_key: str = "step") -> Curves:
 def _trainer_state(run_dirs: list[Path], checkpoints: list[Path]):
     """HF Trainer's log_history, from the last checkpoint that holds trainer_state.json (it holds every record up
     to its step), else from a run dir's own trainer_state.json (written by `trainer.save_state()`)."""
-    candidates = [c / "trainer_state.json" for c in reversed(checkpoints)] + [d / "trainer_state.json" for d in run_dirs]
+    candidates = [c / "trainer_state.json" for c in reversed(checkpoints)] + [
+        d / "trainer_state.json" for d in run_dirs
+    ]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         return

@@ -71,7 +71,9 @@ class HFLanguageModelTask:
             try:
                 self._hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
             except Exception as e:  # an unknown model_type, a damaged file: one line
-                raise SpecdynError(f"{folder / 'config.json'}: transformers cannot build a model from it ({e})") from None
+                raise SpecdynError(
+                    f"{folder / 'config.json'}: transformers cannot build a model from it ({e})"
+                ) from None
         return self._hf_config
 
     def build_model(self) -> nn.Module:
@@ -109,7 +111,9 @@ class HFLanguageModelTask:
             ids = torch.tensor(self.tokenizer()(path.read_text(), add_special_tokens=False)["input_ids"])
         vocab = self.hf_config().vocab_size
         if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
-            raise SpecdynError(f"--data {path}: token ids span {int(ids.min())}..{int(ids.max())}; the vocabulary has {vocab}")
+            raise SpecdynError(
+                f"--data {path}: token ids span {int(ids.min())}..{int(ids.max())}; the vocabulary has {vocab}"
+            )
         return ids
 
     def tokenizer(self):
