@@ -170,8 +170,33 @@ def test_data_errors_are_one_line(tmp_path, ids_file):
     task, _ = resolve_task("hf-causal-lm", folder, {"data": str(tmp_path / "big.npy")})
     with pytest.raises(SpecdynError, match="the vocabulary has 48"):
         task.batches("val")
-    with pytest.raises(SpecdynError, match="--data is the data of the hf-causal-lm and hf-masked-lm tasks"):
+    with pytest.raises(
+        SpecdynError, match="--data is the data of the hf-causal-lm, hf-masked-lm, hf-image-classification tasks"
+    ):
         resolve_task("mlp", folder, {"data": str(ids_file)})
     with pytest.raises(SpecdynError, match="has no config key 'lr'"):
         resolve_task("hf-causal-lm", folder, {"data": str(ids_file), "lr": "1"})
     assert HFLMConfig().val_frac == 0.5
+
+
+def test_image_classification_matches_transformers(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32, num_labels=3)  # fmt: skip
+    run = series(tmp_path / "vit", lambda: ViTForImageClassification(cfg))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, 8, 8, generator=g), torch.randint(0, 3, (12,), generator=g)
+    data = tmp_path / "images.npz"
+    np.savez(data, pixel_values=x.numpy(), labels=y.numpy())
+    assert runner.invoke(app, ["analyze", str(run), "-q"]).exit_code == 0
+    args = ["prune-eval", str(run), "--task", "hf-image-classification", "--data", str(data), "--json", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    for i, step in enumerate(s["steps"]):
+        ref = transformers.AutoModelForImageClassification.from_pretrained(run / f"checkpoint-{step}").eval()
+        with torch.no_grad():
+            out = ref(pixel_values=x[6:], labels=y[6:])
+        assert s["full"]["val"]["loss"][i] == pytest.approx(out.loss.item(), rel=1e-5)
+        assert s["full"]["val"]["err"][i] == pytest.approx((out.logits.argmax(-1) != y[6:]).double().mean().item())

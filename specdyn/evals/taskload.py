@@ -106,7 +106,7 @@ def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None
         task, config = make_hf_task(spec, where, dict(overrides or {}))
         return task, {"spec": spec, "name": spec, "config": config}
     if overrides and "data" in overrides:
-        raise SpecdynError(f"--data is the data of the {' and '.join(HF_TASKS)} tasks; pass one with --task")
+        raise SpecdynError(f"--data is the data of the {', '.join(HF_TASKS)} tasks; pass one with --task")
     meta_task, meta_config = (None, None) if spec is not None and is_user_spec(spec) else trained_task(where)
     if spec is None:
         if meta_task is None:

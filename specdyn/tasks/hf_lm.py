@@ -1,4 +1,5 @@
-"""Built-in evaluation tasks for Hugging Face language models: `hf-causal-lm` and `hf-masked-lm`.
+"""Built-in evaluation tasks for Hugging Face models: `hf-causal-lm`, `hf-masked-lm` (and
+`hf-image-classification`, on a `.npz` of `pixel_values` and `labels`, see its class).
 
 No code to write: the model is built from the run's own config.json (`AutoModelForCausalLM.from_config`), each
 checkpoint's tensors are matched to it with transformers' key handling (specdyn.tasks.hf_keys), and the data is
@@ -212,7 +213,46 @@ class HFMaskedLMTask(HFLanguageModelTask):
         return loss, (logits.argmax(-1) != target).sum(), target.numel()
 
 
-HF_TASKS = {"hf-causal-lm": HFLanguageModelTask, "hf-masked-lm": HFMaskedLMTask}
+class HFImageClassificationTask(HFLanguageModelTask):
+    """Image classifiers (ViT, ConvNeXt, ResNet, ...): `--data FILE.npz` with `pixel_values` (N, C, H, W) as the
+    model's processor would make them and integer `labels` (N,); loss and error per image."""
+
+    name = "hf-image-classification"
+    auto_class = "AutoModelForImageClassification"
+
+    def blocks(self) -> dict[str, torch.Tensor]:
+        if self._blocks is None:
+            path = Path(self.config.data)
+            if path.suffix != ".npz" or not path.is_file():
+                raise SpecdynError(f"--data {path}: {self.name} reads a .npz file with pixel_values and labels")
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    x, y = torch.from_numpy(f["pixel_values"]).float(), torch.from_numpy(f["labels"]).long()
+            except (KeyError, ValueError) as e:
+                raise SpecdynError(f"--data {path}: needs arrays pixel_values and labels ({e})") from None
+            n = min(len(x), self.config.max_blocks or len(x))
+            n_val = int(round(n * self.config.val_frac))
+            if len(y) != len(x) or n_val < 1 or n_val >= n:
+                raise SpecdynError(f"--data {path}: {len(x)} images and {len(y)} labels; need matching counts, >= 2")
+            self._blocks = {"train": (x[: n - n_val], y[: n - n_val]), "val": (x[n - n_val : n], y[n - n_val : n])}
+        return self._blocks
+
+    def batches(self, split: str):
+        (x, y), size = self.blocks()[split], self.config.batch_size
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+    def batch_loss(self, model: nn.Module, batch):
+        x, y = (t.to(self.config.device) for t in batch)
+        logits = model(pixel_values=x).logits.float()
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        return loss, (logits.argmax(-1) != y).sum(), len(y)
+
+
+HF_TASKS = {
+    "hf-causal-lm": HFLanguageModelTask,
+    "hf-masked-lm": HFMaskedLMTask,
+    "hf-image-classification": HFImageClassificationTask,
+}
 
 
 def hf_model_dir(checkpoint: Path) -> Path:
