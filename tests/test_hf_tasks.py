@@ -200,3 +200,15 @@ def test_image_classification_matches_transformers(tmp_path):
             out = ref(pixel_values=x[6:], labels=y[6:])
         assert s["full"]["val"]["loss"][i] == pytest.approx(out.loss.item(), rel=1e-5)
         assert s["full"]["val"]["err"][i] == pytest.approx((out.logits.argmax(-1) != y[6:]).double().mean().item())
+
+
+def test_a_users_own_task_with_a_tied_hf_model_loads_through_transformers_key_handling(tmp_path):
+    # the case a hand-written task file failed on: the file has no lm_head.weight (tied to the embedding)
+    from specdyn.evals.taskload import Endpoint
+
+    run = series(tmp_path / "gpt2", gpt2, steps=(1,))
+    end = Endpoint.open(run / "checkpoint-1")
+    assert "lm_head.weight" not in end.shapes
+    state_map = match_state(gpt2(), end.shapes, end.path)
+    assert state_map.names["lm_head.weight"] == "transformer.wte.weight"
+    assert state_map.names["transformer.h.1.mlp.c_proj.weight"] == "transformer.h.1.mlp.c_proj.weight"

@@ -228,3 +228,10 @@ def test_the_report_draws_the_trainers_losses(hub, trained, tmp_path):
     text = html.read_text()
     assert "final validation loss (eval_loss)" in text and "trainer_state.json" in text
     assert f"{want_eval[40]:.4g}" in text
+
+
+def test_two_stepped_revisions_of_one_commit_are_an_error_naming_both(hub, tmp_path):
+    cache = copy_cache(hub[0], tmp_path)
+    (repo_dir(cache) / "refs" / "step9").write_text(hub[1]["step8"])
+    with pytest.raises(SpecdynError, match=r"revisions step8 \(step 8\) and step9 \(step 9\) are one commit"):
+        discover(repo_dir(cache))
