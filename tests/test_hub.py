@@ -235,3 +235,19 @@ def test_two_stepped_revisions_of_one_commit_are_an_error_naming_both(hub, tmp_p
     (repo_dir(cache) / "refs" / "step9").write_text(hub[1]["step8"])
     with pytest.raises(SpecdynError, match=r"revisions step8 \(step 8\) and step9 \(step 9\) are one commit"):
         discover(repo_dir(cache))
+
+
+def test_adding_revisions_later_keeps_the_recorded_ones(hub, tmp_path):
+    from specdyn import open_store
+
+    cache = hub[0]
+    out = tmp_path / "s.zarr"
+    assert (
+        runner.invoke(app, ["analyze", str(repo_dir(cache)), "--out", str(out), "--steps", "16:32", "-q"]).exit_code
+        == 0
+    )
+    assert open_store(out).revisions == ["step16", "step24", "step32"]
+    assert runner.invoke(app, ["analyze", str(repo_dir(cache)), "--out", str(out), "-q"]).exit_code == 0
+    st = open_store(out)
+    assert list(st.steps) == STEPS and st.revisions == [f"step{s}" for s in STEPS]
+    assert st.sources[0]["repo"] == REPO
