@@ -18,7 +18,7 @@ LAYERS = [
     {"specdyn.plots"},
     {"specdyn.evals"},
     {"specdyn.analyze", "specdyn.train"},
-    {"specdyn.store", "specdyn.tasks", "specdyn.branching"},
+    {"specdyn.store", "specdyn.tasks", "specdyn.branching", "specdyn.arch"},
     {"specdyn.spectral", "specdyn.io"},
     {
         "specdyn.options",

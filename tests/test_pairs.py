@@ -68,10 +68,11 @@ def test_conv_and_lstm_pairs():
     ]
     lstm = torch.nn.Sequential(torch.nn.LSTM(6, 8, num_layers=2), torch.nn.Linear(8, 3))
     kinds = [(p.prev.split(".")[-1], p.next.split(".")[-1], p.kind) for p in find_pairs(specs_of(lstm), None)]
-    assert kinds == [
+    assert kinds == [  # the paper's LSTM pairs (docs/method.md 1.6): no ih -> hh in the last layer
         ("weight_ih_l0", "weight_hh_l0", "lstm_gate"),
+        ("weight_ih_l0", "weight_ih_l1", "lstm_gate"),
         ("weight_hh_l0", "weight_ih_l1", "lstm_gate"),
-        ("weight_ih_l1", "weight_hh_l1", "lstm_gate"),
+        ("weight_ih_l1", "weight", "lstm_gate"),
         ("weight_hh_l1", "weight", "lstm_gate"),
     ]
 
@@ -86,7 +87,7 @@ def compute(specs, pairs, weights, heads=None):
     by = {s.name: s for s in specs}
     spectra = {s.name: eng(s.flatten(weights[s.name])) for s in specs}
     needs = slice_needs(pairs, specs)
-    slices = {n: slice_vectors(by[n].flatten(weights[n]), needs[n], heads, eng) for n in needs}
+    slices = {n: slice_vectors(by[n].flatten(weights[n]), by[n], needs[n], heads, eng) for n in needs}
     return {p.name: pair_diag(p, by, spectra, slices) for p in pairs}
 
 

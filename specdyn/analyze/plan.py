@@ -8,16 +8,15 @@ from pathlib import Path
 from specdyn import console
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
+from specdyn.arch import describe
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader, discover, number_by_name
+from specdyn.io.runmeta import recorded_task
 from specdyn.selection import subsample
-from specdyn.spectral.matrices import MatrixSpec, select_matrices
-from specdyn.spectral.pairs import find_pairs, read_pairs_file
+from specdyn.spectral.matrices import MatrixSpec, matches, select_matrices
+from specdyn.spectral.pairs import read_pairs_file
 from specdyn.store import is_store
 from specdyn.store.layout import pairs_of, read_attrs, specs_of
 from specdyn.store.writing import open_root, stored_rows
-
-HEAD_KEYS = ("n_heads", "num_heads", "num_attention_heads", "n_head", "nhead", "num_heads_attn")
-
 
 @dataclass
 class Plan:
@@ -32,6 +31,7 @@ class Plan:
     heads: int | None
     rows: list[dict]
     skipped: list[dict]
+    structure: dict  # specdyn.arch.Structure.attrs() of a new store; {} for an existing one
 
     @property
     def in_place(self) -> bool:
@@ -60,11 +60,11 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     stored = stored_rows(open_root(store)) if existing else []
     stored_done = {(r["source"], r["checkpoint"]) for r in stored if r["done"]}
     new = [(src, c) for src, c in selected if (src, c.relpath) not in stored_done]
-    specs, pairs, heads, valid, skipped = _validate(store, new, attrs, opts, existing)
+    specs, pairs, heads, valid, skipped, structure = _validate(store, new, attrs, opts, existing)
     rows = [r for r in stored if r["done"]]
     rows += [{"source": src, "checkpoint": c.relpath, "step": c.step, "done": False, "ckpt": c} for src, c in valid]
     rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
-    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped)
+    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped, structure)
 
 
 def _rel(store: Path, run_dir: Path) -> str:
@@ -112,22 +112,32 @@ def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
     return {name: tuple(reader.shape(name)) for name in reader.names()}
 
 
-def _heads(opts: AnalyzeOptions, reader: CheckpointReader) -> int | None:
-    if opts.heads:
-        return opts.heads
+def _describe(reader: CheckpointReader, c: Checkpoint, opts: AnalyzeOptions):
+    """The first checkpoint's structure (specdyn.arch): matrices, kinds, orientation, tied aliases, heads, pairs."""
     meta = reader.metadata() or {}
-    for section in (meta.get("config") or {}, meta.get("hyper_parameters") or {}, meta):
-        if isinstance(section, dict):
-            for key in HEAD_KEYS:
-                if isinstance(section.get(key), int):
-                    return section[key]
-    return None
+    task, _ = recorded_task(meta, c.run_dir)
+    structure = describe(_shapes(reader), meta, task if isinstance(task, str) else None, reader.ordered, opts.heads)
+    if structure.warning:
+        console.warn(f"{c.path}: {structure.warning}")
+    if structure.broken:
+        console.warn(
+            f"{c.path}: {len(structure.broken)} links of the {structure.family} architecture do not chain by shape "
+            f"and are not paired (e.g. {structure.broken[0]})"
+        )
+    specs = select_matrices({}, opts.include, opts.exclude, where=str(c.path), specs=structure.specs)
+    if opts.pairs_file:
+        pairs = read_pairs_file(opts.pairs_file, specs, structure.heads, structure.tied)
+    else:
+        pairs = structure.pairs_for(specs)
+    return specs, pairs, structure
 
 
 def _validate(store, new, attrs, opts, existing):
     """Open every new checkpoint's header: skip unreadable ones, and refuse a change of architecture."""
     skipped, valid = [], []
     specs = pairs = heads = None
+    structure = {}
+    ignored = set(attrs.get("tied") or {}) | set(attrs.get("refused") or {})
     if existing:
         root = open_root(store)
         specs, pairs = specs_of(root), pairs_of(root)
@@ -135,20 +145,18 @@ def _validate(store, new, attrs, opts, existing):
     for src, c in new:
         try:
             with CheckpointReader(c, trust_pickle=opts.trust_pickle) as reader:
-                got = select_matrices(_shapes(reader), opts.include, opts.exclude, where=str(c.path))
                 if specs is None:
-                    specs = got
-                    heads = _heads(opts, reader)
-                    pairs = (
-                        read_pairs_file(opts.pairs_file, specs, heads) if opts.pairs_file else find_pairs(specs, heads)
-                    )
+                    specs, pairs, described = _describe(reader, c, opts)
+                    heads, structure = described.heads, described.attrs()
+                    ignored = described.ignored()
+                shapes = _shapes(reader)
         except CheckpointError as e:
             if opts.strict:
                 raise
             console.warn(f"skipping {e.message}")
             skipped.append({"source": src, "checkpoint": c.relpath, "reason": e.message})
             continue
-        _check_architecture(specs, got, c)
+        _check_architecture(specs, shapes, ignored, opts, c)
         valid.append((src, c))
     if specs is None:
         raise SpecdynError(
@@ -156,12 +164,16 @@ def _validate(store, new, attrs, opts, existing):
             + (f" ({len(skipped)} skipped, see the warnings above)" if skipped else ""),
             code=EXIT_NO_CHECKPOINTS,
         )
-    return specs, pairs, heads, valid, skipped
+    return specs, pairs, heads, valid, skipped, structure
 
 
-def _check_architecture(reference: list[MatrixSpec], got: list[MatrixSpec], c: Checkpoint) -> None:
+def _check_architecture(reference: list[MatrixSpec], shapes: dict, ignored: set, opts, c: Checkpoint) -> None:
     ref = {s.name: s.original_shape for s in reference}
-    now = {s.name: s.original_shape for s in got}
+    now = {
+        n: tuple(s)
+        for n, s in shapes.items()
+        if len(s) >= 2 and 0 not in s and n not in ignored and matches(n, opts.include, opts.exclude)
+    }
     for name, shape in ref.items():
         if name not in now:
             raise SpecdynError(

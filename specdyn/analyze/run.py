@@ -53,15 +53,22 @@ def analyze(
     ):
         raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
     recover(store)
-    with locked(store):
-        return _analyze_locked(run_dirs, store, opts, show_progress, t0)
+    created = not store.exists()
+    try:
+        with locked(store):
+            return _analyze_locked(run_dirs, store, opts, show_progress, t0)
+    except SpecdynError:
+        if created and store.is_dir() and {p.name for p in store.iterdir()} <= {LOCK_NAME}:
+            (store / LOCK_NAME).unlink(missing_ok=True)  # refused before any work (a bad --pairs file): no store
+            store.rmdir()
+        raise
 
 
 def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
     p = plan(store, run_dirs, opts)
     with contextlib.ExitStack() as locks, write_session(store, lock=False) as root:  # the session closes first
         if not p.existing:
-            attrs = {"options": opts.content_options(), "heads": p.heads, "pairs_file": opts.pairs_file}
+            attrs = {"options": opts.content_options(), "heads": p.heads, "pairs_file": opts.pairs_file, **p.structure}
             create_layout(root, p.specs, p.pairs, opts.topk, attrs)
         if not p.in_place:
             root, new_lock = rebuild(store, root, p.rows, p.specs, p.pairs, opts.topk)

@@ -61,6 +61,8 @@ def unflatten(spec: MatrixSpec, M: np.ndarray) -> torch.Tensor:
     """The inverse of `MatrixSpec.flatten`: an m x n matrix back to the tensor's original shape (a transposed
     conv is transposed back on dims 0 and 1; no kernel flip, as docs/method.md 0)."""
     shape = spec.original_shape
+    if spec.transposed:  # a Conv1D weight: back to in x out
+        return torch.from_numpy(np.ascontiguousarray(M.T)).reshape(shape)
     if spec.kind == "tconv":
         t = torch.from_numpy(np.ascontiguousarray(M)).reshape(shape[1], shape[0], *shape[2:])
         return t.transpose(0, 1).contiguous()

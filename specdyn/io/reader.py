@@ -38,6 +38,11 @@ class CheckpointReader:
         """
         return list(self._raw)
 
+    @property
+    def ordered(self) -> bool:
+        """Whether names() is the registration order (else a natural sort of the names)."""
+        return bool(self._source.ordered or self._source.param_order())
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._source.shape(self._key(name))
 

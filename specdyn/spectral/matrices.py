@@ -1,8 +1,11 @@
 """Which tensors of a checkpoint are weight matrices, what kind each is, and how to flatten it to m x n.
 
-Every tensor with ndim >= 2 is a matrix (docs/method.md 0): conv kernels (c_out, c_in, *k) flatten to
-c_out x (c_in * prod(k)); transposed convs (stored (c_in, c_out, *k), recognised by name) are transposed on
-dims 0 and 1 first; bf16/fp16 are upcast to float32. The kind only matters for alignment pairs.
+Every tensor with ndim >= 2 is a matrix (docs/method.md 0), with rows as outputs and columns as inputs:
+conv kernels (c_out, c_in, *k) flatten to c_out x (c_in * prod(k)); transposed convs (stored (c_in, c_out, *k))
+are transposed on dims 0 and 1 first; a weight stored input-major (Hugging Face `Conv1D`, in x out) is transposed;
+token tensors with leading singleton dims ((1, T, d) position embeddings, ViT's cls_token) become T x d.
+bf16/fp16 are upcast to float32. The kind matters for alignment pairs; the architecture layer (specdyn.arch)
+sets kinds, orientation and fused-projection layouts from the model's definition where it can.
 """
 
 import fnmatch
@@ -13,32 +16,48 @@ import numpy as np
 
 from specdyn.errors import SpecdynError
 
-KINDS = ("linear", "conv", "tconv", "embedding", "attention_in_proj", "lstm")
+KINDS = ("linear", "conv", "tconv", "embedding", "attention_in_proj", "lstm", "head")
+ROWS_ARE_OUTPUTS = "rows=outputs"
+TRANSPOSED = "transposed from Conv1D (in x out)"
+FUSED_LAYOUTS = ("blocks", "per_head", "grouped")  # docs/architectures.md: how q, k, v rows are interleaved
 
 _TCONV = re.compile(r"(tconv|conv_?transpose|deconv|upconv)", re.IGNORECASE)
 _EMBED = re.compile(r"(embed|(^|\.)(wte|wpe|tok_emb|pos_emb|word_embeddings|position_embeddings)(\.|$))", re.IGNORECASE)
+_HEAD = re.compile(r"(^|\.)(lm_head|embed_out)(\.weight)?$")
+_TOKENS = re.compile(r"(cls_token|dist_token|mask_token|pos_embed|position_embedding|register_tokens)", re.IGNORECASE)
 _FUSED_ATTN = re.compile(r"(in_proj_weight|(^|\.)(c_attn|qkv|query_key_value|wqkv|Wqkv)(\.|$))")
 _LSTM = re.compile(r"weight_(ih|hh)_l\d+")
 
 
 @dataclass(frozen=True)
 class MatrixSpec:
-    """One weight matrix: its tensor name, original shape, kind and flattened (m, n) shape."""
+    """One weight matrix: its tensor name, original shape, kind, orientation and (for a fused q/k/v projection)
+    its row layout `fused = (layout, heads, kv_heads)`, flattened to (m, n) with rows as outputs."""
 
     name: str
     original_shape: tuple[int, ...]
     kind: str
+    transposed: bool = False  # stored in x out (HF Conv1D): rows become outputs by a transpose
+    fused: tuple[str, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         s = self.original_shape
         if self.kind == "tconv":
             s = (s[1], s[0], *s[2:])
+        elif self.kind not in ("conv",) and len(s) > 2:
+            s = tokens_shape(s)
+        if self.transposed:
+            return s[1], s[0]
         return s[0], int(np.prod(s[1:]))
 
     @property
     def k(self) -> int:
         return min(self.shape)
+
+    @property
+    def orientation(self) -> str:
+        return TRANSPOSED if self.transposed else ROWS_ARE_OUTPUTS
 
     @property
     def in_channels(self) -> int:
@@ -49,6 +68,11 @@ class MatrixSpec:
             return self.original_shape[0]
         return self.shape[1]
 
+    @property
+    def kernel_size(self) -> int:
+        """Columns per input channel: prod(kernel) for a (transposed) conv, else 1."""
+        return int(np.prod(self.original_shape[2:])) if self.kind in ("conv", "tconv") else 1
+
     def flatten(self, t) -> np.ndarray:
         """The float32 m x n matrix of a torch tensor with this spec's shape."""
         import torch  # not at module level: reading a store must not pay torch's import time
@@ -58,23 +82,50 @@ class MatrixSpec:
             t = t.to(torch.float32)
         if self.kind == "tconv":
             t = t.transpose(0, 1)
+        if self.transposed:
+            return np.ascontiguousarray(t.reshape(self.shape[::-1]).T.numpy())
         return np.ascontiguousarray(t.reshape(self.shape).numpy())
 
     def to_json(self) -> dict:
         return {"name": self.name, "original_shape": list(self.original_shape), "kind": self.kind}
 
 
+def tokens_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(1, ..., 1, T, d) -> (T, d). Any other tensor of 3 or more dims that is not a convolution has no rule."""
+    s = tuple(shape)
+    while len(s) > 2 and s[0] == 1:
+        s = s[1:]
+    if len(s) != 2:
+        raise SpecdynError(f"a {list(shape)} tensor that is not a convolution has no matrix rule")
+    return s
+
+
+def is_token_tensor(name: str, shape: tuple[int, ...]) -> bool:
+    """A (1, ..., T, d) parameter that is a sequence of vectors (not a conv kernel), judged by its name."""
+    return len(shape) > 2 and all(d == 1 for d in shape[:-2]) and bool(_TOKENS.search(name))
+
+
 def classify(name: str, shape: tuple[int, ...]) -> str:
-    """The kind of a weight tensor, from its name and shape (checkpoints keep no module types)."""
+    """The kind of a weight tensor guessed from its name and shape (used when the model's definition is unknown)."""
+    if is_token_tensor(name, shape):
+        return "embedding"
     if len(shape) >= 3:
         return "tconv" if _TCONV.search(name) else "conv"
     if _LSTM.search(name):
         return "lstm"
     if _FUSED_ATTN.search(name) and shape[0] == 3 * shape[1]:
         return "attention_in_proj"
+    if _HEAD.search(name):
+        return "head"
     if _EMBED.search(name):
         return "embedding"
     return "linear"
+
+
+def matches(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
 
 
 def select_matrices(
@@ -82,17 +133,17 @@ def select_matrices(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     where: str = "checkpoint",
+    specs: list[MatrixSpec] | None = None,
 ) -> list[MatrixSpec]:
-    """MatrixSpecs for every ndim >= 2 tensor, in the given (depth) order, filtered by glob patterns."""
-    specs = []
-    for name, shape in shapes.items():
-        if len(shape) < 2 or 0 in shape:
-            continue
-        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-            continue
-        if exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude):
-            continue
-        specs.append(MatrixSpec(name, tuple(int(d) for d in shape), classify(name, shape)))
+    """MatrixSpecs for every ndim >= 2 tensor, in the given (depth) order, filtered by glob patterns. `specs`,
+    when given (from the architecture layer), replaces the guess from names and shapes."""
+    if specs is None:
+        specs = [
+            MatrixSpec(name, tuple(int(d) for d in shape), classify(name, shape))
+            for name, shape in shapes.items()
+            if len(shape) >= 2 and 0 not in shape
+        ]
+    specs = [s for s in specs if matches(s.name, include, exclude)]
     if not specs:
         raise SpecdynError(
             f"{where}: no weight matrices (tensors with ndim >= 2) left after --include/--exclude; "

@@ -48,7 +48,7 @@ class RowComputer:
             if not sp.finite:
                 nonfinite.append(spec.name)
             elif spec.name in self.needs:
-                slices[spec.name] = slice_vectors(W, self.needs[spec.name], self.n_heads, self.engine)
+                slices[spec.name] = slice_vectors(W, spec, self.needs[spec.name], self.n_heads, self.engine)
             for name, value in spectrum_metrics(sp.s).items():
                 per_metric[name][j] = value
             if on_matrix:

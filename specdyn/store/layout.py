@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.spectral.matrices import MatrixSpec
+from specdyn.spectral.matrices import ROWS_ARE_OUTPUTS, TRANSPOSED, MatrixSpec
 from specdyn.spectral.metrics import SPECTRUM_METRICS
 from specdyn.spectral.pairs import PairSpec
 from specdyn.version import __version__
@@ -71,6 +71,8 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
             "shapes": {s.name: list(s.shape) for s in specs},
             "original_shapes": {s.name: list(s.original_shape) for s in specs},
             "kinds": {s.name: s.kind for s in specs},
+            "orientation": {s.name: s.orientation for s in specs},
+            "fused": {s.name: list(s.fused) for s in specs if s.fused},
         }
     )
     pair = _array(root, "pair", (P,), (max(P, 1),), str, ("pair",), fill="")
@@ -99,10 +101,22 @@ def matrix_names(root) -> list[str]:
     return [str(m) for m in root["matrix"][:]]
 
 
+def spec_from_attrs(a, name: str) -> MatrixSpec:
+    """One MatrixSpec from the `matrix` array's attrs (stores made before `orientation`/`fused`: rows=outputs)."""
+    fused = (a.get("fused") or {}).get(name)
+    return MatrixSpec(
+        name,
+        tuple(a["original_shapes"][name]),
+        a["kinds"][name],
+        transposed=(a.get("orientation") or {}).get(name, ROWS_ARE_OUTPUTS) == TRANSPOSED,
+        fused=tuple(fused) if fused else None,
+    )
+
+
 def specs_of(root) -> list[MatrixSpec]:
     """The MatrixSpecs a store was made with, in its matrix order."""
     a = root["matrix"].attrs
-    return [MatrixSpec(n, tuple(a["original_shapes"][n]), a["kinds"][n]) for n in matrix_names(root)]
+    return [spec_from_attrs(a, n) for n in matrix_names(root)]
 
 
 def pair_docs(root) -> list[dict]:
@@ -111,7 +125,7 @@ def pair_docs(root) -> list[dict]:
 
 def pairs_of(root) -> list[PairSpec]:
     """The PairSpecs a store was made with, in its pair order."""
-    return [PairSpec(p["prev"], p["next"], p["kind"]) for p in pair_docs(root)]
+    return [PairSpec.from_json(p) for p in pair_docs(root)]
 
 
 def checkpoint_arrays(root):

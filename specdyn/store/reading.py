@@ -10,7 +10,16 @@ import zarr
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
-from specdyn.store.layout import METRICS, is_store, matrix_group, matrix_names, pair_docs, read_attrs, resolve_store
+from specdyn.store.layout import (
+    METRICS,
+    is_store,
+    matrix_group,
+    matrix_names,
+    pair_docs,
+    read_attrs,
+    resolve_store,
+    spec_from_attrs,
+)
 from specdyn.store.results import has_group
 
 
@@ -78,9 +87,8 @@ class SpectralStore:
         return matrix_names(self.root)
 
     def matrix_spec(self, name: str) -> MatrixSpec:
-        a = self.root["matrix"].attrs
         self.check_matrix(name)
-        return MatrixSpec(name, tuple(a["original_shapes"][name]), a["kinds"][name])
+        return spec_from_attrs(self.root["matrix"].attrs, name)
 
     @property
     def pairs(self) -> list[str]:
@@ -93,7 +101,7 @@ class SpectralStore:
     def pair_spec(self, name: str) -> PairSpec:
         for p in pair_docs(self.root):
             if p["name"] == name:
-                return PairSpec(p["prev"], p["next"], p["kind"])
+                return PairSpec.from_json(p)
         raise SpecdynError(f"{self.path}: no pair {name!r}; {_close(name, self.pairs)}")
 
     @property

@@ -1,0 +1,24 @@
+"""The architecture families specdyn knows, by Hugging Face `model_type`: adding a family is a module and a line.
+A model_type not listed gets the generic default (module types from the model, pairs by shape rules)."""
+
+from specdyn.arch import bert, bloom, gpt2, gpt_neox, llama, opt, phi, t5, vit
+from specdyn.arch.base import Family
+
+_ALL = (
+    gpt2.FAMILY,
+    gpt_neox.FAMILY,
+    llama.FAMILY,
+    opt.FAMILY,
+    bloom.BLOOM,
+    bloom.FALCON,
+    phi.PHI,
+    phi.GPTJ,
+    bert.FAMILY,
+    t5.FAMILY,
+    vit.FAMILY,
+)
+FAMILIES: dict[str, Family] = {t: f for f in _ALL for t in f.model_types}
+
+
+def family_for(model_type: str | None) -> Family | None:
+    return FAMILIES.get(model_type or "")

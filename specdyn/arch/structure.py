@@ -1,0 +1,194 @@
+"""From a checkpoint's tensors and metadata to a Structure (see specdyn.arch)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from specdyn.arch.base import Family, config_heads
+from specdyn.arch.chain import Names, family_pairs
+from specdyn.arch.registry import family_for
+from specdyn.arch.unet import TASKS
+from specdyn.spectral.matrices import MatrixSpec, classify
+from specdyn.spectral.pairs import PairSpec, find_pairs
+
+GUESSED = "guessed from names and shapes"
+FORMAT_ORDER = "registration order kept by the checkpoint format; kinds and pairs from names and shapes"
+MODEL = "model definition"
+
+
+@dataclass
+class Structure:
+    """What the analysis of a series takes from its first checkpoint (docs/architectures.md)."""
+
+    specs: list[MatrixSpec]
+    pairs: list[PairSpec] | None  # None: consecutive pairs by shape rules (find_pairs)
+    heads: int | None
+    kv_heads: int | None
+    structure: str  # where order, kinds and pairs came from
+    tied: dict[str, str] = field(default_factory=dict)  # alias -> the analyzed matrix it shares
+    refused: dict[str, str] = field(default_factory=dict)  # tensor -> why it is not analyzed as a matrix
+    family: str | None = None
+    model_type: str | None = None
+    model_class: str | None = None
+    broken: list[str] = field(default_factory=list)  # links the family states whose shapes do not chain
+    warning: str | None = None
+
+    def pairs_for(self, specs: list[MatrixSpec]) -> list[PairSpec]:
+        """The pairs among `specs` (after --include/--exclude)."""
+        if self.pairs is None:
+            return find_pairs(specs, self.heads)
+        names = {s.name for s in specs}
+        return [p for p in self.pairs if p.prev in names and p.next in names]
+
+    def ignored(self) -> set[str]:
+        """Tensor names a later checkpoint may hold that are not analyzed (aliases, refused tensors)."""
+        return set(self.tied) | set(self.refused)
+
+    def attrs(self) -> dict:
+        return {
+            "structure": self.structure,
+            "architecture": self.family,
+            "model_type": self.model_type,
+            "model_class": self.model_class,
+            "kv_heads": self.kv_heads,
+            "tied": dict(self.tied),
+            "refused": dict(self.refused),
+        }
+
+
+def _matrix_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(int(d) for d in s) for n, s in shapes.items() if len(s) >= 2 and 0 not in s}
+
+
+def describe(
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict,
+    task: str | None = None,
+    ordered: bool = True,
+    heads: int | None = None,
+) -> Structure:
+    """The Structure of a checkpoint: `shapes` in the reader's order, its metadata, the specdyn task that wrote
+    it (if any), whether the reader's order is the registration order, and --heads (overrides the config)."""
+    config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+    if config.get("model_type") and "specdyn_task" not in config:
+        return _from_config(shapes, config, ordered, heads)
+    if not heads:
+        heads = _metadata_heads(metadata)
+    specs = _guessed_specs(shapes)
+    if task in TASKS:
+        pairs, broken = TASKS[task](specs)
+        return Structure(specs, pairs, heads, heads, FORMAT_ORDER, family=f"specdyn:{task}", broken=broken)
+    if ordered:
+        return Structure(specs, None, heads, heads, FORMAT_ORDER)
+    return Structure(
+        specs, None, heads, heads, GUESSED,
+        warning="the checkpoint keeps no registration order and no model definition: depth order (a natural "
+        "sort of the names), kinds and pairs are guessed from names and shapes",
+    )  # fmt: skip
+
+
+HEAD_KEYS = ("n_heads", "num_heads", "num_attention_heads", "n_head", "nhead", "num_heads_attn")
+
+
+def _metadata_heads(metadata: dict) -> int | None:
+    for section in (metadata.get("config") or {}, metadata.get("hyper_parameters") or {}, metadata):
+        if isinstance(section, dict):
+            for key in HEAD_KEYS:
+                if isinstance(section.get(key), int):
+                    return section[key]
+    return None
+
+
+def _guessed_specs(shapes) -> list[MatrixSpec]:
+    return [MatrixSpec(n, s, classify(n, s)) for n, s in _matrix_shapes(shapes).items()]
+
+
+def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> Structure:
+    from specdyn.arch.model import inspect_model
+
+    family = family_for(config["model_type"])
+    H, Hkv = (family.heads if family else config_heads)(config)
+    if heads_opt:
+        H, Hkv = heads_opt, (Hkv if Hkv and H and heads_opt == H else heads_opt)
+    view, why = inspect_model(config, list(shapes))
+    mshapes = _matrix_shapes(shapes)
+    if view is None or view.converted:
+        if view is not None:
+            why = (
+                f"transformers converts {len(view.converted)} tensors (e.g. {view.converted[0]!r}) when loading "
+                f"{view.model_class}, so they are not its parameters as stored"
+            )
+        structure = FORMAT_ORDER if ordered else GUESSED
+        return Structure(
+            _guessed_specs(shapes), None, H, Hkv, structure, model_type=config["model_type"],
+            warning=f"{why}: depth order, kinds and pairs are {structure}",
+        )  # fmt: skip
+    specs, by_model, tied = [], {}, {}
+    fused = family.fused({**config, **({"num_attention_heads": H} if heads_opt else {})}) if family else None
+    roles = _roles(family, view.order) if family else {}
+    for mname in view.order:
+        ckpt = view.to_ckpt.get(mname)
+        if mname not in view.kinds or ckpt is None:
+            continue
+        kind, transposed = view.kinds[mname]
+        role = roles.get(mname)
+        spec = MatrixSpec(
+            ckpt, mshapes[ckpt],
+            "attention_in_proj" if role == "qkv" else ("head" if role == "head" and kind == "linear" else kind),
+            transposed, fused if role == "qkv" else None,
+        )  # fmt: skip
+        specs.append(spec)
+        by_model[mname] = spec
+    for alias, canonical in view.aliases.items():
+        if canonical in by_model:
+            tied[view_ckpt_name(view, alias)] = by_model[canonical].name
+    refused = {view.to_ckpt.get(n, n): why for n, why in view.refused.items()}
+    refused.update({k: "a buffer of the model, not a weight" for k, n in view.to_model.items() if n in view.buffers})
+    unknown = [n for n in mshapes if n not in view.to_model]
+    specs += [MatrixSpec(n, mshapes[n], classify(n, mshapes[n])) for n in unknown]  # analyzed last, kinds guessed
+    pairs, broken = None, []
+    if family:
+        shown = {a: view_ckpt_name(view, a) for a in view.aliases}
+        pairs, broken = family_pairs(family, config, Names(by_model, view.aliases, shown), H)
+    return Structure(
+        specs, pairs, H, Hkv, f"{MODEL} ({view.model_class}, transformers {view.version})", tied, refused,
+        family.name if family else None, config["model_type"], view.model_class, broken,
+        warning=_warning(family, config, unknown, view.model_class),
+    )  # fmt: skip
+
+
+def _warning(family, config, unknown, model_class) -> str | None:
+    parts = []
+    if unknown:
+        parts.append(
+            f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of {model_class}: analyzed last, "
+            "kinds guessed from names and shapes"
+        )
+    if not family:
+        parts.append(
+            f"model_type {config['model_type']!r} has no architecture module: order and kinds from the model "
+            "definition, pairs by shape rules (docs/architectures.md)"
+        )
+    return "; ".join(parts) or None
+
+
+def view_ckpt_name(view, model_name: str) -> str:
+    """The name a model parameter has in the checkpoint (or would have: a tied alias is usually not saved)."""
+    return next((k for k, n in view.to_model.items() if n == model_name), model_name)
+
+
+def _roles(family: Family, order: list[str]) -> dict[str, str]:
+    """Model parameter name -> "qkv" (a fused projection) or "head", from the family's role names."""
+    roles = {}
+    for stack in family.stacks:
+        rx = re.compile(rf"(^|\.)({stack.blocks})")
+        fused = {n for att in stack.attention for n in att.qkv.split("|") if n}
+        for name in order:
+            m = rx.search(name)
+            if m and name[m.end() :].removesuffix(".weight") in fused:
+                roles[name] = "qkv"
+    for chain in family.heads_chains:  # the last matrix of a head chain is the head (LM head, classifier)
+        rx = re.compile(rf"(^|\.)({chain[-1]})\.weight$")
+        roles.update({n: "head" for n in order if rx.search(n)})
+    return roles
