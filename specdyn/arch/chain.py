@@ -62,12 +62,12 @@ def family_pairs(family: Family, config: dict, names: Names, heads: int | None) 
     broken: list[str] = []
     parallel = family.parallel(config)
 
-    def link(writers, readers, tied_as=None):
+    def link(writers, readers, tied_as=None, value=False):
         for w in writers:
             for r in readers:
                 if w is None or r is None:
                     continue
-                p = chain_kind(w, r, heads=heads, tied=tied_as is not None)
+                p = chain_kind(w, r, heads=heads, tied=tied_as is not None, value=value)
                 if p is None:
                     broken.append(f"{w.name} -> {tied_as or r.name}")
                     continue
@@ -101,7 +101,7 @@ def family_pairs(family: Family, config: dict, names: Names, heads: int | None) 
                     link(encoder_out if att.cross else src, [k, v])
                     if q is not None and k is not None:
                         add(qk_pair(q, k, heads))
-                    link([v], [o])
+                    link([v], [o], value=True)
                 if o is not None:
                     out.append(o)
                     if not parallel:

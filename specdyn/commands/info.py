@@ -17,7 +17,15 @@ def store_summary(st) -> dict:
     matrices = []
     for j, name in enumerate(st.matrices):
         spec = st.matrix_spec(name)
-        row = {"name": name, "kind": spec.kind, "shape": list(spec.shape), "original_shape": list(spec.original_shape)}
+        row = {
+            "name": name,
+            "kind": spec.kind,
+            "orientation": spec.orientation,
+            "shape": list(spec.shape),
+            "original_shape": list(spec.original_shape),
+        }
+        if spec.fused:
+            row["fused"] = {"layout": spec.fused[0], "heads": spec.fused[1], "kv_heads": spec.fused[2]}
         row.update({k: (None if np.isnan(v[j]) else float(v[j])) for k, v in last.items()})
         matrices.append(row)
     steps = st.steps
@@ -35,6 +43,11 @@ def store_summary(st) -> dict:
         "skipped": st.attrs.get("skipped", []),
         "options": st.attrs.get("options", {}),
         "heads": st.attrs.get("heads"),
+        "kv_heads": st.attrs.get("kv_heads"),
+        "structure": st.attrs.get("structure", "not recorded (a store made before specdyn recorded it)"),
+        "architecture": st.attrs.get("architecture"),
+        "tied": st.attrs.get("tied", {}),
+        "refused": st.attrs.get("refused", {}),
         "top": st.top,
         "matrices": matrices,
         "pairs": st.pairs,
@@ -74,18 +87,27 @@ def info_command(
     for r in summary["rows"]:  # a hub series: which revision each row is (its folder is only a commit hash)
         if r["revision"] is not None:
             out.print(f"  step {r['step']:>8}  {r['repo']}@{r['revision']}  ({r['checkpoint'][:22]})")
+    out.print(f"  structure: {summary['structure']}" + (f"; architecture {summary['architecture']}" if summary["architecture"] else ""))
+    if summary["kv_heads"] and summary["kv_heads"] != summary["heads"]:
+        out.print(f"  key/value heads: {summary['kv_heads']} (grouped-query attention)")
+    for alias, name in summary["tied"].items():
+        out.print(f"  tied  {alias} = {name} (analyzed once)")
+    for name, why in summary["refused"].items():
+        out.print(f"  [yellow]not analyzed[/yellow] {name}: {why}")
     for s in summary["skipped"]:
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")
     table.add_column("matrix", overflow="fold", ratio=3)
     table.add_column("kind", overflow="fold")
+    table.add_column("orientation", overflow="fold")
     for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
         table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
     for m in summary["matrices"]:
         table.add_row(
             m["name"],
-            m["kind"],
+            m["kind"] + (f" ({m['fused']['layout']})" if m.get("fused") else ""),
+            "rows=outputs" if m["orientation"] == "rows=outputs" else "transposed (Conv1D)",
             "×".join(map(str, m["original_shape"])),
             fmt(m.get("effective_rank")),
             fmt(m.get("stable_rank")),

@@ -32,6 +32,7 @@ PAIR_KINDS = ("plain", "embedding", "vo", "qk", "lstm_gate")
 
 _Q = re.compile(r"(^|\.)(q_proj|query|wq|q)(\.weight)$")
 _K = re.compile(r"(^|\.)(k_proj|key|wk|k)(\.weight)$")
+_V = re.compile(r"(^|\.)(v_proj|value|wv|v)(\.weight)$")
 _LSTM_NAME = re.compile(r"^(?P<p>.*?)weight_(?P<t>ih|hh)_l(?P<l>\d+)(?P<r>_reverse)?$")
 
 
@@ -120,8 +121,12 @@ def out_dim(spec: MatrixSpec) -> int:
     return spec.shape[1] if spec.kind == "embedding" else spec.shape[0]
 
 
-def chain_kind(a: MatrixSpec, b: MatrixSpec, cols=None, heads=None, tied: bool = False) -> PairSpec | None:
-    """The pair a -> b (b read through input channels `cols`), or None when their shapes do not chain."""
+def chain_kind(
+    a: MatrixSpec, b: MatrixSpec, cols=None, heads=None, tied: bool = False, value: bool | None = None
+) -> PairSpec | None:
+    """The pair a -> b (b read through input channels `cols`), or None when their shapes do not chain. `value`:
+    a is a separate value projection (default: judged by its name), which under GQA feeds an output projection
+    reading H / H_kv times as many inputs."""
     if b.kind == "embedding" and not tied:
         return None
     width = cols[1] - cols[0] if cols else b.in_channels
@@ -143,7 +148,9 @@ def chain_kind(a: MatrixSpec, b: MatrixSpec, cols=None, heads=None, tied: bool =
         return pair("embedding" if a.kind == "embedding" else "plain")
     if a.kind == "lstm" and a.shape[0] == 4 * width:
         return pair("lstm_gate")
-    if heads and a.kind == "linear" and width % out_dim(a) == 0 and width > out_dim(a):
+    if value is None:
+        value = bool(_V.search(a.name))
+    if value and heads and a.kind == "linear" and width % out_dim(a) == 0 and width > out_dim(a):
         dh = width // heads
         if out_dim(a) % dh == 0:  # a value projection with fewer heads (GQA) read by the output projection
             return pair("vo", heads, out_dim(a) // dh)
@@ -334,9 +341,12 @@ def slice_vectors(W: np.ndarray, spec: MatrixSpec, needs: set[tuple], n_heads: i
         elif need[0] == "v":
             H, Hkv = need[1] or n_heads, need[2] or need[1] or n_heads
             rows = W[role_rows(spec, "v", H)]
+            rank = rows.shape[0]
             if H and Hkv and H != Hkv:  # repeat_kv: query head h reads key/value head h // (H / H_kv)
                 rows = np.repeat(rows.reshape(Hkv, -1, W.shape[1]), H // Hkv, axis=0).reshape(-1, W.shape[1])
-            out[need] = engine(np.ascontiguousarray(rows))
+            sp = engine(np.ascontiguousarray(rows))
+            # the repeated map has rank <= H_kv * d_h: directions past it span its null space, arbitrary
+            out[need] = Spectrum(sp.s[:rank], sp.U[:, :rank], sp.V[:, :rank]) if rank < sp.U.shape[1] else sp
         elif need[0] == "cols":
             k = spec.kernel_size
             out[need] = engine(np.ascontiguousarray(W[:, need[1] * k : need[2] * k]))
