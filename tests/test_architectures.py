@@ -538,3 +538,27 @@ def test_without_transformers_structure_is_guessed(tmp_path, monkeypatch, one_th
     store = analyzed(run)
     assert store.attrs["structure"] == "guessed from names and shapes"
     assert store.attrs["tied"] == {}
+
+
+def test_old_gpt2_bin_with_tied_head_and_mask_buffers(tmp_path, one_thread):
+    """A pytorch_model.bin as older transformers wrote it: `lm_head.weight` stored beside `wte` and a causal-mask
+    `attn.bias` per block. The head is the tied alias (analyzed once), the masks are not weights."""
+    cls, config = configs()["gpt2"]
+    torch.manual_seed(0)
+    model = cls(config)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"].clone()
+    for i in range(config.n_layer):
+        sd[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 16, 16))
+    run = tmp_path / "run"
+    for step in (0, 1):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        config.save_pretrained(folder)
+        torch.save(sd, folder / "pytorch_model.bin")
+    store = analyzed(run)
+    assert store.matrices == expected_order(model) and len(store.matrices) == 2 + 4 * config.n_layer
+    assert store.attrs["tied"] == {"lm_head.weight": "transformer.wte.weight"}
+    assert set(store.attrs["refused"]) == {f"transformer.h.{i}.attn.bias" for i in range(config.n_layer)}
+    check_orientation(store, model)
+    assert store.pairs[-1] == f"transformer.h.{config.n_layer - 1}.mlp.c_proj.weight -> lm_head.weight"

@@ -58,24 +58,42 @@ def module_kind(module, pname: str, shape: tuple[int, ...]) -> tuple[str, bool] 
     return "embedding", False  # (1, ..., T, d): a sequence of vectors (cls_token, position embeddings)
 
 
-def _build(config_dict: dict):
-    import torch
+AUTO_CLASSES = (  # tried when config.json names no architecture: the one matching the most tensors wins
+    "AutoModel", "AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification", "AutoModelForImageClassification",
+)  # fmt: skip
+
+
+def _classes(config) -> list:
+    """The model classes config.json can mean: its `architectures` (transformers' own classes only; remote code is
+    never run), else every auto class that has a model for this config."""
     import transformers
 
-    config = transformers.AutoConfig.for_model(**config_dict)
     archs = getattr(config, "architectures", None) or []
-    cls = next((getattr(transformers, a) for a in archs if isinstance(a, str) and hasattr(transformers, a)), None)
-    if cls is None:
-        cls = transformers.AutoModel._model_mapping[type(config)]
+    named = [getattr(transformers, a) for a in archs if isinstance(a, str) and hasattr(transformers, a)]
+    if named:
+        return named[:1]
+    out = []
+    for auto in AUTO_CLASSES:
+        mapping = getattr(getattr(transformers, auto, None), "_model_mapping", None)
+        try:
+            out.append(mapping[type(config)])
+        except Exception:
+            continue
+    return out
+
+
+def _build(cls, config):
+    import torch
+
     quiet = logging.getLogger("transformers")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
-            model = cls(config)
+            return cls(config)
     finally:
         quiet.setLevel(level)
-    return model, transformers.__version__
 
 
 def _renamer(model):
@@ -104,13 +122,25 @@ def inspect_model(config_dict: dict, ckpt_names: list[str]) -> tuple[ModelView |
     if not isinstance(config_dict.get("model_type"), str):
         return None, "config.json has no model_type"
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError:
         return None, "transformers is not installed (pip install 'specdyn[hf]')"
+    best = None
     try:
-        model, version = _build(config_dict)
+        config = transformers.AutoConfig.for_model(**config_dict)
+        for cls in _classes(config):
+            view = _view(_build(cls, config), transformers.__version__, ckpt_names)
+            score = (len(view.to_model), len(view.order) + len(view.aliases))  # ties: the fuller model (its head)
+            if best is None or score > (len(best.to_model), len(best.order) + len(best.aliases)):
+                best = view
     except Exception as e:
         return None, f"transformers could not build {config_dict['model_type']!r} from config.json ({type(e).__name__})"
+    if best is None:
+        return None, f"transformers has no model class for {config_dict['model_type']!r}"
+    return best, ""
+
+
+def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
     modules = dict(model.named_modules())
     first: dict[int, str] = {}
     order, kinds, refused, aliases = [], {}, {}, {}
@@ -144,5 +174,4 @@ def inspect_model(config_dict: dict, ckpt_names: list[str]) -> tuple[ModelView |
     to_ckpt = {name: key for key, name in to_model.items() if name not in aliases}
     for key, name in to_model.items():  # a tied weight saved only under its alias (rare) is read from there
         to_ckpt.setdefault(aliases.get(name, name), key)
-    view = ModelView(type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers)
-    return view, ""
+    return ModelView(type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers)

@@ -146,7 +146,15 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
     refused = {view.to_ckpt.get(n, n): why for n, why in view.refused.items()}
     refused.update({k: "a buffer of the model, not a weight" for k, n in view.to_model.items() if n in view.buffers})
     unknown = [n for n in mshapes if n not in view.to_model]
-    specs += [MatrixSpec(n, mshapes[n], classify(n, mshapes[n])) for n in unknown]  # analyzed last, kinds guessed
+    if len(unknown) > len(specs):  # mostly unknown: this model definition does not describe the checkpoint
+        structure = FORMAT_ORDER if ordered else GUESSED
+        return Structure(
+            _guessed_specs(shapes), None, H, Hkv, structure, model_type=config["model_type"],
+            warning=f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of transformers' "
+            f"{view.model_class}: depth order, kinds and pairs are {structure}",
+        )  # fmt: skip
+    # transformers ignores a checkpoint's tensors that are not the model's (an old causal-mask buffer): so do we
+    refused.update({n: f"not a parameter of {view.model_class} (transformers ignores it on load)" for n in unknown})
     pairs, broken = None, []
     if family:
         shown = {a: view_ckpt_name(view, a) for a in view.aliases}
@@ -162,8 +170,8 @@ def _warning(family, config, unknown, model_class) -> str | None:
     parts = []
     if unknown:
         parts.append(
-            f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of {model_class}: analyzed last, "
-            "kinds guessed from names and shapes"
+            f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of {model_class} and are not "
+            "analyzed (recorded in the store's `refused`)"
         )
     if not family:
         parts.append(
