@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdyn.analyze import AnalyzeOptions, analyze
 from specdyn import open_store
+from specdyn.analyze import AnalyzeOptions, analyze
 
 T = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -475,8 +475,9 @@ def test_vit_tokens_and_patches(tmp_path, one_thread):
 def test_pairs_file_round_trip_and_errors(tmp_path, one_thread, capsys):
     """--pairs accepts every pair name auto-pairing writes (heads, GQA value rows, tied heads); a bad line is a
     one-line error naming it, exit 1, and no store is made."""
-    from specdyn.cli import app
     from typer.testing import CliRunner
+
+    from specdyn.cli import app
 
     cls, config = configs()["llama_gqa_tied"]
     run = tmp_path / "run"
@@ -484,7 +485,9 @@ def test_pairs_file_round_trip_and_errors(tmp_path, one_thread, capsys):
     auto = analyzed(run)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("\n".join(auto.pairs) + "\n")
-    again = analyze([run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False)
+    again = analyze(
+        [run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False
+    )
     st = open_store(again["store"])
     assert st.pair_docs() == auto.pair_docs()
     np.testing.assert_array_equal(st.alignment(), auto.alignment())
@@ -500,8 +503,9 @@ def test_pairs_file_round_trip_and_errors(tmp_path, one_thread, capsys):
 
 
 def test_info_shows_kind_and_orientation(tmp_path, one_thread):
-    from specdyn.cli import app
     from typer.testing import CliRunner
+
+    from specdyn.cli import app
 
     cls, config = configs()["gpt2"]
     run = tmp_path / "run"

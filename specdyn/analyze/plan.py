@@ -7,8 +7,8 @@ from pathlib import Path
 
 from specdyn import console
 from specdyn.analyze.options import AnalyzeOptions
-from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
 from specdyn.arch import describe
+from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader, discover, number_by_name
 from specdyn.io.runmeta import recorded_task
 from specdyn.selection import subsample
@@ -17,6 +17,7 @@ from specdyn.spectral.pairs import read_pairs_file
 from specdyn.store import is_store
 from specdyn.store.layout import pairs_of, read_attrs, specs_of
 from specdyn.store.writing import open_root, stored_rows
+
 
 @dataclass
 class Plan:

@@ -12,7 +12,9 @@ FAMILY = Family(
             blocks=r"layer\.\d+\.",
             attention=(
                 Attention(
-                    q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                    q="attention.self.query",
+                    k="attention.self.key",
+                    v="attention.self.value",
                     o="attention.output.dense",
                 ),  # fmt: skip
             ),

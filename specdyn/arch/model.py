@@ -174,4 +174,6 @@ def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
     to_ckpt = {name: key for key, name in to_model.items() if name not in aliases}
     for key, name in to_model.items():  # a tied weight saved only under its alias (rare) is read from there
         to_ckpt.setdefault(aliases.get(name, name), key)
-    return ModelView(type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers)
+    return ModelView(
+        type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers
+    )

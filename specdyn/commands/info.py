@@ -87,7 +87,10 @@ def info_command(
     for r in summary["rows"]:  # a hub series: which revision each row is (its folder is only a commit hash)
         if r["revision"] is not None:
             out.print(f"  step {r['step']:>8}  {r['repo']}@{r['revision']}  ({r['checkpoint'][:22]})")
-    out.print(f"  structure: {summary['structure']}" + (f"; architecture {summary['architecture']}" if summary["architecture"] else ""))
+    out.print(
+        f"  structure: {summary['structure']}"
+        + (f"; architecture {summary['architecture']}" if summary["architecture"] else "")
+    )
     if summary["kv_heads"] and summary["kv_heads"] != summary["heads"]:
         out.print(f"  key/value heads: {summary['kv_heads']} (grouped-query attention)")
     for alias, name in summary["tied"].items():

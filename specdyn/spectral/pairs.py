@@ -266,7 +266,9 @@ def read_pairs_file(
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or "not text"
-        raise SpecdynError(f"{path}: cannot read the pairs file ({why}); pass a text file of `prev next` lines") from None
+        raise SpecdynError(
+            f"{path}: cannot read the pairs file ({why}); pass a text file of `prev next` lines"
+        ) from None
     pairs = []
     for lineno, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].strip()
@@ -277,7 +279,9 @@ def read_pairs_file(
             line = f"{line[:-4].strip()} {line[:-4].strip()}"
         m = _LINE.match(line)
         if not m:
-            raise SpecdynError(f"{where}: expected `prev -> next`, `prev -> next[:, a:b]` or `name (qk)`, got {raw.strip()!r}")
+            raise SpecdynError(
+                f"{where}: expected `prev -> next`, `prev -> next[:, a:b]` or `name (qk)`, got {raw.strip()!r}"
+            )
         names = [m["a"], m["b"]]
         missing = [n for n in names if n not in by_name and n not in tied]
         if missing:
