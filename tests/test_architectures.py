@@ -208,6 +208,27 @@ def heads_falcon(model, i):
     return q, k, v, attn.dense.weight.detach()
 
 
+def separate_heads(attn, o_name):
+    """q (H, dh, d), and k, v per query head, from separate projections without GQA; the output projection."""
+
+    def heads(w):
+        return w.weight.detach().view(H, D // H, D)
+
+    return heads(attn.q_proj), heads(attn.k_proj), heads(attn.v_proj), getattr(attn, o_name).weight.detach()
+
+
+def heads_opt(model, i):
+    return separate_heads(model.model.decoder.layers[i].self_attn, "out_proj")
+
+
+def heads_phi(model, i):
+    return separate_heads(model.model.layers[i].self_attn, "dense")
+
+
+def heads_gptj(model, i):
+    return separate_heads(model.transformer.h[i].attn, "out_proj")
+
+
 def qk_reference(q, k):
     """mean over query heads h of |<u_q,h,i, u_k,h,i>| (k given per query head), numpy float64 SVDs."""
     per_head = []
@@ -287,7 +308,7 @@ def families_without_trainer():
 HEADS = {
     "gpt2": heads_gpt2, "gpt_neox": heads_neox, "llama_gqa_tied": heads_llama, "llama_untied": heads_llama,
     "mistral": heads_llama, "qwen2": heads_llama, "bloom": heads_bloom, "falcon": heads_falcon,
-    "falcon_mqa": heads_falcon,
+    "falcon_mqa": heads_falcon, "opt": heads_opt, "phi": heads_phi, "gptj": heads_gptj,
 }  # fmt: skip
 
 
@@ -357,12 +378,8 @@ def test_family_order_orientation_and_heads(tmp_path, family, one_thread):
     store = analyzed(run)
     models = loaded(cls, store)
     check_family(store, models[-1], tied_head=bool(config.tie_word_embeddings))
-    if family in HEADS:
-        check_heads(store, models, family, config.num_hidden_layers)
-    else:  # separate projections without GQA: q -> k per head, v -> o as a plain pair
-        for p in store.pair_docs():
-            assert p["kind"] != "vo"
-        assert sum(p["kind"] == "qk" for p in store.pair_docs()) == config.num_hidden_layers
+    check_heads(store, models, family, config.num_hidden_layers)
+    assert sum(p["kind"] == "qk" for p in store.pair_docs()) == config.num_hidden_layers
 
 
 def test_gptj_separate_heads_and_parallel_block(tmp_path, one_thread):

@@ -110,6 +110,18 @@ def role_rows(spec: MatrixSpec, role: str, n_heads: int | None = None) -> np.nda
     raise SpecdynError(f"{spec.name}: unknown fused layout {layout!r}")
 
 
+def layout_fits(spec: MatrixSpec, n_heads: int | None) -> bool:
+    """Whether a fused projection's rows split into its layout's heads (else it has no head pairs)."""
+    layout, H, Hkv = layout_of(spec, n_heads)
+    m = spec.shape[0]
+    if not H:
+        return m % 3 == 0
+    if not Hkv or H % Hkv:
+        return False
+    parts = {"blocks": H + 2 * Hkv, "per_head": 3 * H, "grouped": Hkv * (H // Hkv + 2)}.get(layout)
+    return bool(parts) and m % parts == 0 and (layout != "per_head" or H == Hkv)
+
+
 def value_dim(spec: MatrixSpec, n_heads: int | None) -> int:
     return len(role_rows(spec, "v", n_heads))
 
@@ -136,7 +148,7 @@ def chain_kind(
     def pair(kind, h=None, hkv=None):
         return PairSpec(a.name, b.name, kind, h, hkv, tuple(cols) if cols else None)
 
-    if a.kind == "attention_in_proj":
+    if a.kind == "attention_in_proj" and layout_fits(a, heads):
         layout, H, Hkv = layout_of(a, heads)
         v = value_dim(a, heads)
         if v == width:
@@ -162,7 +174,7 @@ def qk_pair(q: MatrixSpec, k: MatrixSpec, heads: int | None) -> PairSpec | None:
     (under GQA the key projection has H_kv = rows(k) / head_dim heads)."""
     if q.name == k.name:
         layout, H, Hkv = layout_of(q, heads)
-        if not H or len(role_rows(q, "q", H)) % H:
+        if not H or not layout_fits(q, heads):
             return None
         return PairSpec(q.name, q.name, "qk", H, Hkv)
     if not heads or q.shape[0] % heads or q.shape[1] != k.shape[1]:
