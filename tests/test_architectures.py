@@ -378,7 +378,8 @@ def test_family_order_orientation_and_heads(tmp_path, family, one_thread):
     store = analyzed(run)
     models = loaded(cls, store)
     check_family(store, models[-1], tied_head=bool(config.tie_word_embeddings))
-    check_heads(store, models, family, config.num_hidden_layers)
+    worst = check_heads(store, models, family, config.num_hidden_layers)
+    print(f"{family}: max |stored - reference| over qk and vo pairs = {worst:.2e}")
     assert sum(p["kind"] == "qk" for p in store.pair_docs()) == config.num_hidden_layers
 
 
@@ -583,3 +584,30 @@ def test_old_gpt2_bin_with_tied_head_and_mask_buffers(tmp_path, one_thread):
     assert set(store.attrs["refused"]) == {f"transformer.h.{i}.attn.bias" for i in range(config.n_layer)}
     check_orientation(store, model)
     assert store.pairs[-1] == f"transformer.h.{config.n_layer - 1}.mlp.c_proj.weight -> lm_head.weight"
+
+
+def test_store_without_the_new_attrs_still_reads(tmp_path, one_thread):
+    """A store made before `orientation`, `fused`, `structure` and `tied` existed reads as rows=outputs, blocks."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from specdyn.cli import app
+
+    cls, config = configs()["gpt_neox"]
+    run = tmp_path / "run"
+    save_series(run, cls, config)
+    store = analyzed(run)
+    qk = store.pairs[1]
+    root = zarr.open_group(str(run / "specdyn.zarr"), mode="r+")
+    matrix = root["matrix"]
+    attrs = {k: v for k, v in matrix.attrs.items() if k not in ("orientation", "fused")}
+    matrix.attrs.clear()
+    matrix.attrs.update(attrs)
+    meta = {k: v for k, v in root.attrs["specdyn"].items() if k not in ("structure", "tied", "refused", "kv_heads")}
+    root.attrs["specdyn"] = meta
+    old = open_store(run / "specdyn.zarr")
+    spec = old.matrix_spec("gpt_neox.layers.0.attention.query_key_value.weight")
+    assert spec.orientation == "rows=outputs" and spec.fused is None and spec.kind == "attention_in_proj"
+    assert old.pair_spec(qk).heads == 4
+    res = CliRunner().invoke(app, ["info", str(run), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["structure"].startswith("not recorded")
