@@ -248,6 +248,11 @@ def vo_reference(v, o):
     return np.abs(np.sum(Uv[:, :r] * Vo[:, :r], axis=0))
 
 
+def diag_ref(U, V):
+    r = min(U.shape[1], V.shape[1])
+    return np.abs(np.sum(U[:, :r] * V[:, :r], axis=0))
+
+
 def check_pair(store, name, refs, what):
     got = store.alignment(name)
     assert got.shape[0] == len(refs)
@@ -362,6 +367,14 @@ def test_trainer_series_heads_match_model_definition(tmp_path, family, one_threa
     elif family == "gpt2":
         assert store.attrs["tied"] == {"lm_head.weight": "transformer.wte.weight"}
         assert store.matrix_spec("transformer.h.0.attn.c_attn.weight").orientation.startswith("transposed")
+        # c_fc -> c_proj: c_fc's output side against c_proj's input side, each Conv1D read as out x in
+        refs = []
+        for m in models:
+            mlp = m.transformer.h[0].mlp
+            U = np.linalg.svd(eye_out(mlp.c_fc, D).T.numpy().astype(np.float64), full_matrices=False)[0]
+            W = eye_out(mlp.c_proj, mlp.c_proj.weight.shape[0]).T.numpy().astype(np.float64)
+            refs.append(diag_ref(U, np.linalg.svd(W, full_matrices=False)[2].T))
+        check_pair(store, "transformer.h.0.mlp.c_fc.weight -> transformer.h.0.mlp.c_proj.weight", refs, "gpt2 mlp")
     else:
         assert store.matrix_spec(store.matrices[-1]).kind == "head"
         assert store.matrix_spec(last_pair["next"]).kind == "head"
