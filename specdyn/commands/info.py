@@ -1,5 +1,6 @@
 """`specdyn info STORE`: what a store holds (sources, checkpoints, matrices, latest metrics)."""
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -73,7 +74,7 @@ def info_command(
     if json_out:
         console.print_json(summary)
         return
-    out = Console()
+    out = Console() if sys.stdout.isatty() else Console(width=160)  # piped: names whole, one line per matrix
     steps = summary["steps"]
     out.print(
         f"[bold]{summary['store']}[/bold]  (schema {summary['schema_version']}, specdyn {summary['specdyn_version']})"
@@ -101,8 +102,8 @@ def info_command(
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")
     table.add_column("matrix", overflow="fold", ratio=3)
-    table.add_column("kind", overflow="fold")
-    table.add_column("orientation", overflow="fold")
+    table.add_column("kind", overflow="fold", ratio=1)
+    table.add_column("rows", no_wrap=True)
     for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
         table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
@@ -110,7 +111,7 @@ def info_command(
         table.add_row(
             m["name"],
             m["kind"] + (f" ({m['fused']['layout']})" if m.get("fused") else ""),
-            "rows=outputs" if m["orientation"] == "rows=outputs" else "transposed (Conv1D)",
+            "out" if m["orientation"] == "rows=outputs" else "out (T)",
             "×".join(map(str, m["original_shape"])),
             fmt(m.get("effective_rank")),
             fmt(m.get("stable_rank")),
@@ -118,6 +119,8 @@ def info_command(
             fmt(m.get("stability_score")),
         )
     out.print(table)
+    if any(m["orientation"] != "rows=outputs" for m in summary["matrices"]):
+        out.print("  rows: out = rows are outputs, as stored; out (T) = transposed (Conv1D stores in×out)")
     out.print(
         f"  {len(summary['pairs'])} alignment pairs"
         + (
