@@ -120,7 +120,7 @@ def info_command(
         )
     out.print(table)
     if any(m["orientation"] != "rows=outputs" for m in summary["matrices"]):
-        out.print("  rows: out = rows are outputs, as stored; out (T) = transposed (Conv1D stores in×out)")
+        out.print("  rows: out = rows are outputs, as stored; out (T) = transposed (Conv1D), stored in×out")
     out.print(
         f"  {len(summary['pairs'])} alignment pairs"
         + (
