@@ -13,7 +13,9 @@ def store_summary(st) -> dict:
 
     last = {}
     if len(st):
-        for name in ("effective_rank", "stable_rank", "spectral_norm", "stability_score"):
+        from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS  # WeightWatcher's columns (docs/method.md §10)
+
+        for name in ("effective_rank", "stable_rank", "spectral_norm", "stability_score", *HEAVY_TAIL_METRICS):
             last[name] = st.metric(name)[-1]
     matrices = []
     for j, name in enumerate(st.matrices):

@@ -1,4 +1,4 @@
-"""Heavy-tailed spectral metrics with WeightWatcher 0.7.7's conventions (docs/method.md §5), from singular values.
+"""Heavy-tailed spectral metrics with WeightWatcher 0.7.7's conventions (docs/method.md §10), from singular values.
 
 Everything is a pure function of one matrix's singular values `s` (all of them) and its larger side `n_max`;
 no SVD. The eigenvalues are lambda = s^2 (WeightWatcher's ESD of W^T W, unnormalised). The power-law fit is
@@ -166,7 +166,7 @@ def ww_conv_eigenvalues(kernel: np.ndarray) -> tuple[np.ndarray, int]:
     """WeightWatcher's ESD of a conv kernel (c_out, c_in, kh, kw), for comparison with WW on one checkpoint:
     the eigenvalues of every kh x kw tap slice W[:, :, i, j], scaled by 1/2 (WW multiplies W by sqrt(1/2)),
     pooled; and the larger channel count (its n_max). specdyn's store instead holds the SVD of the flattened
-    c_out x (c_in kh kw) matrix (docs/method.md §5.3). Costs kh*kw SVDs, so it is not computed by analyze."""
+    c_out x (c_in kh kw) matrix (docs/method.md §10.3). Costs kh*kw SVDs, so it is not computed by analyze."""
     k = np.asarray(kernel, dtype=np.float64)
     c_out, c_in = k.shape[:2]
     taps = k.reshape(c_out, c_in, -1)

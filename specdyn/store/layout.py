@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS
 from specdyn.spectral.matrices import ROWS_ARE_OUTPUTS, TRANSPOSED, MatrixSpec
 from specdyn.spectral.metrics import SPECTRUM_METRICS
 from specdyn.spectral.pairs import PairSpec
@@ -21,7 +22,10 @@ SCHEMA_VERSION = 1
 LOCK_NAME = ".specdyn.lock"
 ROW_METRICS = tuple(SPECTRUM_METRICS)  # computed per checkpoint from its own SVD
 DERIVED_METRICS = ("stability_score", "subspace_overlap", "stability_prev_score")  # against other checkpoints
-METRICS = ROW_METRICS + DERIVED_METRICS
+# WeightWatcher's columns (docs/method.md §10), computed from the stored singular values by `derive`; stores made
+# before they existed lack these arrays until `specdyn derive` (or a rerun of analyze) adds them.
+HEAVY_METRICS = tuple(HEAVY_TAIL_METRICS)
+METRICS = ROW_METRICS + DERIVED_METRICS + HEAVY_METRICS
 IDENTITY = ("step", "checkpoint", "source")  # what names a row
 
 
@@ -129,13 +133,26 @@ def pairs_of(root) -> list[PairSpec]:
 
 
 def checkpoint_arrays(root):
-    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first."""
-    out = [root[name] for name in ("done", *IDENTITY, *METRICS)]
+    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first. The heavy-tail
+    arrays come last and only where present, so an older store's list is a prefix of a new one's."""
+    out = [root[name] for name in ("done", *IDENTITY, *ROW_METRICS, *DERIVED_METRICS)]
     out += [root["stability"], root["alignment"], root["alignment_score"]]
     for name in matrix_names(root):
         g = root[matrix_group(name)]
         out += [g["sv"], g["U"], g["V"]]
-    return out
+    return out + [root[name] for name in HEAVY_METRICS if name in root]
+
+
+def add_heavy_arrays(root) -> list[str]:
+    """Create the heavy-tail metric arrays a store made before them lacks (NaN, as many rows as the store);
+    returns the names created."""
+    rows, M = root["done"].shape[0], len(matrix_names(root))
+    made = []
+    for name in HEAVY_METRICS:
+        if name not in root:
+            _array(root, name, (rows, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+            made.append(name)
+    return made
 
 
 def read_attrs(root) -> dict:

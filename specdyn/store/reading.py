@@ -11,6 +11,7 @@ from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store.layout import (
+    HEAVY_METRICS,
     METRICS,
     is_store,
     matrix_group,
@@ -116,7 +117,26 @@ class SpectralStore:
         """A (checkpoint, matrix) metric such as effective_rank, stable_rank, stability_score."""
         if name not in METRICS:
             raise SpecdynError(f"{self.path}: unknown metric {name!r}; known: {', '.join(METRICS)}")
+        if name in HEAVY_METRICS and name not in self.root:
+            return self._heavy_on_the_fly()[name]
         return self.root[name][:][self.rows]
+
+    def has_heavy_tail(self) -> bool:
+        """Whether the store holds the heavy-tail arrays (older stores get them from `specdyn derive`)."""
+        return all(name in self.root for name in HEAVY_METRICS)
+
+    def _heavy_on_the_fly(self) -> dict[str, np.ndarray]:
+        """Heavy-tail metrics of a store made before they were stored, computed from its singular values (not
+        written: reading never writes; `specdyn derive STORE` stores them)."""
+        if getattr(self, "_heavy", None) is None:
+            from specdyn.spectral.heavy_tail import heavy_tail_table
+
+            out = {name: np.full((len(self.rows), len(self.matrices)), np.nan) for name in HEAVY_METRICS}
+            for j, name in enumerate(self.matrices):
+                for k, v in heavy_tail_table(self.sv(name), max(self.matrix_spec(name).shape)).items():
+                    out[k][:, j] = v
+            self._heavy = out
+        return self._heavy
 
     def sv(self, matrix: str) -> np.ndarray:
         """All singular values of a matrix, (checkpoint, k)."""

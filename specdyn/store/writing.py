@@ -23,14 +23,17 @@ from specdyn.errors import SpecdynError
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store.layout import (
+    HEAVY_METRICS,
     LOCK_NAME,
     ROW_METRICS,
+    add_heavy_arrays,
     checkpoint_arrays,
     create_layout,
     is_store,
     matrix_group,
     matrix_names,
     read_attrs,
+    specs_of,
 )
 from specdyn.store.locking import acquire_lock, locked
 from specdyn.store.swap import Swap
@@ -143,14 +146,44 @@ def derive(root) -> None:
     arrays = derive_stability(done, root["done"].shape[0], len(names), root["stability"].shape[-1], vectors)
     for name, values in arrays.items():
         root[name][:] = values
+    fill_heavy_tail(root)
     update_attrs(root, derived=derived_marker(root))
+
+
+def fill_heavy_tail(root, recompute: bool = False) -> int:
+    """Compute the heavy-tail metrics (docs/method.md §10) of every completed row that lacks them (all rows with
+    `recompute`) from its stored singular values, adding the arrays to an older store first. Returns the number
+    of (row, matrix) cells computed. Rows are marked by `matrix_rank`, which is finite for any finite spectrum."""
+    from specdyn.spectral.heavy_tail import heavy_tail_metrics
+
+    add_heavy_arrays(root)
+    done = root["done"][:]
+    values = {name: root[name][:] for name in HEAVY_METRICS}
+    count = 0
+    for j, spec in enumerate(specs_of(root)):
+        todo = np.flatnonzero(done & (recompute | np.isnan(values["matrix_rank"][:, j])))
+        if not len(todo):
+            continue
+        sv = root[matrix_group(spec.name)]["sv"].get_orthogonal_selection((todo, slice(None)))
+        for i, s in zip(todo, sv):
+            for name, v in heavy_tail_metrics(s, max(spec.shape)).items():
+                values[name][i, j] = v
+            count += 1
+    if count:
+        for name in HEAVY_METRICS:
+            root[name][:] = values[name]
+    return count
 
 
 def derived_marker(root) -> dict:
     """Identifies the rows the derived arrays were computed for; a rerun with nothing new skips `derive`."""
     done = np.flatnonzero(root["done"][:])
     final = int(done[-1]) if len(done) else -1
-    return {"rows": len(done), "final": str(root["checkpoint"][final]) if final >= 0 else None}
+    return {
+        "rows": len(done),
+        "final": str(root["checkpoint"][final]) if final >= 0 else None,
+        "heavy_tail": 1,  # stores derived before the heavy-tail arrays existed differ here, so a rerun adds them
+    }
 
 
 def source_docs(previous: list[dict], run_dirs: list[str], rows: list[dict]) -> list[dict]:

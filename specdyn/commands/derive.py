@@ -1,0 +1,53 @@
+"""`specdyn derive STORE`: recompute what a store derives from its own SVDs (stability against other checkpoints,
+WeightWatcher's heavy-tail metrics), adding arrays an older store lacks; the checkpoints are not read."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specdyn.commands.common import JsonFlag
+
+
+def derive_store(store: Path, recompute: bool = False) -> dict:
+    """Add or refresh the derived arrays of a store; returns {"store", "rows", "heavy_tail_cells"}."""
+    import numpy as np
+
+    from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
+    from specdyn.store import is_store, resolve_store, write_session
+    from specdyn.store.writing import derive, fill_heavy_tail, recover
+
+    store = resolve_store(Path(store))
+    recover(store)
+    if not is_store(store):
+        raise SpecdynError(f"{store}: no specdyn store here; run `specdyn analyze RUN_DIR` first", code=EXIT_NOT_FOUND)
+    with write_session(store, "derive") as root:
+        cells = fill_heavy_tail(root, recompute=recompute)
+        derive(root)  # stability arrays, and the marker that tells analyze nothing is left to derive
+        rows = int(np.count_nonzero(root["done"][:]))
+    return {"store": str(store), "rows": rows, "heavy_tail_cells": cells}
+
+
+def derive_command(
+    store: Annotated[
+        Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
+    ],
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Recompute the heavy-tail metrics of every row, not only missing ones.")
+    ] = False,
+    json_out: JsonFlag = False,
+):
+    """Add derived arrays to an existing store (heavy-tail metrics, stability) from its stored SVDs."""
+    from specdyn import console
+
+    out = derive_store(store, recompute)
+    if json_out:
+        console.print_json(out)
+    else:
+        console.info(f"{out['store']}: {out['rows']} checkpoints; heavy-tail metrics computed for {out['heavy_tail_cells']} (checkpoint, matrix) cells")
+
+
+def register(app: typer.Typer) -> None:
+    from specdyn.cli import user_errors
+
+    app.command("derive")(user_errors(derive_command))
