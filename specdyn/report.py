@@ -57,6 +57,28 @@ def interesting_matrices(store, n: int = N_INTERESTING) -> dict[str, list[tuple[
 # ------------------------------------------------------------------------------------------- the figure list
 
 
+def condition_jobs(conditions, interpolate_steps: bool = False) -> list[FigureJob]:
+    """The "Conditions" section: every spectral metric, the alignment score and the training curves, as the
+    mean over each condition's seeds with a band of one standard deviation (ddof 0)."""
+    if not conditions:
+        return []
+    from specdyn.plots import select
+
+    opts = {"groups": conditions, "interpolate_steps": interpolate_steps}
+    every = [st for c in conditions for st in c.stores]
+    sec, cap = "Conditions", "Mean over each condition's seeds (band: ± one standard deviation over seeds, ddof 0)."
+    jobs = [
+        FigureJob(sec, "Spectral metrics by condition", cap, "compare", [],
+                  {**opts, "metric": ["effective_rank", "stable_rank", "stability_score", "alpha"]}),
+    ]  # fmt: skip
+    if all(select.pair_specs(st) for st in every):
+        jobs.append(FigureJob(sec, "Alignment score by condition", cap, "compare", [], {**opts, "metric": "alignment_score"}))
+    logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(every, m)]
+    if logs:
+        jobs.append(FigureJob(sec, "Training curves by condition", cap, "compare", [], {**opts, "metric": logs}))
+    return jobs
+
+
 def figure_jobs(stores, labels: list[str]) -> list[FigureJob]:
     """Every figure of the report: comparisons across runs (with several stores), then each run's own."""
     jobs = _comparison_jobs(stores) if len(stores) > 1 else []
@@ -229,12 +251,20 @@ figcaption{color:#555;font-size:.85em;max-width:60em} .note{color:#a00;font-size
 """
 
 
-def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_figure=None) -> str:
-    """The report's HTML for opened stores; on_figure(job) is called after each figure (progress)."""
+def build_report(
+    stores,
+    title: str | None = None,
+    dpi: int = REPORT_DPI,
+    on_figure=None,
+    conditions=None,
+    interpolate_steps: bool = False,
+) -> str:
+    """The report's HTML for opened stores and conditions (`plots.groups.Condition`, seeds averaged);
+    on_figure(job) is called after each figure (progress)."""
     from specdyn.plots.dispatch import make_figure
     from specdyn.plots.runlog import read_run_log, run_labels
 
-    if not stores:
+    if not stores and not conditions:
         raise SpecdynError("no store given; pass one or more stores (or run dirs holding specdyn.zarr)")
     for st in stores:
         if len(st) == 0:
@@ -243,9 +273,13 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
             )
     logs = [read_run_log(s) for s in stores]
     labels = run_labels(stores, logs)
-    jobs = figure_jobs(stores, labels)
-    title = title or ("specdyn report: " + ", ".join(labels))
+    jobs = condition_jobs(conditions, interpolate_steps) + figure_jobs(stores, labels)
+    title = title or ("specdyn report: " + ", ".join([c.name for c in conditions or []] + labels))
     sections: dict[str, list[str]] = {}
+    if conditions:
+        sections["Conditions"] = [
+            "<p>" + "; ".join(f"{html.escape(c.name)}: {len(c.stores)} runs" for c in conditions) + "</p>"
+        ]
     if len(stores) > 1:
         sections["Comparison"] = []
     for st, label, log in zip(stores, labels, logs):
@@ -279,7 +313,9 @@ def build_report(stores, title: str | None = None, dpi: int = REPORT_DPI, on_fig
     )
 
 
-def count_figures(stores) -> int:
+def count_figures(stores, conditions=None) -> int:
     from specdyn.plots.runlog import read_run_log, run_labels
 
-    return len(figure_jobs(stores, run_labels(stores, [read_run_log(s) for s in stores])))
+    return len(condition_jobs(conditions)) + len(
+        figure_jobs(stores, run_labels(stores, [read_run_log(s) for s in stores]))
+    )

@@ -12,12 +12,13 @@ from specdyn.plots.registry import KINDS
 
 def plot_command(
     kind: Annotated[str, typer.Argument(help=f"Figure kind: {', '.join(KINDS)}.", show_default=False)],
-    stores: Annotated[
-        list[Path], typer.Argument(help="Stores (or run dirs holding specdyn.zarr).", show_default=False)
-    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output file; png, svg or pdf by suffix.", show_default=False)
     ],
+    stores: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Stores (or run dirs holding specdyn.zarr); compare may take only --group.", show_default=False),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help='Print {"written": [paths]} on stdout.')] = False,
     *,
     opts: PlotOptions,
@@ -31,7 +32,7 @@ def plot_command(
     check_kind(kind)
     if out.suffix.lower() not in style.FORMATS:  # before any drawing
         raise SpecdynError(f"{out}: unknown figure format {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
-    fig = make_figure(kind, open_stores(stores, kind), **opts.given())
+    fig = make_figure(kind, open_stores(stores or [], kind), **opts.given())
     path = style.save(fig, out, opts.dpi)
     if json_out:
         console.print_json({"written": [str(path)]})

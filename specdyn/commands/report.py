@@ -7,12 +7,23 @@ import typer
 
 
 def report_command(
-    stores: Annotated[
-        list[Path], typer.Argument(help="Stores (or run dirs holding specdyn.zarr).", show_default=False)
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    stores: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Stores (or run dirs holding specdyn.zarr); may be empty with --group.", show_default=False),
+    ] = None,
     title: Annotated[Optional[str], typer.Option("--title", help="Page title.")] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of the embedded PNG figures.")] = 110,
+    group: Annotated[
+        Optional[list[str]],
+        typer.Option("--group", metavar="NAME=GLOB", help="A condition of several seeds (repeatable): mean ± std."),
+    ] = None,
+    groups_file: Annotated[
+        Optional[Path], typer.Option("--groups", help="A TOML/JSON file naming conditions (see plot compare).")
+    ] = None,
+    interpolate_steps: Annotated[
+        bool, typer.Option("--interpolate-steps", help="Interpolate seeds whose step grids differ.")
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help='Print {"written": [path], "figures": n} on stdout.')
     ] = False,
@@ -28,17 +39,24 @@ def report_command(
         raise SpecdynError(f"{out}: the report is an HTML file; name it *.html")
     if dpi < 50:
         raise SpecdynError(f"--dpi {dpi}: too small for readable figures; use 80 or more")
-    opened = open_stores(stores)
+    opened = open_stores(stores or [])
+    conditions = None
+    if group or groups_file:
+        from specdyn.plots.groups import conditions_from_args
+
+        conditions = conditions_from_args(group, groups_file)
     done = 0
     with console.progress(transient=True) as bar:
-        task = bar.add_task("figures", total=count_figures(opened))
+        task = bar.add_task("figures", total=count_figures(opened, conditions))
 
         def step(job):
             nonlocal done
             done += 1
             bar.advance(task)
 
-        page = build_report(opened, title=title, dpi=dpi, on_figure=step)
+        page = build_report(
+            opened, title=title, dpi=dpi, on_figure=step, conditions=conditions, interpolate_steps=interpolate_steps
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -15,6 +15,9 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.", show_default="runs/TASK")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the full config as JSON and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    seeds: Annotated[
+        str | None, typer.Option(help="Train once per seed (e.g. 0,1,2), into OUT-s0, OUT-s1, ... (a condition).")
+    ] = None,
     json_out: JsonFlag = False,
     *,
     opts: TrainOptions,
@@ -24,6 +27,8 @@ def train_command(
     Every save evaluates the full train and val splits. Branches start from --init-from with their own --seed;
     --perturb-scale and --mask-from/--density edit the branch start as in the paper.
     """
+    if seeds is not None:
+        return _train_seeds(task, out, show_config, progress, seeds, json_out, opts)
     import time
 
     import torch
@@ -58,6 +63,30 @@ def train_command(
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "step")
         console.info(f"wrote {len(result.checkpoints)} checkpoints to {run_dir} in {elapsed:.0f}s; "
                      f"step {final['step']}: {metrics}")  # fmt: skip
+    return summary
+
+
+def _train_seeds(task, out, show_config, progress, seeds: str, json_out: bool, opts: TrainOptions) -> list[dict]:
+    """`--seeds 0,1,2`: one run per seed into OUT-s<seed> (for `plot compare --group NAME='OUT-s*'`)."""
+    from specdyn import console
+    from specdyn.errors import EXIT_USAGE, SpecdynError
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SpecdynError(f"--seeds {seeds!r}: expected integers separated by commas (e.g. 0,1,2)", code=EXIT_USAGE) from None
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise SpecdynError(f"--seeds {seeds!r}: expected distinct integers (e.g. 0,1,2)", code=EXIT_USAGE)
+    if opts.seed is not None:
+        raise SpecdynError("pass --seed or --seeds, not both", code=EXIT_USAGE)
+    base = out if out is not None else Path("runs") / task
+    summaries = [
+        train_command(task, base.with_name(f"{base.name}-s{s}"), show_config, progress, None, False, opts=opts.replace(seed=s))
+        for s in seed_list
+    ]
+    if json_out:
+        console.print_json(summaries)
+    return summaries
 
 
 def _branch_and_config(task: str, opts: TrainOptions):

@@ -1,14 +1,18 @@
 """`compare`: one metric for several stores on shared axes (weight decay on/off, random vs true labels), one
 line per store, labelled from what differs in the runs' configs. A per-matrix metric is averaged over the
 chosen matrices (band: ± one standard deviation across them) unless `per_matrix`, which gives one panel per
-matrix; logged curves (train_loss, val_loss, train_err, val_err) compare as they are."""
+matrix; logged curves (train_loss, val_loss, train_err, val_err) compare as they are.
+
+With `groups` (conditions of several seeds each), one line per condition instead: the mean over its seeds of
+each seed's curve, band ± one standard deviation over seeds (ddof 0), steps aligned by value (docs/method.md §5).
+"""
 
 import warnings
 
 import numpy as np
 
 from specdyn.errors import SpecdynError
-from specdyn.plots import draw, select, style
+from specdyn.plots import draw, groups as grouping, select, style
 from specdyn.plots.metrics import LINE_METRICS, series
 from specdyn.plots.runlog import HISTORY_KEYS
 from specdyn.store import METRICS
@@ -37,12 +41,24 @@ def plot(
     x: str = "step",
     log_x: str = "auto",
     title: str | None = None,
+    groups: list | None = None,
+    interpolate_steps: bool = False,
 ):
     metric_list = [metric] if isinstance(metric, str) else list(metric or ["effective_rank"])
     for m in metric_list:
         select.check_metric(m, COMPARE_METRICS)
+    if groups:
+        conditions = list(groups) + [grouping.Condition(None, [st]) for st in stores]
+        stores = [st for c in conditions for st in c.stores]
     runs, axis = select.prepare(stores, steps, x, log_x)
-    colours = {r.label: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, r in enumerate(runs)}
+    if groups:
+        by_condition, k = [], 0
+        for c in conditions:
+            by_condition.append((c.name or runs[k].label, runs[k : k + len(c.stores)]))
+            k += len(c.stores)
+        colours = {name: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, (name, _) in enumerate(by_condition)}
+    else:
+        colours = {r.label: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, r in enumerate(runs)}
     if per_matrix:
         bad = [m for m in metric_list if m not in METRICS]
         if bad:
@@ -62,7 +78,9 @@ def plot(
     for ax, (m, name) in zip(axes, panels):
         axis.apply(ax)
         ys_all = []
-        for run in runs:
+        if groups:
+            ys_all = _grouped_panel(ax, m, name, by_condition, colours, matrices, pairs, interpolate_steps)
+        for run in [] if groups else runs:
             colour = colours[run.label]
             if m in HISTORY_KEYS:
                 hx, hy = run.history(m)
@@ -87,6 +105,7 @@ def plot(
             continue
         ax.margins(x=0)
         what = "pairs" if m == "alignment_score" else "matrices"
+        what = f"{what}; band: seeds" if groups else what
         ylabel = style.metric_label(m) + ("" if m in HISTORY_KEYS or name else f"\n(mean over {what})")
         ax.set_ylabel(ylabel)
         if name:
@@ -103,3 +122,38 @@ def plot(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _seed_curve(run, m: str, name, matrices, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's curve on its own steps: a run.json curve, one matrix's metric, or the mean over matrices."""
+    if m in HISTORY_KEYS:
+        if not run.log.has(m):
+            return np.zeros(0), np.zeros(0)
+        s, y = run.log.history["step"], run.log.history[m]
+        keep = (s >= run.steps[0]) & (s <= run.steps[-1]) & np.isfinite(y)
+        return s[keep], y[keep]
+    if name is not None:
+        if name not in run.store.matrices:
+            return np.zeros(0), np.zeros(0)
+        return run.steps, run.metric(m)[:, run.store.matrices.index(name)]
+    return run.steps, pooled(run, m, matrices, pairs)[0]
+
+
+def _grouped_panel(ax, m, name, by_condition, colours, matrices, pairs, interpolate) -> list[np.ndarray]:
+    """Mean ± std over each condition's seeds (grouping.seed_mean); returns the means drawn."""
+    drawn = []
+    for label, runs in by_condition:
+        curves = [_seed_curve(r, m, name, matrices, pairs) for r in runs]
+        where = f"group {label} ({style.metric_label(m)})"
+        steps, mean, std = grouping.seed_mean(curves, where, interpolate)
+        if not len(steps):
+            continue
+        first = runs[0]
+        xs = np.interp(steps, first.steps, first.x) if first.by_index else steps
+        n = sum(1 for s, _ in curves if len(s))
+        colour = colours[label]
+        ax.plot(xs, mean, color=colour, label=f"{label} (n={n})" if len(runs) > 1 else label)
+        if n > 1:
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+        drawn.append(mean)
+    return drawn

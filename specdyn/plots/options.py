@@ -35,14 +35,28 @@ class PlotOptions(Options):
     keep: float | None = option(None, help="prune: the kept fraction to draw (of a --keep sweep).")
     split: str | None = option(None, help="interp: `train` or `val` curves.")
     curve: str | None = option(None, help="interp: full, top_kept or bottom_kept model along the path.")
+    checkpoints: int | None = option(None, min=1, help="esd: how many checkpoints to overlay, log-spaced over "
+                                     "--steps (default 5).")  # fmt: skip
+    group: list[str] | None = option(None, "--group", metavar="NAME=GLOB", help="compare: a condition of several "
+                                     "seeds (repeatable), e.g. --group wd1='runs/wd1-s*': mean ± std over its "
+                                     "seeds.")  # fmt: skip
+    groups_file: str | None = option(None, "--groups", help='compare: a TOML/JSON file naming conditions: '
+                                     '{"groups": {"wd1": ["runs/wd1-s*"]}}.')  # fmt: skip
+    interpolate_steps: bool = option(False, help="compare with groups: interpolate seeds whose step grids differ.")
 
     def given(self) -> dict:
-        """The figure keywords the user set (those that differ from their defaults); dpi is for saving."""
-        return {
+        """The figure keywords the user set (those that differ from their defaults); dpi is for saving. `--group`
+        and `--groups` become one `groups` keyword: the opened conditions (plots.groups)."""
+        out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name != "dpi" and getattr(self, f.name) != f.default
+            if f.name not in ("dpi", "group", "groups_file") and getattr(self, f.name) != f.default
         }
+        if self.group or self.groups_file:
+            from specdyn.plots.groups import conditions_from_args
+
+            out["groups"] = conditions_from_args(self.group, self.groups_file)
+        return out
 
 
 def flags() -> dict[str, str]:
@@ -54,4 +68,5 @@ def flags() -> dict[str, str]:
             out[f.name] = spelled[0].split("/")[1]
         else:
             out[f.name] = spelled[0] if spelled else "--" + f.name.replace("_", "-")
+    out["groups"] = "--group/--groups"
     return out

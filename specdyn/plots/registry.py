@@ -17,6 +17,7 @@ _MODULES = {
     "compare": "compare",
     "prune": "prune",
     "interp": "interp",
+    "esd": "esd",
 }
 
 
