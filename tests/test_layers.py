@@ -16,7 +16,7 @@ LAYERS = [
     {"specdyn", "specdyn.__main__", "specdyn.cli", "specdyn.commands"},
     {"specdyn.report"},
     {"specdyn.plots"},
-    {"specdyn.evals"},
+    {"specdyn.evals", "specdyn.integrations"},
     {"specdyn.analyze", "specdyn.train"},
     {"specdyn.store", "specdyn.tasks", "specdyn.branching", "specdyn.arch"},
     {"specdyn.spectral", "specdyn.io"},

@@ -1,0 +1,202 @@
+"""What both callbacks share: the save schedule, writing a checkpoint in specdyn's safetensors format (through
+the format registry, atomically, the step in its metadata), and analyzing saved checkpoints in one background
+process whose summary metrics the callbacks hand to their trainer's loggers.
+
+The training process only copies the weights to CPU and writes them (what any checkpoint save costs); the SVDs
+run in a separate, lower-priority process with one thread, so a training step is never blocked by analysis.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specdyn.errors import SpecdynError
+
+PREFIX = "specdyn/"
+
+
+def schedule(max_steps: int, log_spaced: int | None = None, every: int | None = None, start: int = 0) -> list[int]:
+    """The steps to save at: `log_spaced=N` points over [start, max_steps] (dense early, as the paper's figures
+    need), or every K steps, or (neither) about 20 evenly; always both ends (specdyn.train.save_steps)."""
+    from specdyn.train import save_steps
+
+    if log_spaced is not None and every is not None:
+        raise SpecdynError("pass log_spaced or every, not both")
+    if max_steps is None or max_steps < start:
+        raise SpecdynError(f"max_steps {max_steps}: the callbacks need the run's total step count to plan saves")
+    try:
+        return save_steps(start, int(max_steps), every=every, log=log_spaced)
+    except ValueError as e:
+        raise SpecdynError(str(e)) from None
+
+
+def cpu_state_dict(module) -> dict:
+    """The module's tensors as CPU copies, tied (shared) tensors once under their first name, as
+    `save_pretrained` does; nothing in training is touched."""
+    out, seen = {}, set()
+    for name, t in module.state_dict().items():
+        if not hasattr(t, "data_ptr"):
+            continue
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape))
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: dict) -> Path:
+    """One checkpoint through the safetensors format's writer, written beside and renamed into place."""
+    from specdyn.io.registry import get_format
+
+    fmt = get_format("safetensors")
+    path = Path(run_dir) / fmt.checkpoint_name(step)
+    tmp = path.with_name(path.name + ".tmp")
+    fmt.write(tmp, state, step, task, config)
+    os.replace(tmp, path)
+    return path
+
+
+def _worker_init() -> None:
+    """The analysis process: lower priority and one BLAS/torch thread, so training keeps its cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def analyze_and_summarize(run_dir: str, store: str | None, known: list[int]) -> list[tuple[int, dict]]:
+    """Analyze the run dir incrementally (only new checkpoints are computed) and return the summary metrics of
+    every completed step not in `known`: [(step, {"specdyn/...": value})]."""
+    from specdyn.analyze import AnalyzeOptions, analyze
+
+    info = analyze([Path(run_dir)], Path(store) if store else None, AnalyzeOptions(), show_progress=False)
+    return summaries(Path(info["store"]), set(known))
+
+
+def summaries(store: Path, known: set[int] = frozenset()) -> list[tuple[int, dict]]:
+    """Per completed step: mean effective rank and stable rank over matrices, mean stability score against the
+    previous checkpoint, and mean alpha over all matrices and per matrix kind (docs/method.md §10)."""
+    import warnings
+
+    import numpy as np
+
+    from specdyn.store import SpectralStore
+
+    st = SpectralStore.open(store)
+    kinds = [st.matrix_spec(n).kind for n in st.matrices]
+    cols = {name: st.metric(name) for name in ("effective_rank", "stable_rank", "stability_prev_score", "alpha")}
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (the first stability_prev_score)
+        for i, step in enumerate(st.steps):
+            if int(step) in known:
+                continue
+            m = {PREFIX + "effective_rank": cols["effective_rank"][i], PREFIX + "stable_rank": cols["stable_rank"][i],
+                 PREFIX + "stability_prev_score": cols["stability_prev_score"][i], PREFIX + "alpha": cols["alpha"][i]}  # fmt: skip
+            m = {k: float(np.nanmean(v)) for k, v in m.items()}
+            for kind in sorted(set(kinds)):
+                sel = [j for j, k in enumerate(kinds) if k == kind]
+                m[f"{PREFIX}alpha/{kind}"] = float(np.nanmean(cols["alpha"][i, sel]))
+            out.append((int(step), {k: v for k, v in m.items() if np.isfinite(v)}))
+    return out
+
+
+@dataclass
+class SeriesSaver:
+    """Saves a model's weights at the scheduled steps into `run_dir`, and with `analyze` runs `specdyn analyze`
+    on them in a background process; `poll()` returns the summary metrics that have arrived since last asked."""
+
+    run_dir: Path
+    log_spaced: int | None = None
+    every: int | None = None
+    max_steps: int | None = None
+    analyze: bool = False
+    store: Path | None = None
+    task: str = "external"
+    config: dict[str, Any] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list, init=False)
+    saved: list[int] = field(default_factory=list, init=False)
+    save_seconds: float = field(default=0.0, init=False)
+
+    def __post_init__(self):
+        self.run_dir = Path(self.run_dir)
+        if self.log_spaced is not None and self.every is not None:
+            raise SpecdynError("pass log_spaced or every, not both")
+        self._pool = None
+        self._future = None
+        self._dirty = False
+        self._logged: set[int] = set()
+
+    def plan(self, max_steps: int | None) -> list[int]:
+        """Fix the schedule once the trainer knows its total steps (an explicit `max_steps` wins)."""
+        self.steps = schedule(self.max_steps if self.max_steps is not None else max_steps, self.log_spaced, self.every)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self.steps
+
+    def wants(self, step: int) -> bool:
+        return step in self._step_set() and step not in self.saved
+
+    def _step_set(self) -> set[int]:
+        if getattr(self, "_set_for", None) is not self.steps:
+            self._set, self._set_for = set(self.steps), self.steps
+        return self._set
+
+    def save(self, step: int, module) -> Path:
+        """Write the checkpoint of `step` now; the analysis, if any, is started in the background."""
+        t0 = time.perf_counter()
+        path = write_checkpoint(self.run_dir, step, cpu_state_dict(module), self.task, self.config)
+        self.saved.append(step)
+        self.save_seconds += time.perf_counter() - t0
+        if self.analyze:
+            self._dirty = True
+            self._submit()
+        return path
+
+    def _submit(self) -> None:
+        """One analysis at a time: a save during a running analysis is picked up by the next one."""
+        if not self._dirty or (self._future is not None and not self._future.done()):
+            return
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that holds CUDA or threads
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+        self._dirty = False
+        store = str(self.store) if self.store else None
+        self._future = self._pool.submit(analyze_and_summarize, str(self.run_dir), store, sorted(self._logged))
+
+    def poll(self) -> list[tuple[int, dict]]:
+        """Summary metrics of newly analyzed steps (non-blocking); starts the next analysis if saves are waiting."""
+        out = []
+        if self._future is not None and self._future.done():
+            future, self._future = self._future, None
+            out = [(s, m) for s, m in future.result() if s not in self._logged]
+            self._logged.update(s for s, _ in out)
+        if self.analyze:
+            self._submit()
+        return out
+
+    def finish(self, timeout: float | None = None) -> list[tuple[int, dict]]:
+        """Wait for the analyses of every saved checkpoint and return their metrics; stop the process."""
+        out = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.analyze and (self._future is not None or self._dirty):
+            if self._future is not None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._future.result(timeout=left)
+            out += self.poll()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        return out
