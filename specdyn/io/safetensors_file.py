@@ -40,11 +40,30 @@ def read_header(path: Path) -> dict:
 
 
 def save_file(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """`safetensors.torch.save` with the metadata in a fixed order.
+    """`safetensors.torch.save_file` with the metadata in a fixed order.
 
     The library writes metadata from a hash map whose order changes from run to run, so two identical runs
     would differ in their bytes; rewriting the header (same tensors, same offsets) makes files reproducible.
+    The library writes the file itself (no copy of the tensor bytes in Python); the reordered header has the same
+    length, so it is rewritten in place.
     """
+    from safetensors.torch import save_file as library_save_file
+
+    library_save_file(state_dict, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        if len(encoded) == length:
+            f.seek(8)
+            f.write(encoded)
+            return
+    _save_rewritten(state_dict, path, metadata)  # a header of another length: write the whole file again
+
+
+def _save_rewritten(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
     raw = save(state_dict, metadata=metadata)
@@ -55,7 +74,7 @@ def save_file(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[st
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
-        f.write(raw[data_start:])
+        f.write(memoryview(raw)[data_start:])  # no copy of the tensor bytes
 
 
 def _dtype(code: str):
