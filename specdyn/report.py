@@ -72,7 +72,9 @@ def condition_jobs(conditions, interpolate_steps: bool = False) -> list[FigureJo
                   {**opts, "metric": ["effective_rank", "stable_rank", "stability_score", "alpha"]}),
     ]  # fmt: skip
     if all(select.pair_specs(st) for st in every):
-        jobs.append(FigureJob(sec, "Alignment score by condition", cap, "compare", [], {**opts, "metric": "alignment_score"}))
+        jobs.append(
+            FigureJob(sec, "Alignment score by condition", cap, "compare", [], {**opts, "metric": "alignment_score"})
+        )
     logs = [m for m in ("train_loss", "val_loss", "train_err", "val_err") if _any_log(every, m)]
     if logs:
         jobs.append(FigureJob(sec, "Training curves by condition", cap, "compare", [], {**opts, "metric": logs}))

@@ -38,7 +38,9 @@ def seeds(tmp_path_factory):
 def test_seeds_train_distinct_runs(seeds):
     configs = [json.loads((seeds / f"wd1-s{i}" / "run.json").read_text())["config"] for i in range(3)]
     assert [c["seed"] for c in configs] == [0, 1, 2]
-    sv = [specdyn.open_store(seeds / f"wd1-s{i}").sv(specdyn.open_store(seeds / "wd1-s0").matrices[0]) for i in range(3)]
+    sv = [
+        specdyn.open_store(seeds / f"wd1-s{i}").sv(specdyn.open_store(seeds / "wd1-s0").matrices[0]) for i in range(3)
+    ]
     assert not np.allclose(sv[0], sv[1])
 
 
@@ -54,7 +56,10 @@ def test_group_mean_and_std_over_seeds(seeds):
         ax = fig.axes[0]
         (line,) = ax.lines
         per_seed = np.stack(
-            [np.nanmean(st.alignment_score() if metric == "alignment_score" else st.metric(metric), axis=1) for st in stores]
+            [
+                np.nanmean(st.alignment_score() if metric == "alignment_score" else st.metric(metric), axis=1)
+                for st in stores
+            ]
         )
         np.testing.assert_allclose(line.get_ydata(), per_seed.mean(axis=0), rtol=1e-12)
         np.testing.assert_array_equal(line.get_xdata(), stores[0].steps)

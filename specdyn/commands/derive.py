@@ -44,7 +44,9 @@ def derive_command(
     if json_out:
         console.print_json(out)
     else:
-        console.info(f"{out['store']}: {out['rows']} checkpoints; heavy-tail metrics computed for {out['heavy_tail_cells']} (checkpoint, matrix) cells")
+        console.info(
+            f"{out['store']}: {out['rows']} checkpoints; heavy-tail metrics computed for {out['heavy_tail_cells']} (checkpoint, matrix) cells"
+        )
 
 
 def register(app: typer.Typer) -> None:

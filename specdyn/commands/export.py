@@ -29,7 +29,9 @@ def layer_table(st, step: int | None = None) -> list[dict]:
     else:
         hit = np.flatnonzero(steps == step)
         if not len(hit):
-            raise SpecdynError(f"{st.path}: no checkpoint at step {step}; it has steps {steps[0]}..{steps[-1]} ({len(steps)})")
+            raise SpecdynError(
+                f"{st.path}: no checkpoint at step {step}; it has steps {steps[0]}..{steps[-1]} ({len(steps)})"
+            )
         i = int(hit[-1])
     values = {name: st.metric(name)[i] for name in (*HEAVY_TAIL_METRICS, *SPECDYN_COLUMNS)}
     num = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
@@ -43,7 +45,12 @@ def layer_table(st, step: int | None = None) -> list[dict]:
         for m in HEAVY_TAIL_METRICS:
             v = float(values[m][j])
             row[WW_COLUMNS.get(m, m)] = int(v) if m in ("matrix_rank", "num_pl_spikes") and not math.isnan(v) else v
-        row.update(lambda_max=lam_max, norm=float(np.sum(s**2)), spectral_norm=lam_max, sv_max=float(s[0]) if len(s) else math.nan)
+        row.update(
+            lambda_max=lam_max,
+            norm=float(np.sum(s**2)),
+            spectral_norm=lam_max,
+            sv_max=float(s[0]) if len(s) else math.nan,
+        )
         row.update({m: float(values[m][j]) for m in SPECDYN_COLUMNS})
         rows.append({k: num(v) for k, v in row.items()})
     return rows
@@ -66,16 +73,25 @@ def write_table(rows: list[dict], out: Path, fmt: str) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise SpecdynError("--format parquet needs pyarrow: pip install 'specdyn[parquet]' (or pip install pyarrow)") from None
+        raise SpecdynError(
+            "--format parquet needs pyarrow: pip install 'specdyn[parquet]' (or pip install pyarrow)"
+        ) from None
     pq.write_table(pa.Table.from_pylist(rows), out)
     return out
 
 
 def export_command(
-    store: Annotated[Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)],
+    store: Annotated[
+        Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
+    ],
     format_: Annotated[str, typer.Option("--format", help="csv or parquet (parquet needs pyarrow).")] = "csv",
     step: Annotated[Optional[int], typer.Option("--step", help="The checkpoint's step (default: the last).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (default: STORE's run dir/specdyn-step<S>.<format>; - for csv on stdout).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Output file (default: STORE's run dir/specdyn-step<S>.<format>; - for csv on stdout)."
+        ),
+    ] = None,
 ):
     """Write a WeightWatcher-like per-layer table (alpha, log norms, entropy, ... and specdyn's metrics) of one step."""
     import sys

@@ -10,7 +10,9 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
     stores: Annotated[
         Optional[list[Path]],
-        typer.Argument(help="Stores (or run dirs holding specdyn.zarr); may be empty with --group.", show_default=False),
+        typer.Argument(
+            help="Stores (or run dirs holding specdyn.zarr); may be empty with --group.", show_default=False
+        ),
     ] = None,
     title: Annotated[Optional[str], typer.Option("--title", help="Page title.")] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of the embedded PNG figures.")] = 110,

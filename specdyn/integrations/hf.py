@@ -19,7 +19,9 @@ from specdyn.integrations.core import SeriesSaver
 class SpecdynTrainerCallback(TrainerCallback):
     """Save the model at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`."""
 
-    def __init__(self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None, trainer=None):
+    def __init__(
+        self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None, trainer=None
+    ):
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
                                  store=store, task="transformers")  # fmt: skip
         self.trainer = trainer

@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 
 from specdyn.errors import SpecdynError
-from specdyn.plots import draw, groups as grouping, select, style
+from specdyn.plots import draw, select, style
+from specdyn.plots import groups as grouping
 from specdyn.plots.metrics import LINE_METRICS, series
 from specdyn.plots.runlog import HISTORY_KEYS
 from specdyn.store import METRICS

@@ -74,7 +74,7 @@ def plot(
             draw.note(ax, "no positive eigenvalues")
             continue
         edges = np.geomspace(pos.min(), pos.max() * (1 + 1e-9), BINS + 1)
-        for c, (i, ev) in enumerate(zip(rows, all_ev)):
+        for c, ev in enumerate(all_ev):
             colour = cm(norm(c))
             x, d = density(ev[ev > 0], edges)
             ax.plot(x, d, color=colour, lw=1.2, marker="o", ms=2, label=f"step {steps_shown[c]}")

@@ -38,7 +38,9 @@ def parse_group_args(specs: list[str], base: Path | None = None) -> dict[str, li
     for spec in specs:
         name, sep, patterns = spec.partition("=")
         if not sep or not name.strip() or not patterns.strip():
-            raise SpecdynError(f"--group {spec!r}: expected NAME=GLOB (e.g. --group wd1='runs/wd1-s*')", code=EXIT_USAGE)
+            raise SpecdynError(
+                f"--group {spec!r}: expected NAME=GLOB (e.g. --group wd1='runs/wd1-s*')", code=EXIT_USAGE
+            )
         for pat in patterns.split(","):
             out.setdefault(name.strip(), []).extend(_expand(pat.strip(), base or Path.cwd(), f"--group {name}"))
     return out
