@@ -1,15 +1,19 @@
 """What both callbacks share: the save schedule, writing a checkpoint in specdyn's safetensors format (through
-the format registry, atomically, the step in its metadata), and analyzing saved checkpoints in one background
-process whose summary metrics the callbacks hand to their trainer's loggers.
+the format registry, atomically, the step in its metadata), and analyzing saved checkpoints with
+`specdyn analyze` in one background process whose summary metrics the callbacks hand to their trainer's loggers.
 
 The training process only copies the weights to CPU and writes them (what any checkpoint save costs); the SVDs
-run in a separate, lower-priority process with one thread, so a training step is never blocked by analysis.
+run in a separate process with one thread at idle priority, so a training step never waits for the analysis.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,26 +65,22 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: d
     return path
 
 
-def _worker_init() -> None:
-    """The analysis process: lower priority and one BLAS/torch thread, so training keeps its cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
+def analyze_command(run_dir: Path, store: Path | None) -> list[str]:
+    """`specdyn analyze` as a separate interpreter: no pickling, and the user's training script is never
+    re-imported (as multiprocessing's spawn would do with an unguarded `__main__`)."""
+    cmd = [sys.executable, "-m", "specdyn", "analyze", str(run_dir), "--quiet"]
+    return cmd + (["--out", str(store)] if store else [])
+
+
+def idle_priority(pid: int) -> None:
+    """Schedule a process only when a core is otherwise idle (Linux SCHED_IDLE; elsewhere the lowest nice)."""
     try:
-        os.nice(10)
-    except OSError:
-        pass
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def analyze_and_summarize(run_dir: str, store: str | None, known: list[int]) -> list[tuple[int, dict]]:
-    """Analyze the run dir incrementally (only new checkpoints are computed) and return the summary metrics of
-    every completed step not in `known`: [(step, {"specdyn/...": value})]."""
-    from specdyn.analyze import AnalyzeOptions, analyze
-
-    info = analyze([Path(run_dir)], Path(store) if store else None, AnalyzeOptions(), show_progress=False)
-    return summaries(Path(info["store"]), set(known))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except (AttributeError, OSError):
+            pass
 
 
 def summaries(store: Path, known: set[int] = frozenset()) -> list[tuple[int, dict]]:
@@ -132,10 +132,16 @@ class SeriesSaver:
         self.run_dir = Path(self.run_dir)
         if self.log_spaced is not None and self.every is not None:
             raise SpecdynError("pass log_spaced or every, not both")
-        self._pool = None
-        self._future = None
+        self._proc = None
+        self._errlog = None
         self._dirty = False
         self._logged: set[int] = set()
+
+    @property
+    def store_path(self) -> Path:
+        from specdyn.store.layout import default_store
+
+        return Path(self.store) if self.store else default_store(self.run_dir)
 
     def plan(self, max_steps: int | None) -> list[int]:
         """Fix the schedule once the trainer knows its total steps (an explicit `max_steps` wins)."""
@@ -164,39 +170,44 @@ class SeriesSaver:
 
     def _submit(self) -> None:
         """One analysis at a time: a save during a running analysis is picked up by the next one."""
-        if not self._dirty or (self._future is not None and not self._future.done()):
+        if not self._dirty or self._proc is not None:
             return
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = multiprocessing.get_context("spawn")  # never fork a process that holds CUDA or threads
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
         self._dirty = False
-        store = str(self.store) if self.store else None
-        self._future = self._pool.submit(analyze_and_summarize, str(self.run_dir), store, sorted(self._logged))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._errlog = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=self._errlog)  # fmt: skip
+        idle_priority(self._proc.pid)
+
+    def _collect(self) -> list[tuple[int, dict]]:
+        """The finished analysis's new summary metrics (a failed one warns, and the next save retries)."""
+        proc, self._proc = self._proc, None
+        if proc.returncode != 0:
+            self._errlog.seek(0)
+            tail = self._errlog.read().decode(errors="replace").strip().splitlines()[-1:]
+            warnings.warn(f"specdyn analyze {self.run_dir} failed ({proc.returncode}): {' '.join(tail)}", stacklevel=3)
+            self._errlog.close()
+            return []
+        self._errlog.close()
+        out = summaries(self.store_path, self._logged)
+        self._logged.update(s for s, _ in out)
+        return out
 
     def poll(self) -> list[tuple[int, dict]]:
         """Summary metrics of newly analyzed steps (non-blocking); starts the next analysis if saves are waiting."""
         out = []
-        if self._future is not None and self._future.done():
-            future, self._future = self._future, None
-            out = [(s, m) for s, m in future.result() if s not in self._logged]
-            self._logged.update(s for s, _ in out)
+        if self._proc is not None and self._proc.poll() is not None:
+            out = self._collect()
         if self.analyze:
             self._submit()
         return out
 
     def finish(self, timeout: float | None = None) -> list[tuple[int, dict]]:
-        """Wait for the analyses of every saved checkpoint and return their metrics; stop the process."""
+        """Wait for the analyses of every saved checkpoint and return their metrics."""
         out = []
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.analyze and (self._future is not None or self._dirty):
-            if self._future is not None:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                self._future.result(timeout=left)
+        while self.analyze and (self._proc is not None or self._dirty):
+            if self._proc is not None:
+                self._proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             out += self.poll()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         return out
