@@ -17,7 +17,19 @@ from specdyn.errors import SpecdynError
 from specdyn.version import __version__
 
 # The command registry: module names under specdyn.commands, in the order `--help` lists them.
-COMMANDS = ["fetch", "analyze", "info", "train", "prune_eval", "interpolate", "lottery", "plot", "report", "derive", "export"]
+COMMANDS = [
+    "fetch",
+    "analyze",
+    "info",
+    "train",
+    "prune_eval",
+    "interpolate",
+    "lottery",
+    "plot",
+    "report",
+    "derive",
+    "export",
+]
 
 app = typer.Typer(
     help="Spectral dynamics of weights: analyze checkpoint series into a zarr store, then plot and evaluate.",

@@ -17,7 +17,9 @@ def plot_command(
     ],
     stores: Annotated[
         list[Path] | None,
-        typer.Argument(help="Stores (or run dirs holding specdyn.zarr); compare may take only --group.", show_default=False),
+        typer.Argument(
+            help="Stores (or run dirs holding specdyn.zarr); compare may take only --group.", show_default=False
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help='Print {"written": [paths]} on stdout.')] = False,
     *,

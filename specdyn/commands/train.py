@@ -74,14 +74,18 @@ def _train_seeds(task, out, show_config, progress, seeds: str, json_out: bool, o
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        raise SpecdynError(f"--seeds {seeds!r}: expected integers separated by commas (e.g. 0,1,2)", code=EXIT_USAGE) from None
+        raise SpecdynError(
+            f"--seeds {seeds!r}: expected integers separated by commas (e.g. 0,1,2)", code=EXIT_USAGE
+        ) from None
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise SpecdynError(f"--seeds {seeds!r}: expected distinct integers (e.g. 0,1,2)", code=EXIT_USAGE)
     if opts.seed is not None:
         raise SpecdynError("pass --seed or --seeds, not both", code=EXIT_USAGE)
     base = out if out is not None else Path("runs") / task
     summaries = [
-        train_command(task, base.with_name(f"{base.name}-s{s}"), show_config, progress, None, False, opts=opts.replace(seed=s))
+        train_command(
+            task, base.with_name(f"{base.name}-s{s}"), show_config, progress, None, False, opts=opts.replace(seed=s)
+        )
         for s in seed_list
     ]
     if json_out:

@@ -55,12 +55,13 @@ def cpu_state_dict(module) -> dict:
 
 def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: dict) -> Path:
     """One checkpoint through the safetensors format's writer, written beside and renamed into place."""
+    from specdyn.io.base import Saved
     from specdyn.io.registry import get_format
 
     fmt = get_format("safetensors")
     path = Path(run_dir) / fmt.checkpoint_name(step)
     tmp = path.with_name(path.name + ".tmp")
-    fmt.write(tmp, state, step, task, config)
+    fmt.write(tmp, Saved(state, step, task, config))
     os.replace(tmp, path)
     return path
 
