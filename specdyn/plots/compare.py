@@ -140,13 +140,20 @@ def _seed_curve(run, m: str, name, matrices, pairs) -> tuple[np.ndarray, np.ndar
     return run.steps, pooled(run, m, matrices, pairs)[0]
 
 
+def _seed_name(run) -> str:
+    from specdyn.plots.runlog import store_name
+
+    return store_name(run.store)
+
+
 def _grouped_panel(ax, m, name, by_condition, colours, matrices, pairs, interpolate) -> list[np.ndarray]:
     """Mean ± std over each condition's seeds (grouping.seed_mean); returns the means drawn."""
     drawn = []
     for label, runs in by_condition:
         curves = [_seed_curve(r, m, name, matrices, pairs) for r in runs]
         where = f"group {label} ({style.metric_label(m)})"
-        steps, mean, std = grouping.seed_mean(curves, where, interpolate)
+        names = [_seed_name(r) for r in runs]
+        steps, mean, std = grouping.seed_mean(curves, where, interpolate, names)
         if not len(steps):
             continue
         first = runs[0]

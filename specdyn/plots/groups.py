@@ -89,21 +89,30 @@ def conditions_from_args(group: list[str] | None, groups_file: Path | None) -> l
 
 
 def seed_mean(
-    curves: list[tuple[np.ndarray, np.ndarray]], where: str, interpolate: bool = False
+    curves: list[tuple[np.ndarray, np.ndarray]], where: str, interpolate: bool = False, names: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean, std) over seeds' curves [(steps, y), ...], aligned by step value.
 
     Equal step grids are required unless `interpolate`: then every curve is interpolated linearly onto the first
     seed's steps within the range all seeds cover. NaN values are left out of that step's mean and std."""
-    curves = [(np.asarray(s, dtype=float), np.asarray(y, dtype=float)) for s, y in curves]
-    curves = [(s, y) for s, y in curves if len(s)]
+    names = names or [f"seed {i + 1}" for i in range(len(curves))]
+    pairs = [(n, (np.asarray(s, dtype=float), np.asarray(y, dtype=float))) for n, (s, y) in zip(names, curves)]
+    pairs = [(n, c) for n, c in pairs if len(c[0])]
+    names, curves = [n for n, _ in pairs], [c for _, c in pairs]
     if not curves:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     grid = curves[0][0]
     same = all(len(s) == len(grid) and np.array_equal(s, grid) for s, _ in curves)
     if not same:
         if not interpolate:
-            desc = "; ".join(f"{len(s)} steps {s[0]:g}..{s[-1]:g}" for s, _ in curves)
+            k = next(i for i, (s, _) in enumerate(curves) if not (len(s) == len(grid) and np.array_equal(s, grid)))
+            other = curves[k][0]
+            diff = next(
+                (j for j in range(min(len(grid), len(other))) if grid[j] != other[j]), min(len(grid), len(other))
+            )
+            at = lambda s: f"step {s[diff]:g}" if diff < len(s) else "no step"  # noqa: E731
+            desc = (f"{names[0]}: {len(grid)} steps {grid[0]:g}..{grid[-1]:g}, {names[k]}: {len(other)} steps "
+                    f"{other[0]:g}..{other[-1]:g}; checkpoint {diff} is {at(grid)} in {names[0]}, {at(other)} in {names[k]}")  # fmt: skip
             raise SpecdynError(
                 f"{where}: the seeds' step grids differ ({desc}); pass --interpolate-steps to interpolate them onto "
                 "the first seed's steps"
