@@ -106,6 +106,9 @@ def test_export_csv_and_info(run, tmp_path):
     assert bad.exit_code != 0 and "no checkpoint at step 7" in bad.output
     info = json.loads(CliRunner().invoke(app, ["info", str(run), "--json"]).stdout)
     assert info["matrices"][j]["alpha"] == pytest.approx(st.metric("alpha")[-1, j])
+    assert info["layers"][j]["step"] == 20 and info["layers"][j]["alpha"] == pytest.approx(st.metric("alpha")[-1, j])
+    info = json.loads(CliRunner().invoke(app, ["info", str(run), "--json", "--step", "10"]).stdout)
+    assert [r["alpha"] for r in info["layers"]] == pytest.approx([float(r["alpha"]) for r in rows])
 
 
 def test_export_parquet(run, tmp_path):

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 
-def store_summary(st) -> dict:
-    """A JSON-able summary of a store: the `--json` document of `specdyn info`."""
+def store_summary(st, step: int | None = None) -> dict:
+    """A JSON-able summary of a store: the `--json` document of `specdyn info`; its "layers" are the
+    WeightWatcher-like per-layer table of `step` (default the last; `specdyn export` writes the same)."""
     import numpy as np
 
     last = {}
@@ -56,7 +57,14 @@ def store_summary(st) -> dict:
         "pairs": st.pairs,
         "svd_routes": st.attrs.get("svd_routes", {}),
         "updated": st.attrs.get("updated"),
+        "layers": _layers(st, step),
     }
+
+
+def _layers(st, step: int | None) -> list[dict]:
+    from specdyn.commands.export import layer_table
+
+    return layer_table(st, step) if len(st) else []
 
 
 def info_command(
@@ -64,6 +72,9 @@ def info_command(
         Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
     ],
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    step: Annotated[
+        int | None, typer.Option("--step", help="--json: the step of the per-layer table (default: the last).")
+    ] = None,
 ):
     """Summarize a store: sources, checkpoints, matrices with shapes, latest metrics."""
     from rich.console import Console
@@ -72,7 +83,7 @@ def info_command(
     from specdyn import console, open_store
     from specdyn.store import resolve_store
 
-    summary = store_summary(open_store(resolve_store(store)))
+    summary = store_summary(open_store(resolve_store(store)), step)
     if json_out:
         console.print_json(summary)
         return
