@@ -58,10 +58,11 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from specdyn.console import err_console
+        from specdyn.console import cli_mode, err_console
 
         try:
-            return fn(*args, **kwargs)
+            with cli_mode():  # warnings as one line each on stderr, not Python warnings too
+                return fn(*args, **kwargs)
         except SpecdynError as e:
             from rich.text import Text
 

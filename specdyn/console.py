@@ -1,5 +1,7 @@
 """Shared rich consoles: human output and progress on stderr, machine-readable output on stdout."""
 
+import contextlib
+import contextvars
 import json
 import sys
 import warnings
@@ -35,10 +37,59 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
-def warn(message: str) -> None:
-    """A one-line warning on stderr (also sent through `warnings` so the Python API can catch it)."""
-    err_console().print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
-    warnings.warn(message, stacklevel=2)
+class SpecdynWarning(UserWarning):
+    """What specdyn warns about (a skipped checkpoint, NaN weights, a newer store): catch or filter it by class."""
+
+
+# In a command (`cli_mode`), a warning is one rich line on stderr; from the Python API it is a Python warning
+# (SpecdynWarning), never both: the two together printed every warning three times.
+_cli = contextvars.ContextVar("specdyn_cli", default=False)
+_budget = contextvars.ContextVar("specdyn_warning_budget", default=None)
+WARNING_LIMIT = 10  # warnings of one kind shown per run before they are counted into one summary line
+
+
+@contextlib.contextmanager
+def cli_mode():
+    token = _cli.set(True)
+    try:
+        yield
+    finally:
+        _cli.reset(token)
+
+
+@contextlib.contextmanager
+def warning_budget(limit: int = WARNING_LIMIT, hint: str = "see specdyn info"):
+    """Within the block, show at most `limit` warnings of each kind; at its end, one line counts the rest
+    (`... and 9,990 more skipped; see specdyn info`)."""
+    counts: dict[str, int] = {}
+    token = _budget.set((limit, counts))
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+        for kind, n in counts.items():
+            if n > limit:
+                _emit(f"... and {n - limit:,} more {kind}; {hint}")
+
+
+def warn(message: str, kind: str = "warnings") -> None:
+    """A one-line warning (see `cli_mode`); inside a `warning_budget`, counted under `kind`."""
+    budget = _budget.get()
+    if budget is not None:
+        limit, counts = budget
+        counts[kind] = counts.get(kind, 0) + 1
+        if counts[kind] > limit:
+            return
+    _emit(message)
+
+
+def _emit(message: str) -> None:
+    if _cli.get():
+        from rich.text import Text
+
+        err_console().print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
+    else:
+        warnings.warn(message, SpecdynWarning, stacklevel=3)
 
 
 def info(message: str) -> None:

@@ -33,3 +33,30 @@ def trained(tmp_path_factory):
         return train_with_trainer(tmp_path_factory.mktemp("trainer") / "run")
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    """A forkserver that has imported specdyn: tests fork analyze runs from it to kill them at named points."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "tests.fault_child"])
+    return ctx
+
+
+@pytest.fixture
+def killed_analyze(forkserver):
+    """Run analyze in a child process that SIGKILLs itself at a fault point (specdyn.store.faults); returns
+    its exit code (-9 when the point was reached)."""
+    from tests import fault_child
+
+    def run(run_dirs, store, fault: str, **options) -> int:
+        child = forkserver.Process(
+            target=fault_child.main, args=([str(d) for d in run_dirs], str(store), fault, options)
+        )
+        child.start()
+        child.join(120)
+        return child.exitcode
+
+    return run

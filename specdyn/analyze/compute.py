@@ -13,7 +13,7 @@ from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import RowComputer
 from specdyn.spectral.svd import SVDEngine
-from specdyn.store.writing import write_row
+from specdyn.store.writing import record_routes, write_row
 
 PREFETCH_BYTES = 512 << 20  # matrices read ahead of the SVDs, overlapping I/O with compute
 
@@ -38,9 +38,34 @@ def _checkpoint_stream(todo, specs, trust_pickle):
         yield i, "end", error
 
 
-def compute_rows(root, todo, specs, pairs, heads, opts, show_progress):
-    """Compute and write every row in `todo`; returns the SVD engine (for its route summary) and failures."""
-    engine = SVDEngine(top=opts.topk, device=opts.device, route=opts.svd_route, recalibrate=opts.recalibrate)
+def make_engine(opts: AnalyzeOptions, routes: dict[str, str] | None = None) -> SVDEngine:
+    """The SVD engine of a run. `routes` (the store's `svd_routes`) are reused for their shapes, so every row of
+    a store is computed by the routes it records, whatever the machine's cache says; only new shapes are
+    measured. A store made with one pinned route ({"all": route}) keeps it."""
+    routes = dict(routes or {})
+    route = opts.svd_route
+    if route == "auto" and "all" in routes:
+        route = routes["all"]
+    engine = SVDEngine(top=opts.topk, device=opts.device, route=route, recalibrate=opts.recalibrate)
+    if route == "auto":
+        engine.chosen.update(routes_by_shape(routes))
+    return engine
+
+
+def routes_by_shape(routes: dict[str, str]) -> dict[tuple[int, int], str]:
+    out = {}
+    for key, route in routes.items():
+        m, _, n = key.partition("x")
+        if m.isdigit() and n.isdigit():
+            out[(int(m), int(n))] = route
+    return out
+
+
+def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=None):
+    """Compute and write every row in `todo`; returns the SVD engine (for its route summary) and failures.
+
+    The routes a row was computed with are recorded in the attrs before its `done` flag."""
+    engine = make_engine(opts, routes)
     failures = []
     if not todo:
         return engine, failures
@@ -49,23 +74,26 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress):
     with bar or contextlib.nullcontext():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
         if opts.workers > 1 or opts.dask:
-            rows = _parallel_rows(todo, specs, pairs, heads, opts)
+            rows = _parallel_rows(todo, specs, pairs, heads, opts, compute, bar)
         else:
             rows = _serial_rows(todo, specs, compute, opts, bar)
         for i, r, result in rows:
             if isinstance(result, CheckpointError):
                 if opts.strict:
                     raise result
-                console.warn(f"skipping {result.message}")
+                console.warn(f"skipping {result.message}", kind="skipped")
                 failures.append({"source": r["source"], "checkpoint": r["checkpoint"], "reason": result.message})
             else:
                 if result.nonfinite:
                     console.warn(
                         f"{r['ckpt'].path}: NaN/Inf weights in {', '.join(result.nonfinite[:3])}"
                         + (" ..." if len(result.nonfinite) > 3 else "")
-                        + "; their metrics are recorded as NaN"
+                        + "; their metrics are recorded as NaN",
+                        kind="NaN/Inf warnings",
                     )
-                write_row(root, i, r["step"], r["checkpoint"], r["source"], result, specs)
+                record_routes(root, engine.summary())
+                fp = r.get("fingerprint", (-1, -1))
+                write_row(root, i, r["step"], r["checkpoint"], r["source"], result, specs, fp)
             if bar:
                 bar.update(task, advance=1, description=f"analyze {r['checkpoint']}")
     return engine, failures
@@ -106,8 +134,8 @@ def _worker_init(threads: int):
     torch.set_num_threads(threads)
 
 
-def _worker_row(ckpt, specs, pairs, heads, opts):
-    engine = SVDEngine(top=opts.topk, device=opts.device, route=opts.svd_route, recalibrate=opts.recalibrate)
+def _worker_row(ckpt, specs, pairs, heads, opts, routes):
+    engine = make_engine(opts, routes)
     compute = RowComputer(specs, pairs, opts.topk, heads, engine)
     try:
         return compute(_matrices(ckpt, specs, opts.trust_pickle))
@@ -153,9 +181,22 @@ def _executor(opts: AnalyzeOptions):
                 os.environ[k] = v
 
 
-def _parallel_rows(todo, specs, pairs, heads, opts):
-    """Checkpoints in parallel processes, each computing whole rows; this process writes them in order."""
+def _parallel_rows(todo, specs, pairs, heads, opts, compute, bar):
+    """Checkpoints in parallel processes, each computing whole rows; this process writes them in order.
+
+    Rows are computed here until one succeeds, so that every new shape's route is measured once, here, and the
+    workers all use those routes (workers measuring on their own could pick different routes for one store)."""
+    todo = list(todo)
+    while todo:
+        i, r = todo.pop(0)
+        result = list(_serial_rows([(i, r)], specs, compute, opts, bar))[0][2]
+        yield i, r, result
+        if not isinstance(result, CheckpointError):
+            break
+    if not todo:
+        return
+    routes = compute.engine.summary()
     with _executor(opts) as ex:
-        futures = [(i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts)) for i, r in todo]
+        futures = [(i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts, routes)) for i, r in todo]
         for i, r, f in futures:
             yield i, r, f.result()

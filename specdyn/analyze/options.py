@@ -8,12 +8,20 @@ from specdyn.options import Options, option, trust_pickle_option
 from specdyn.spectral.svd import ROUTES
 
 SELECT = "Selecting checkpoints and tensors"
+DEFAULT_TOPK = 64
+MAX_TOPK = 1 << 20  # far above any matrix's rank; larger values are refused before anything is read
 COMPUTE = "Computing"
 
 
 @dataclass(frozen=True)
 class AnalyzeOptions(Options):
-    topk: int = option(64, "--topk", min=1, help="Singular vectors kept per matrix (stability, alignment, pruning).")
+    topk: int = option(
+        DEFAULT_TOPK,
+        "--topk",
+        min=1,
+        max=MAX_TOPK,
+        help="Singular vectors kept per matrix (stability, alignment, pruning).",
+    )
     include: list[str] = option(factory=list, help="Only tensors matching this glob (repeatable).", panel=SELECT)
     exclude: list[str] = option(factory=list, help="Skip tensors matching this glob (repeatable).", panel=SELECT)
     every: int | None = option(None, min=1, help="Every N-th checkpoint (and the last).", panel=SELECT)
@@ -49,6 +57,13 @@ class AnalyzeOptions(Options):
         help="Run checkpoints on Dask: 'local' (a LocalCluster of --workers processes) "
         "or a scheduler address. Needs specdyn[dask].",
         panel=COMPUTE,
+    )
+    settle: float | None = option(
+        None,
+        min=0,
+        help="Read a checkpoint only once its files are unmodified this many seconds (and a safetensors file's "
+        "size matches its header); default 0, with --watch 2.",
+        panel=SELECT,
     )
     strict: bool = option(False, help="Fail on an unreadable checkpoint instead of skipping it.")
     trust_pickle: bool = trust_pickle_option()

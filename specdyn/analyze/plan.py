@@ -10,6 +10,7 @@ from specdyn.analyze.options import AnalyzeOptions
 from specdyn.arch import describe
 from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader, discover, number_by_name
+from specdyn.io.discovery import fingerprint, still_written
 from specdyn.io.runmeta import recorded_task
 from specdyn.selection import subsample
 from specdyn.spectral.matrices import MatrixSpec, matches, select_matrices
@@ -17,6 +18,12 @@ from specdyn.spectral.pairs import read_pairs_file
 from specdyn.store import is_store
 from specdyn.store.layout import pairs_of, read_attrs, specs_of
 from specdyn.store.writing import open_root, stored_rows
+
+_noted_waiting: set[str] = set()  # checkpoints already reported as still being written (one line each, --watch)
+
+
+class NothingReady(SpecdynError):
+    """Every checkpoint found is still being written (--watch waits for the next poll)."""
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Plan:
     rows: list[dict]
     skipped: list[dict]
     structure: dict  # specdyn.arch.Structure.attrs() of a new store; {} for an existing one
+    skipped_tensors: list[dict]  # ndim >= 2 tensors that are not floating point: {"name", "dtype", "shape"}
 
     @property
     def in_place(self) -> bool:
@@ -46,26 +54,101 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     attrs = read_attrs(open_root(store)) if existing else {}
     if existing:
         _check_options(store, attrs, opts)
-    discovered = []
+    discovered, bad = [], []
     for run_dir in run_dirs:
         ckpts = discover(run_dir, order=opts.order, repo=opts.repo)
+        bad += [c for c in ckpts if c.error]  # found, but unusable before reading (an out-of-range step)
+        ckpts = [c for c in ckpts if not c.error]
         discovered += number_by_name(ckpts) if opts.order == "name" else ckpts
     # a checkpoint's source is the run dir it is relative to (a hub repo folder, the parent of a single folder)
-    roots = list(dict.fromkeys(c.run_dir for c in discovered))
+    roots = list(dict.fromkeys(c.run_dir for c in discovered + bad))
     sources = _sources(store, roots, attrs)
     found = [(sources.index(_rel(store, c.run_dir)), c) for c in discovered]
+    skipped = _unusable([(sources.index(_rel(store, c.run_dir)), c) for c in bad], opts)
     by_step = sorted(found, key=lambda sc: sc[1].step)
     selected = subsample(by_step, opts.every, opts.log_spaced, opts.steps, key=lambda sc: sc[1].step)
     _check_duplicate_steps([c for _, c in selected])
 
     stored = stored_rows(open_root(store)) if existing else []
-    stored_done = {(r["source"], r["checkpoint"]) for r in stored if r["done"]}
+    stored = _changed_since(stored, {(src, c.relpath): c for src, c in found}, opts.settle or 0)
+    again = [(r["source"], r.pop("ckpt")) for r in stored if r.get("changed")]
+    stored_done = {(r["source"], r["checkpoint"]) for r in stored if r["done"] or r.get("changed")}
     new = [(src, c) for src, c in selected if (src, c.relpath) not in stored_done]
-    specs, pairs, heads, valid, skipped, structure = _validate(store, new, attrs, opts, existing)
+    waiting = [(src, c) for src, c in new if _waiting(c, opts)]
+    new = [sc for sc in new if sc not in waiting]
+    if waiting and not new and not again and not existing:
+        raise NothingReady(f"{store}: no checkpoint is ready yet ({len(waiting)} still being written)")
+    specs, pairs, heads, valid, failed, structure, other = _validate(store, again + new, attrs, opts, existing)
+    skipped += failed
     rows = [r for r in stored if r["done"]]
-    rows += [{"source": src, "checkpoint": c.relpath, "step": c.step, "done": False, "ckpt": c} for src, c in valid]
+    rows += [
+        {"source": src, "checkpoint": c.relpath, "step": c.step, "done": False, "ckpt": c, "fingerprint": fp}
+        for src, c, fp in valid
+    ]
     rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
-    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped, structure)
+    _check_topk(specs, opts)
+    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped, structure, other)
+
+
+def _unusable(bad: list, opts: AnalyzeOptions) -> list[dict]:
+    """Checkpoints found but unusable before reading (an out-of-range step): skipped, or refused (--strict)."""
+    out = []
+    for src, c in bad:
+        if opts.strict:
+            raise CheckpointError(c.error)
+        console.warn(f"skipping {c.error}", kind="skipped")
+        out.append({"source": src, "checkpoint": c.relpath, "reason": c.error})
+    return out
+
+
+def _waiting(c: Checkpoint, opts: AnalyzeOptions) -> bool:
+    """With a settle time (--watch), whether a checkpoint is still being written: it is read on a later poll."""
+    if not opts.settle:
+        return False
+    why = still_written(c, opts.settle)
+    if why and str(c.path) not in _noted_waiting:
+        _noted_waiting.add(str(c.path))
+        console.info(f"waiting for {c.path}: still being written? ({why})")
+    return why is not None
+
+
+def _changed_since(stored: list[dict], found: dict, settle: float) -> list[dict]:
+    """Done rows whose checkpoint file changed since it was read (a size or mtime other than recorded) are marked
+    `changed`, with the checkpoint to read again: a file read while still being written is recomputed."""
+    out = []
+    for r in stored:
+        c = found.get((r["source"], r["checkpoint"]))
+        known = r.get("file_bytes", -1) >= 0 and r.get("file_mtime_ns", -1) >= 0
+        if r["done"] and c is not None and known:
+            try:
+                now = fingerprint(c)
+            except OSError:
+                now = None
+            if now is not None and now != (r["file_bytes"], r["file_mtime_ns"]):
+                if settle and still_written(c, settle):
+                    out.append(r)  # keep the old row until the new version is whole
+                    continue
+                console.warn(
+                    f"{c.path}: changed since it was analyzed ({r['file_bytes']} -> {now[0]} bytes, new mtime); "
+                    "recomputing its row",
+                    kind="changed",
+                )
+                r = {**r, "done": False, "changed": True, "ckpt": c}
+        out.append(r)
+    return out
+
+
+def _check_topk(specs: list[MatrixSpec], opts: AnalyzeOptions) -> None:
+    """--topk is clipped to each matrix's k; a value above every matrix's k (and the default) is a mistake that
+    would allocate NaN padding for nothing (10^9 took 111 s to fail)."""
+    from specdyn.analyze.options import DEFAULT_TOPK
+
+    largest = max(s.k for s in specs)
+    if opts.topk > max(largest, DEFAULT_TOPK):
+        raise SpecdynError(
+            f"--topk {opts.topk}: the largest matrix of this series has rank {largest}; use at most "
+            f"{max(largest, DEFAULT_TOPK)} (vectors are clipped to each matrix's rank anyway)"
+        )
 
 
 def _rel(store: Path, run_dir: Path) -> str:
@@ -110,7 +193,19 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
 
 
 def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(reader.shape(name)) for name in reader.names()}
+    """The shapes of the floating-point tensors, the only ones analyzed: an int, bool or complex tensor is not a
+    weight matrix (and a complex one would lose its imaginary part)."""
+    return {name: tuple(reader.shape(name)) for name in reader.names() if reader.dtype(name).is_floating_point}
+
+
+def _not_float(reader: CheckpointReader) -> list[dict]:
+    """The ndim >= 2 tensors left out for their dtype, recorded in the store's `skipped_tensors`."""
+    out = []
+    for name in reader.names():
+        dtype, shape = reader.dtype(name), list(reader.shape(name))
+        if not dtype.is_floating_point and len(shape) >= 2:
+            out.append({"name": name, "dtype": str(dtype).removeprefix("torch."), "shape": shape})
+    return out
 
 
 def _describe(reader: CheckpointReader, c: Checkpoint, opts: AnalyzeOptions):
@@ -138,6 +233,7 @@ def _validate(store, new, attrs, opts, existing):
     skipped, valid = [], []
     specs = pairs = heads = None
     structure = {}
+    other = list(attrs.get("skipped_tensors", []))
     ignored = set(attrs.get("tied") or {}) | set(attrs.get("refused") or {})
     if existing:
         root = open_root(store)
@@ -145,27 +241,31 @@ def _validate(store, new, attrs, opts, existing):
         heads = attrs.get("heads")
     for src, c in new:
         try:
+            fp = fingerprint(c)
             with CheckpointReader(c, trust_pickle=opts.trust_pickle) as reader:
                 if specs is None:
                     specs, pairs, described = _describe(reader, c, opts)
                     heads, structure = described.heads, described.attrs()
                     ignored = described.ignored()
+                    other = _not_float(reader)
                 shapes = _shapes(reader)
-        except CheckpointError as e:
+        except (CheckpointError, OSError) as e:
+            if isinstance(e, OSError):  # vanished or unreadable between discovery and now
+                e = CheckpointError(f"{c.path}: cannot be read ({e.strerror or e})")
             if opts.strict:
-                raise
-            console.warn(f"skipping {e.message}")
+                raise e from None
+            console.warn(f"skipping {e.message}", kind="skipped")
             skipped.append({"source": src, "checkpoint": c.relpath, "reason": e.message})
             continue
         _check_architecture(specs, shapes, ignored, opts, c)
-        valid.append((src, c))
+        valid.append((src, c, fp))
     if specs is None:
         raise SpecdynError(
             f"{store}: no readable checkpoint to analyze"
             + (f" ({len(skipped)} skipped, see the warnings above)" if skipped else ""),
             code=EXIT_NO_CHECKPOINTS,
         )
-    return specs, pairs, heads, valid, skipped, structure
+    return specs, pairs, heads, valid, skipped, structure, other
 
 
 def _check_architecture(reference: list[MatrixSpec], shapes: dict, ignored: set, opts, c: Checkpoint) -> None:

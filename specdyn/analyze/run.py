@@ -1,28 +1,36 @@
 """One analyze run under the store's lock.
 
 The plan for a store: its rows are the union of the checkpoints it already holds and the newly selected ones,
-sorted by step. Rows already done are never recomputed; when new checkpoints only extend the series, rows are
-appended in place, otherwise the store is rebuilt beside itself (done rows copied, not recomputed) and swapped in.
-Killing the process at any moment leaves rows marked undone, which the next run computes.
+sorted by step. Rows already done are never recomputed (unless their file changed since); when new checkpoints
+only extend the series, rows are appended in place, otherwise the store is rebuilt beside itself (done rows
+copied, not recomputed) and swapped in. Killing the process at any moment leaves rows marked undone, which the
+next run computes; everything that repairs a killed run (recovery of a swap, leftovers of a creation, zarr's
+partial files) happens under the lock, so a second run can never undo the first one's work.
 """
 
-import contextlib
+import errno
 import time
 from pathlib import Path
 
+from specdyn import console
 from specdyn.analyze.compute import compute_rows
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.analyze.plan import plan
 from specdyn.errors import SpecdynError
-from specdyn.store import LOCK_NAME, default_store, is_store, locked
-from specdyn.store.layout import create_layout
+from specdyn.io.discovery import resolve_path
+from specdyn.store import default_store, is_store, locked
+from specdyn.store.locking import READ_ONLY, read_only_error
 from specdyn.store.writing import (
+    clear_leftovers,
+    create_store,
     derive,
     derived_marker,
     done_keys,
+    open_root,
+    own_files_only,
     rebuild,
     recover,
-    recoverable,
+    refuse_newer,
     remove_store,
     resize_rows,
     source_docs,
@@ -31,53 +39,105 @@ from specdyn.store.writing import (
     write_session,
 )
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
 
 def analyze(
     run_dirs: list[Path], out: Path | None = None, options: AnalyzeOptions | None = None, show_progress=True
 ) -> dict:
     """Analyze one series (from one or more run dirs, merged by step) into one store; returns a summary dict."""
     opts = options or AnalyzeOptions()
-    run_dirs = [Path(d).resolve() for d in run_dirs]
-    for d in run_dirs:
-        if not d.is_dir():
-            raise SpecdynError(f"{d}: no such directory; pass a run directory that holds checkpoints")
-    store = Path(out) if out else default_store(run_dirs[0])
+    run_dirs = [_run_dir(d) for d in run_dirs]
+    store = _store_path(Path(out) if out else default_store(run_dirs[0]))
     t0 = time.perf_counter()
-    if opts.overwrite:
-        remove_store(store)
-    elif (
-        store.exists()
-        and any(p.name != LOCK_NAME for p in store.iterdir())
-        and not is_store(store)
-        and not recoverable(store)
-    ):
-        raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
-    recover(store)
-    created = not store.exists()
+    with console.warning_budget(), locked(store):
+        recover(store)  # finish or undo a killed swap, drop partial chunk files: only under the lock
+        if opts.overwrite:
+            remove_store(store)
+        elif store.exists() and not is_store(store) and not own_files_only(store):
+            raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
+        clear_leftovers(store)  # a creation killed part-way (older versions) holds no row: start afresh
+        refuse_newer(store)
+        progress = {}
+        try:
+            return _analyze_locked(run_dirs, store, opts, show_progress, t0, progress)
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise SpecdynError(_no_space(store, progress)) from None
+            if e.errno in READ_ONLY:
+                raise read_only_error(store, e) from None
+            raise
+
+
+def _run_dir(d) -> Path:
+    path = resolve_path(d)
+    if path.is_file():
+        raise SpecdynError(f"{d} is a file; pass the run directory that holds the checkpoint series")
+    if not path.is_dir():
+        raise SpecdynError(f"{path}: no such directory; pass a run directory that holds checkpoints")
+    return path
+
+
+def _store_path(store: Path) -> Path:
+    resolved = resolve_path(store)
+    if resolved.exists() and not resolved.is_dir():
+        raise SpecdynError(f"{store} is a file, not a store folder; choose another --out")
+    return store
+
+
+def _no_space(store: Path, progress: dict) -> str:
     try:
-        with locked(store):
-            return _analyze_locked(run_dirs, store, opts, show_progress, t0)
-    except SpecdynError:
-        if created and store.is_dir() and {p.name for p in store.iterdir()} <= {LOCK_NAME}:
-            (store / LOCK_NAME).unlink(missing_ok=True)  # refused before any work (a bad --pairs file): no store
-            store.rmdir()
-        raise
+        done = len(done_keys(open_root(store)))
+    except Exception:  # a store whose creation ran out of space: nothing done
+        done = 0
+    need = max(progress.get("rows", 0) - done, 0) * progress.get("row_bytes", 0)
+    left = f" (at most {_size(need)} more needed, uncompressed)" if need else ""
+    return (
+        f"{store}: no space left on the device{left}; the {done} rows done are kept: free space (or move the "
+        "store) and rerun to finish"
+    )
 
 
-def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
+def _row_bytes(p, top: int) -> int:
+    """Bytes one row adds, uncompressed (an upper bound for the space a row needs)."""
+    per_matrix = sum(s.k * 8 + (s.shape[0] + s.shape[1]) * min(s.k, top) * 4 for s in p.specs)
+    return per_matrix + len(p.specs) * (12 * 8 + top * 4) + len(p.pairs) * (top * 4 + 8) + 64
+
+
+def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
     p = plan(store, run_dirs, opts)
-    with contextlib.ExitStack() as locks, write_session(store, lock=False) as root:  # the session closes first
-        if not p.existing:
-            attrs = {"options": opts.content_options(), "heads": p.heads, "pairs_file": opts.pairs_file, **p.structure}
-            create_layout(root, p.specs, p.pairs, opts.topk, attrs)
+    _check_routes(store, p, opts)
+    progress.update(rows=len(p.rows), row_bytes=_row_bytes(p, opts.topk))
+    if not p.existing:
+        attrs = {
+            "options": opts.content_options(),
+            "heads": p.heads,
+            "pairs_file": opts.pairs_file,
+            "skipped_tensors": p.skipped_tensors,
+            **p.structure,
+        }
+        create_store(store, p.specs, p.pairs, opts.topk, attrs)
+    with write_session(store, lock=False) as root:
         if not p.in_place:
-            root, new_lock = rebuild(store, root, p.rows, p.specs, p.pairs, opts.topk)
-            locks.callback(new_lock.close)
+            root = rebuild(store, root, p.rows, p.specs, p.pairs, opts.topk)
         resize_rows(root, len(p.rows))
         todo = [(i, r) for i, r in enumerate(p.rows) if not r["done"]]
+        done_flags = root["done"][:]
+        for i, _ in todo:  # a row about to be renamed or recomputed is undone first
+            if done_flags[i]:
+                root["done"][i] = False
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
             write_identity(root, i, r["step"], r["checkpoint"], r["source"])
-        engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress)
+        routes = p.attrs.get("svd_routes", {})
+        engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes)
         skipped = p.skipped + failures
         if todo or not p.in_place or p.attrs.get("derived") != derived_marker(root):
             derive(root)
@@ -89,7 +149,8 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
             root,
             sources=source_docs(p.attrs.get("sources", []), p.sources, p.rows),
             skipped=previous + skipped,
-            svd_routes={**p.attrs.get("svd_routes", {}), **engine.summary()},
+            skipped_tensors=p.skipped_tensors,
+            svd_routes={**routes, **engine.summary()},
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
     return {
@@ -101,3 +162,17 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0) -> dict:
         "pairs": len(p.pairs),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _check_routes(store: Path, p, opts: AnalyzeOptions) -> None:
+    """A pinned --svd-route must be the route the store's rows were computed with (a store is one computation)."""
+    routes = p.attrs.get("svd_routes") or {}
+    if opts.svd_route == "auto" or not p.existing or not routes:
+        return
+    if any(r["done"] for r in p.rows):
+        other = sorted({r for r in routes.values() if r != opts.svd_route})
+        if other:
+            raise SpecdynError(
+                f"{store}: its rows were computed with SVD route {other[0]!r}, not {opts.svd_route!r}; rerun "
+                "without --svd-route (the store's routes are reused), or with --overwrite"
+            )

@@ -9,6 +9,8 @@ import typer
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.commands.common import JsonFlag, QuietFlag, cli_command
 
+WATCH_SETTLE = 2.0  # seconds a checkpoint's files must be unmodified before --watch reads them
+
 
 def analyze_command(
     run_dirs: Annotated[
@@ -34,14 +36,15 @@ def analyze_command(
     Reruns only compute new checkpoints; a killed run resumes where it stopped.
     """
     from specdyn import console
-    from specdyn.analyze import analyze
 
     # Several run dirs without --out: one store each (batch use); with --out: one merged series.
+    if watch and opts.settle is None:  # a file that training is still writing must not be read
+        opts = opts.replace(settle=WATCH_SETTLE)
     jobs = [(run_dirs, out)] if out or len(run_dirs) == 1 else [([d], None) for d in run_dirs]
     summaries = []
     try:
         while True:
-            summaries = [analyze(dirs, store, opts, show_progress=not quiet) for dirs, store in jobs]
+            summaries = [s for dirs, store in jobs if (s := _poll(dirs, store, opts, quiet, watch))]
             for s in summaries:
                 console.info(
                     f"[green]✓[/green] {s['store']}: {s['checkpoints']} checkpoints "
@@ -57,6 +60,19 @@ def analyze_command(
             raise
     if json_out:
         console.print_json(summaries[0] if len(summaries) == 1 else summaries)
+
+
+def _poll(dirs, store, opts, quiet: bool, watch: bool) -> dict | None:
+    """One analyze; under --watch, a series whose checkpoints are all still being written waits (None)."""
+    from specdyn.analyze import analyze
+    from specdyn.analyze.plan import NothingReady
+
+    try:
+        return analyze(dirs, store, opts, show_progress=not quiet)
+    except NothingReady:
+        if not watch:
+            raise
+        return None
 
 
 def register(app: typer.Typer) -> None:

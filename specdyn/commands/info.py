@@ -45,6 +45,7 @@ def store_summary(st, step: int | None = None) -> dict:
             for step, ck, rev, src in zip(steps, st.checkpoints, st.revisions, st.source_index)
         ],
         "skipped": st.attrs.get("skipped", []),
+        "skipped_tensors": st.attrs.get("skipped_tensors", []),
         "options": st.attrs.get("options", {}),
         "heads": st.attrs.get("heads"),
         "kv_heads": st.attrs.get("kv_heads"),
@@ -112,7 +113,9 @@ def info_command(
     for name, why in summary["refused"].items():
         out.print(f"  [yellow]not analyzed[/yellow] {name}: {why}")
     for s in summary["skipped"]:
-        out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}")
+        out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}", markup=True, highlight=False)
+    for t in summary["skipped_tensors"]:
+        out.print(f"  not analyzed (not floating point): {t['name']} {t['dtype']} {'×'.join(map(str, t['shape']))}")
     table = Table(title="matrices (latest checkpoint)", title_justify="left")
     table.add_column("matrix", overflow="fold", ratio=3)
     table.add_column("kind", overflow="fold", ratio=1)

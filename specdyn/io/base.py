@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import CheckpointError, SpecdynError
 from specdyn.io.safeload import unreadable
 
 if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
 
 STEP_KEYS = ("global_step", "step", "iter_num", "iteration")  # where training scripts store the step
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module")  # where they nest the weights
+MAX_STEP = 2**63 - 1  # steps are stored as int64
 IN_PROGRESS = (".tmp", ".part", ".partial", ".incomplete", ".lock")  # writers' staging names
 
 
@@ -37,6 +38,7 @@ class Checkpoint:
     format: str  # a key of specdyn.io.registry.FORMATS
     revision: str | None = None  # a hub revision (`step1000`) where the series came from a hub cache
     repo: str | None = None  # the hub repo id (`EleutherAI/pythia-70m`) of such a series
+    error: str | None = None  # why this checkpoint cannot be part of the series (found, but e.g. its step is bad)
 
     @property
     def relpath(self) -> str:
@@ -167,11 +169,33 @@ def step_from_name(name: str, explicit_only: bool = False) -> int | None:
     stem = "-".join(parts)
     found = _EXPLICIT.findall(stem)
     if found:
-        return int(found[-1])
+        return _in_range(int(found[-1]), "name")
     if explicit_only:
         return None
     numbers = re.findall(r"\d+", stem)
-    return int(numbers[-1]) if numbers else None
+    return _in_range(int(numbers[-1]), "name") if numbers else None
+
+
+class StepRangeError(CheckpointError):
+    """A step too large to be a training step (beyond int64): the checkpoint is skipped, or refused (--strict)."""
+
+
+def _in_range(step: int, where: str) -> int:
+    if step > MAX_STEP:
+        raise StepRangeError(f"the step in its {where}, {step}, is out of range (at most {MAX_STEP})")
+    return step
+
+
+@contextlib.contextmanager
+def best_effort():
+    """For reading a step from a file that may be damaged: any failure falls back quietly (reading it later
+    reports the damage), except a step that is out of range."""
+    try:
+        yield
+    except StepRangeError:
+        raise
+    except Exception:
+        pass
 
 
 def revision_step(revision: str) -> int | None:
@@ -188,13 +212,13 @@ def revision_step(revision: str) -> int | None:
 
 
 def as_step(value) -> int | None:
-    """A step value from metadata (int or digit string), else None."""
+    """A step value from metadata (int or digit string), else None; StepRangeError beyond int64."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        return _in_range(value, "metadata")
+    if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        return _in_range(int(value), "metadata")
     return None
 
 

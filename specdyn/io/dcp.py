@@ -3,11 +3,10 @@ Trainer folder (`checkpoint-N/pytorch_model_fsdp_0/`). Shapes come from `.metada
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from specdyn.io.base import STATE_DICT_KEYS, STEP_KEYS, CheckpointFormat, reading, step_from_name, step_in
+from specdyn.io.base import STATE_DICT_KEYS, STEP_KEYS, CheckpointFormat, best_effort, reading, step_from_name, step_in
 from specdyn.io.hf import trainer_metadata, trainer_step
 from specdyn.io.safeload import dcp_load, read_dcp_metadata
 from specdyn.io.torch_file import NOT_MODEL_ENTRY, NOT_PLAIN, plain
@@ -37,7 +36,7 @@ class DcpFormat(CheckpointFormat):
     def recorded_step(self, path: Path, run_dir: Path) -> int | None:
         if path.parent != run_dir and _in_trainer_folder(path):
             return trainer_step(path.parent)
-        with contextlib.suppress(Exception):
+        with best_effort():
             return step_in(DcpSource(path, trust_pickle=False).plain_items(STEP_KEYS))
         return None
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from specdyn.errors import EXIT_NO_CHECKPOINTS, EXIT_NOT_FOUND, SpecdynError
 from specdyn.io import registry
-from specdyn.io.base import IN_PROGRESS, Checkpoint, natural_key
+from specdyn.io.base import IN_PROGRESS, Checkpoint, StepRangeError, natural_key
 from specdyn.io.hf import FINAL_MODEL
 from specdyn.io.hub import hub_series
 
@@ -23,7 +24,8 @@ _SHARD = re.compile(r".+-\d+-of-\d+\.(safetensors|bin)")
 
 def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Checkpoint]:
     """All checkpoints of the series in `run_dir`, ordered by training step (order="name": natural sort of
-    relative paths, steps filled where known, no step required and equal steps allowed).
+    relative paths, steps filled where known, no step required and equal steps allowed). Checkpoints whose
+    step is out of range come last, with `error` set (the caller skips or refuses them).
 
     Looks at the files directly in `run_dir` and at checkpoint-*/DCP folders directly inside it; reads only
     headers and pickles' plain values to find steps, never tensor data. Ignored: `*.zarr` stores, optimizer/
@@ -37,7 +39,7 @@ def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Chec
     """
     if order not in ("step", "name"):
         raise ValueError(f"order must be 'step' or 'name', not {order!r}")
-    root = Path(run_dir).expanduser().resolve()
+    root = resolve_path(run_dir)
     if not root.exists():
         raise SpecdynError(f"{root}: no such directory", code=EXIT_NOT_FOUND)
     if not root.is_dir():
@@ -67,8 +69,65 @@ def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Chec
             f"{n} {name} (e.g. {next(p.name for p, f in found if f.name == name)})" for name, n in formats.most_common()
         )
         raise SpecdynError(f"{root} mixes checkpoint formats: {listing}; pass a directory that holds one series")
-    checkpoints = [Checkpoint(path, root, find_step(path, fmt, root), fmt.name) for path, fmt in found]
-    return _ordered(checkpoints, order)
+    checkpoints = [_checkpoint(path, root, fmt) for path, fmt in found]
+    bad = [c for c in checkpoints if c.error]
+    return _ordered([c for c in checkpoints if not c.error], order) + bad
+
+
+def checkpoint_files(ckpt: Checkpoint) -> list[Path]:
+    """The files a checkpoint consists of: the file itself, or every file inside its folder."""
+    p = ckpt.path
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    return [p]
+
+
+def fingerprint(ckpt: Checkpoint) -> tuple[int, int]:
+    """(total bytes, latest mtime in ns) of a checkpoint's files: a changed file changes it."""
+    size = mtime = 0
+    for f in checkpoint_files(ckpt):
+        st = f.stat()
+        size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
+    return size, mtime
+
+
+def still_written(ckpt: Checkpoint, settle: float, now: float | None = None) -> str | None:
+    """Why a checkpoint looks like it is still being written, else None: a file modified less than `settle`
+    seconds ago, or a safetensors file shorter or longer than its header says."""
+    from specdyn.io.safetensors_file import expected_size
+
+    now = time.time() if now is None else now
+    try:
+        files = checkpoint_files(ckpt)
+        for f in files:
+            st = f.stat()
+            if now - st.st_mtime < settle:
+                return f"{f.name} was modified {max(now - st.st_mtime, 0):.1f} s ago"
+            if f.suffix == ".safetensors":
+                want = expected_size(f)
+                if want != st.st_size:
+                    have = "unreadable header" if want is None else f"{want} bytes by its header"
+                    return f"{f.name} holds {st.st_size} bytes ({have})"
+    except OSError as e:
+        return f"it cannot be read yet ({e.strerror})"
+    return None
+
+
+def resolve_path(path) -> Path:
+    """An absolute path with symlinks resolved; a symlink loop is a one-line error, not a RuntimeError."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:
+        raise SpecdynError(f"{path}: cannot be resolved ({e}); is it a symlink loop?") from None
+
+
+def _checkpoint(path: Path, root: Path, fmt) -> Checkpoint:
+    """A found checkpoint with its step, or with the reason it cannot join the series (an out-of-range step):
+    the caller skips it (or refuses, under --strict) like an unreadable file, not the whole series."""
+    try:
+        return Checkpoint(path, root, find_step(path, fmt, root), fmt.name)
+    except StepRangeError as e:
+        return Checkpoint(path, root, None, fmt.name, error=f"{path}: {e.message}")
 
 
 def open_checkpoint(path) -> Checkpoint:
@@ -76,7 +135,7 @@ def open_checkpoint(path) -> Checkpoint:
 
     The step is filled where the file or name states it, else None.
     """
-    p = Path(path).expanduser().resolve()
+    p = resolve_path(path)
     if not p.exists():
         raise SpecdynError(f"{p}: no such file or directory", code=EXIT_NOT_FOUND)
     kind = registry.claim_dir(p) if p.is_dir() else registry.claim_file(p)
@@ -85,7 +144,10 @@ def open_checkpoint(path) -> Checkpoint:
             f"{p} is not a checkpoint specdyn can read; supported layouts: {registry.supported_layouts()}"
         )
     fmt, target = kind
-    return Checkpoint(target, p.parent, find_step(target, fmt, p.parent), fmt.name)
+    try:
+        return Checkpoint(target, p.parent, find_step(target, fmt, p.parent), fmt.name)
+    except StepRangeError as e:
+        raise SpecdynError(f"{p}: {e.message}") from None
 
 
 def find_step(path: Path, fmt, run_dir: Path) -> int | None:

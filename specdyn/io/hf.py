@@ -61,6 +61,42 @@ def trainer_metadata(folder: Path) -> dict:
     }
 
 
+def read_index(index: Path, folder: Path) -> dict[str, Path]:
+    """tensor name -> shard file of a `*.index.json`, validated: a JSON object whose `weight_map` maps names to
+    relative file names, every one of which resolves (after symlinks) inside the checkpoint folder, or inside
+    the hub cache's `blobs/` of the same repo (`models--org--name/snapshots/<sha>/` links there)."""
+    with reading(index, "shard index"):
+        doc = json.loads(index.read_text())
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f'{index}: not a shard index (needs a non-empty "weight_map" object of name: file)')
+    allowed = _allowed_roots(folder)
+    shards = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name or not isinstance(key, str):
+            raise CheckpointError(f"{index}: weight_map entry {key!r}: {name!r} is not a shard file name")
+        shard = shard_path(folder, name)  # a relative name inside the folder
+        try:
+            target = shard.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise CheckpointError(f"{index}: shard {name!r} cannot be resolved ({e})") from None
+        if not any(target.is_relative_to(root) for root in allowed):  # a symlink leading out
+            raise CheckpointError(
+                f"{index}: shard {name!r} (for {key!r}) lies outside the checkpoint folder; refusing to read it"
+            )
+        shards[key] = shard
+    return shards
+
+
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where a checkpoint folder's files may live: the folder, and for a hub cache snapshot its repo's blobs/."""
+    roots = [folder.resolve()]
+    snapshots = folder.absolute().parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith(("models--", "datasets--")):
+        roots.append((snapshots.parent / "blobs").resolve())
+    return roots
+
+
 class HFFormat(CheckpointFormat):
     name = "hf"
     describe = (
@@ -92,9 +128,7 @@ class HFFormat(CheckpointFormat):
         if weights is None:
             raise CheckpointError(f"{path}: no model weights ({' or '.join(WEIGHTS)}) in this folder")
         if weights.name.endswith(".index.json"):
-            with reading(weights, "shard index"):
-                weight_map = json.loads(weights.read_text())["weight_map"]
-            shards = {k: shard_path(path, f) for k, f in weight_map.items()}
+            shards = read_index(weights, path)
             if weights.name.startswith("model.safetensors"):
                 return SafetensorsSource(shards)
             return TorchSource(sorted(set(shards.values())), trust_pickle)  # HF shards in state-dict order

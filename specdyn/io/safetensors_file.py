@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import CheckpointFormat, Saved, as_step, parse_json, reading
+from specdyn.io.base import CheckpointFormat, Saved, as_step, best_effort, parse_json, reading
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,22 @@ def read_header(path: Path) -> dict:
         if length > MAX_HEADER:
             raise ValueError(f"implausible safetensors header length {length}")
         return parse_header(head + f.read(length))[0]
+
+
+def expected_size(path: Path) -> int | None:
+    """The size a safetensors file has once fully written (8 + header + the end of its last tensor's data), from
+    its header; None if the header cannot be read yet."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_HEADER:
+                return None
+            header = json.loads(f.read(length))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return 8 + length + max(ends, default=0)
 
 
 def save_file(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -165,7 +181,7 @@ class SafetensorsFormat(CheckpointFormat):
         return path if path.suffix == ".safetensors" else None
 
     def recorded_step(self, path: Path, run_dir: Path) -> int | None:
-        with contextlib.suppress(Exception):
+        with best_effort():
             return as_step(read_header(path).get("__metadata__", {}).get("step"))
         return None
 

@@ -7,14 +7,13 @@ registration order. Also the reader of Lightning `.ckpt` files and HF `pytorch_m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from specdyn.errors import CheckpointError
-from specdyn.io.base import STATE_DICT_KEYS, CheckpointFormat, Saved, step_in
+from specdyn.io.base import STATE_DICT_KEYS, CheckpointFormat, Saved, best_effort, step_in
 from specdyn.io.safeload import peek_pickle, safe_torch_load
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ class TorchFormat(CheckpointFormat):
         return path if path.suffix in SUFFIXES else None
 
     def recorded_step(self, path: Path, run_dir: Path) -> int | None:
-        with contextlib.suppress(Exception):
+        with best_effort():
             return step_in(peek_pickle(path)[0])
         return None
 

@@ -19,30 +19,40 @@ def _k(s: np.ndarray) -> int:
     return s.shape[-1]
 
 
+def _undefined_at_zero(s: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """NaN where the matrix is zero (s_1 = 0): a shape measure of no spectrum at all is undefined
+    (docs/method.md §1, zero-matrix rule), not the uniform spectrum that adding EPS to zeros would pretend."""
+    return np.where(np.asarray(s)[..., 0] > 0, values, np.nan)
+
+
 def effective_rank(s: np.ndarray) -> np.ndarray:
     """Normalized entropy effective rank (Roy & Vetterli on sigma, docs/method.md 1.2), in [1/k, 1].
 
     >>> float(effective_rank(np.ones(4)))
     1.0
     """
-    s = np.asarray(s, dtype=np.float64) + EPS
+    raw = np.asarray(s, dtype=np.float64)
+    s = raw + EPS
     p = s / s.sum(axis=-1, keepdims=True)
     entropy = -(p * np.log(p)).sum(axis=-1)
-    return np.exp(entropy) / _k(s)
+    # exp(entropy) <= k exactly; rounding can exceed it by an ulp (a uniform spectrum gave 1.0000000000000004)
+    return _undefined_at_zero(raw, np.minimum(np.exp(entropy) / _k(s), 1.0))
 
 
 def count90(s: np.ndarray) -> np.ndarray:
     """Fraction of singular values needed to hold 90% of the sum of sigma (docs/method.md 1.3 `sv_count`)."""
-    s = np.asarray(s, dtype=np.float64) + EPS
+    raw = np.asarray(s, dtype=np.float64)
+    s = raw + EPS
     p = s / s.sum(axis=-1, keepdims=True)
     first = np.argmax(np.cumsum(p, axis=-1) > 0.9, axis=-1)
-    return (first + 1) / _k(s)
+    return _undefined_at_zero(raw, (first + 1) / _k(s))
 
 
 def stable_rank(s: np.ndarray) -> np.ndarray:
     """Normalized stable rank sum(s^2) / s_1^2 / k (docs/method.md 1.4 `sv_ratio`)."""
-    s = np.asarray(s, dtype=np.float64) + EPS
-    return (s**2).sum(axis=-1) / s[..., 0] ** 2 / _k(s)
+    raw = np.asarray(s, dtype=np.float64)
+    s = raw + EPS
+    return _undefined_at_zero(raw, np.minimum((s**2).sum(axis=-1) / s[..., 0] ** 2 / _k(s), 1.0))
 
 
 def spectral_norm(s: np.ndarray) -> np.ndarray:
@@ -62,7 +72,9 @@ def gini(s: np.ndarray) -> np.ndarray:
     s = np.asarray(s, dtype=np.float64)
     k = _k(s)
     diffs = np.abs(s[..., :, None] - s[..., None, :]).sum(axis=(-1, -2))
-    return diffs / (2 * k * k * s.mean(axis=-1))
+    mean = s.mean(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _undefined_at_zero(s, diffs / (2 * k * k * np.where(mean > 0, mean, 1.0)))
 
 
 # Per-matrix scalar metrics stored as (checkpoint, matrix) arrays, in the store's order.

@@ -147,7 +147,7 @@ class SVDEngine:
     The first matrix of a shape never seen on this machine (with this many threads) is computed by every
     candidate route, timed, and the fastest result kept; the choice is saved in `route_cache_path()`, so every
     matrix of a shape uses one route (results are reproducible run to run) and the measurement is paid once.
-    `route="gram"` etc. pins a route instead.
+    `route="gram"` etc. pins a route instead. Routes put in `chosen` beforehand (a store's) are used as given.
     """
 
     top: int = 64
@@ -175,9 +175,9 @@ class SVDEngine:
             return nan_spectrum(W.shape, self.top)
         if self.route != "auto":
             return self._run(self.route, W)
-        if len(self.candidates) == 1:
-            return self._run(self.candidates[0], W)
-        route = self.chosen.get(W.shape) or self._cached(W.shape)
+        # `chosen` first: a store's recorded routes (prefilled by analyze) win over this machine's candidates.
+        route = self.chosen.get(W.shape) or (self.candidates[0] if len(self.candidates) == 1 else None)
+        route = route or self._cached(W.shape)
         if route:
             self.chosen[W.shape] = route
             return self._run(route, W)

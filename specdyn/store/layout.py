@@ -27,6 +27,16 @@ DERIVED_METRICS = ("stability_score", "subspace_overlap", "stability_prev_score"
 HEAVY_METRICS = tuple(HEAVY_TAIL_METRICS)
 METRICS = ROW_METRICS + DERIVED_METRICS + HEAVY_METRICS
 IDENTITY = ("step", "checkpoint", "source")  # what names a row
+# Size and modification time of each row's checkpoint when it was read (-1: unknown, stores made before these
+# arrays existed): a rerun recomputes a row whose file changed since. Optional, so older stores still read.
+FILE_ARRAYS = ("file_bytes", "file_mtime_ns")
+# The arrays every schema-1 store has (listed, not derived from METRICS, so later additions stay optional).
+SCHEMA1_ROOT = (
+    "done", "step", "checkpoint", "source", "matrix", "pair",
+    "effective_rank", "count90", "stable_rank", "spectral_norm", "frobenius_norm", "nuclear_norm", "gini",
+    "stability_score", "subspace_overlap", "stability_prev_score", "stability", "alignment", "alignment_score",
+)  # fmt: skip
+SCHEMA1_MATRIX = ("sv", "U", "V")
 
 
 def default_store(run_dir: Path) -> Path:
@@ -51,6 +61,27 @@ def is_store(path: Path) -> bool:
         return False
 
 
+def schema_version(path: Path) -> int | None:
+    """The schema_version a store records (None if it records none)."""
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text())
+        v = doc.get("attributes", {}).get("specdyn", {}).get("schema_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, int) else None
+
+
+def newer_schema(path: Path) -> str | None:
+    """A one-line explanation when the store was written by a newer specdyn than this one, else None."""
+    v = schema_version(path)
+    if v is not None and v > SCHEMA_VERSION:
+        return (
+            f"{path}: written by a newer specdyn (store schema {v}; specdyn {__version__} knows schema "
+            f"{SCHEMA_VERSION}); upgrade specdyn (pip install -U specdyn)"
+        )
+    return None
+
+
 def _array(group, name, shape, chunks, dtype, dims, fill=np.nan, **attrs):
     arr = group.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims, overwrite=False
@@ -68,6 +99,7 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
     _array(root, "checkpoint", (0,), (1,), str, ("checkpoint",), fill="", long_name="path relative to its run dir")
     _array(root, "source", (0,), (1,), "int16", ("checkpoint",), fill=-1, long_name="index into attrs sources")
     _array(root, "done", (0,), (1,), "bool", ("checkpoint",), fill=False, long_name="row complete")
+    _file_arrays(root, 0)
     mat = _array(root, "matrix", (M,), (max(M, 1),), str, ("matrix",), fill="")
     mat[:] = np.array([s.name for s in specs], dtype=object)
     mat.attrs.update(
@@ -95,6 +127,41 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
         _array(g, "sv", (0, s.k), (1, s.k), "float64", ("checkpoint", "k"))
         _array(g, "U", (0, m, r), (1, m, r), "float32", ("checkpoint", "m", "top"))
         _array(g, "V", (0, n, r), (1, n, r), "float32", ("checkpoint", "n", "top"))
+
+
+def _file_arrays(root, rows: int) -> None:
+    _array(root, "file_bytes", (rows,), (1,), "int64", ("checkpoint",), fill=-1, long_name="checkpoint size (bytes)")
+    _array(root, "file_mtime_ns", (rows,), (1,), "int64", ("checkpoint",), fill=-1, long_name="checkpoint mtime (ns)")
+
+
+def array_names(group) -> set[str]:
+    """The names of a group's arrays. Stores of older versions hold their lock file inside, which zarr warns
+    about when it lists the folder: that file is specdyn's own, so the warning is noise."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
+        return set(group.array_keys())
+
+
+def ensure_file_arrays(root) -> None:
+    """Add the file size/mtime arrays to a store made before they existed (rows unknown: -1)."""
+    if "file_bytes" not in array_names(root):
+        _file_arrays(root, root["done"].shape[0])
+
+
+def missing_arrays(root) -> list[str]:
+    """The arrays a schema-1 store must have that this one lacks (a creation killed part-way, in old versions)."""
+    have = array_names(root)
+    missing = [n for n in SCHEMA1_ROOT if n not in have]
+    if "matrix" in have:
+        for name in matrix_names(root):
+            try:
+                have_m = array_names(root[matrix_group(name)])
+            except KeyError:
+                have_m = set()
+            missing += [f"{matrix_group(name)}/{a}" for a in SCHEMA1_MATRIX if a not in have_m]
+    return missing
 
 
 def matrix_group(name: str) -> str:
@@ -133,14 +200,16 @@ def pairs_of(root) -> list[PairSpec]:
 
 
 def checkpoint_arrays(root):
-    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first. The heavy-tail
-    arrays come last and only where present, so an older store's list is a prefix of a new one's."""
+    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first. The optional
+    arrays (file identity, heavy-tail metrics) come last and only where present."""
+    have = array_names(root)
     out = [root[name] for name in ("done", *IDENTITY, *ROW_METRICS, *DERIVED_METRICS)]
     out += [root["stability"], root["alignment"], root["alignment_score"]]
     for name in matrix_names(root):
         g = root[matrix_group(name)]
         out += [g["sv"], g["U"], g["V"]]
-    return out + [root[name] for name in HEAVY_METRICS if name in root]
+    out += [root[name] for name in FILE_ARRAYS if name in have]
+    return out + [root[name] for name in HEAVY_METRICS if name in have]
 
 
 def add_heavy_arrays(root) -> list[str]:

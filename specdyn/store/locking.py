@@ -1,21 +1,48 @@
-"""The store's exclusive lock: a file inside the store, locked with flock (released by the OS if the process dies)."""
+"""The store's exclusive lock: a file beside the store (`.<store name>.lock` in its parent folder), locked with
+flock (released by the OS if the process dies).
+
+The lock lives beside the store, not inside it, so that it exists before the store does (creation is a rename
+of a complete layout into place), survives the store being swapped for a rebuilt one, and leaves no folder
+behind when a first run fails. Stores written before this kept `.specdyn.lock` inside; it is ignored.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
 
 from specdyn.errors import EXIT_STORE_BUSY, SpecdynError
-from specdyn.store.layout import LOCK_NAME
+
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lock_path(store: Path) -> Path:
+    store = Path(store)
+    return store.with_name(f".{store.name}.lock")
+
+
+def read_only_error(store: Path, e: OSError) -> SpecdynError:
+    return SpecdynError(
+        f"{store}: cannot write there ({os.strerror(e.errno)}); info, plot and report still read it: copy the "
+        "store somewhere writable to add to it"
+    )
 
 
 def acquire_lock(path: Path, purpose: str = "analyze"):
-    """Take the store's exclusive lock and return its open file, or refuse clearly if another process holds it."""
+    """Take the store's exclusive lock and return its open file, or refuse clearly if another process holds it
+    or the store's folder cannot be written."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    f = open(path / LOCK_NAME, "a+")
+    lock = lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+    except OSError as e:
+        if e.errno in READ_ONLY:
+            raise read_only_error(path, e) from None
+        raise
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -26,10 +53,11 @@ def acquire_lock(path: Path, purpose: str = "analyze"):
             f"{path}: the store is in use by {holder}; wait for it to finish (or stop it) and rerun",
             code=EXIT_STORE_BUSY,
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"specdyn {purpose} (pid {os.getpid()})")
-    f.flush()
+    with contextlib.suppress(OSError):  # who holds it is only information; a full disk must not stop here
+        f.seek(0)
+        f.truncate()
+        f.write(f"specdyn {purpose} (pid {os.getpid()})")
+        f.flush()
     return f
 
 

@@ -13,15 +13,20 @@ from specdyn.spectral.pairs import PairSpec
 from specdyn.store.layout import (
     HEAVY_METRICS,
     METRICS,
+    SCHEMA_VERSION,
     is_store,
     matrix_group,
     matrix_names,
+    missing_arrays,
+    newer_schema,
     pair_docs,
     read_attrs,
     resolve_store,
     spec_from_attrs,
 )
 from specdyn.store.results import has_group
+
+_warned_newer: set[str] = set()  # stores already warned about in this process (one line each)
 
 
 class SpectralStore:
@@ -44,7 +49,20 @@ class SpectralStore:
         if not is_store(path):
             hint = "run `specdyn analyze RUN_DIR` first" if not path.exists() else "it is not a specdyn store"
             raise SpecdynError(f"{path}: no specdyn store here; {hint}", code=EXIT_NOT_FOUND)
-        return cls(path, zarr.open_group(str(path), mode="r"))
+        root = zarr.open_group(str(path), mode="r")
+        missing = missing_arrays(root)
+        if missing:
+            raise SpecdynError(
+                f"{path}: incomplete store (no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): its "
+                "creation was interrupted; rerun `specdyn analyze` on its run dir to repair it"
+            )
+        newer = newer_schema(path)
+        if newer and str(path.resolve()) not in _warned_newer:
+            from specdyn import console
+
+            _warned_newer.add(str(path.resolve()))
+            console.warn(f"{newer}; read here as schema {SCHEMA_VERSION}, some of it may be misread")
+        return cls(path, root)
 
     # -- axes
     @property

@@ -3,34 +3,44 @@
 The new version is built beside the live one (`<base>.<tag>new-tmp`), marked complete, then swapped in; the old
 one (`<base>.<tag>old-tmp`) is deleted only once the new one is in place. `recover` finishes or undoes a swap
 that was killed at any point, so a rerun always finds one whole version. Sides live beside the store, never
-inside it, so zarr and xarray never see them as groups.
+inside it, so zarr and xarray never see them as groups. Creating a store is the same swap with no old version.
+Callers hold the store's lock around `begin`/`commit`/`recover`, so two processes never touch the same sides.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+from specdyn.store import faults
 
 
 class Swap:
-    """The side folders of one live folder: `live` is replaced, sides are named after `beside` and `tag`."""
+    """The side folders of one live folder: `live` is replaced, sides are named after `beside` and `tag`.
 
-    def __init__(self, live: Path, beside: Path | None = None, tag: str = ""):
+    `verify(path)` (optional) checks that a new version is whole before it is swapped in, and before `recover`
+    finishes a killed swap with it."""
+
+    def __init__(
+        self, live: Path, beside: Path | None = None, tag: str = "", verify: Callable[[Path], bool] | None = None
+    ):
         self.live = Path(live)
         beside = Path(beside) if beside is not None else self.live
         prefix = f"{beside.name}.{tag.replace('/', '-')}." if tag else f"{beside.name}."
         self.new = beside.with_name(prefix + "new-tmp")
         self.old = beside.with_name(prefix + "old-tmp")
         self.complete = beside.with_name(prefix + "new-tmp.complete")
+        self.verify = verify or (lambda path: True)
 
     def pending(self) -> bool:
         """Whether a killed swap left anything to finish or undo."""
         return self.new.exists() or self.old.exists() or self.complete.exists()
 
     def recover(self) -> None:
-        """Finish a swap whose new version was complete, else undo it."""
-        if self.new.exists() and self.complete.exists() and not self.live.exists():
+        """Finish a swap whose new version was complete (and verifies), else undo it."""
+        if self.new.exists() and self.complete.exists() and not self.live.exists() and self.verify(self.new):
             os.rename(self.new, self.live)
         if self.new.exists():
             shutil.rmtree(self.new)
@@ -47,12 +57,17 @@ class Swap:
         return self.new
 
     def commit(self) -> None:
-        """Swap the (complete) new version in; the old one goes only once the new one is live."""
+        """Swap the (complete, verified) new version in; the old one goes only once the new one is live."""
+        if not self.verify(self.new):
+            raise RuntimeError(f"{self.new}: the new version is incomplete; refusing to swap it in")
         self.complete.touch()
+        faults.point("swap:complete")
         self.live.parent.mkdir(parents=True, exist_ok=True)
         if self.live.exists():
             os.rename(self.live, self.old)
+            faults.point("swap:old-aside")
         os.rename(self.new, self.live)
+        faults.point("swap:new-live")
         self.complete.unlink()
         if self.old.exists():
             shutil.rmtree(self.old)

@@ -4,7 +4,10 @@ Writing rules that make the store safe to kill and to share:
 - a write session holds the store's exclusive lock and removes the consolidated metadata first, re-consolidating
   only when it ends cleanly, so a killed run never leaves stale metadata behind;
 - a row's `done` flag is written last, after every array of the row;
-- nothing ever opens the store with mode "w"; `--overwrite` deletes it explicitly.
+- nothing ever opens the store with mode "w"; `--overwrite` deletes it explicitly;
+- a store is created whole beside its path and renamed in (`create_store`), so no process ever sees half a
+  layout; swaps and their recovery happen only under the lock, and only a verified complete store is swapped in.
+Every write boundary calls `faults.point(name)`, where tests kill the writer to check all of the above.
 """
 
 from __future__ import annotations
@@ -22,20 +25,25 @@ import zarr
 from specdyn.errors import SpecdynError
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
+from specdyn.store import faults
 from specdyn.store.layout import (
     HEAVY_METRICS,
     LOCK_NAME,
     ROW_METRICS,
     add_heavy_arrays,
+    array_names,
     checkpoint_arrays,
     create_layout,
+    ensure_file_arrays,
     is_store,
     matrix_group,
     matrix_names,
+    missing_arrays,
+    newer_schema,
     read_attrs,
     specs_of,
 )
-from specdyn.store.locking import acquire_lock, locked
+from specdyn.store.locking import locked
 from specdyn.store.swap import Swap
 
 
@@ -67,62 +75,172 @@ def write_session(path: Path, purpose: str = "analyze", lock: bool = True):
     """Lock the store (unless the caller holds the lock), drop stale consolidated metadata, yield the root group;
     consolidate on a clean exit."""
     with locked(path, purpose) if lock else contextlib.nullcontext():
+        refuse_newer(path)
         drop_consolidated(path)
         root = open_root(path, "a")
         yield root
         consolidate(path)
+        faults.point("consolidated")
+
+
+def refuse_newer(path: Path) -> None:
+    """A store of a newer schema is never written (this version cannot know what it would break)."""
+    why = newer_schema(path)
+    if why:
+        raise SpecdynError(f"{why} to write it; this version only reads it")
+
+
+def own_files_only(path: Path) -> bool:
+    """Whether a folder holds nothing but what specdyn itself leaves (an old in-store lock, zarr's partial
+    writes): what a failed first run of an older version left behind."""
+    return all(p.name in (LOCK_NAME, "zarr.json") or p.name.endswith(".partial") for p in Path(path).iterdir()) and (
+        _empty_group(Path(path) / "zarr.json")
+    )
+
+
+def _empty_group(meta: Path) -> bool:
+    """No zarr.json, or one of a group without attributes (what a first write session opened and nothing more)."""
+    if not meta.exists():
+        return True
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("node_type") == "group" and not doc.get("attributes")
+
+
+def has_done_rows(path: Path) -> bool:
+    try:
+        return bool(np.any(open_root(path)["done"][:]))
+    except (KeyError, OSError, ValueError):
+        return False
+
+
+def verify_store(path: Path) -> bool:
+    """A whole store: specdyn's attributes and every schema-1 array (what a swap or a creation may put live)."""
+    if not is_store(path):
+        return False
+    try:
+        return not missing_arrays(open_root(path))
+    except (KeyError, OSError, ValueError):
+        return False
+
+
+def clear_leftovers(path: Path) -> None:
+    """Under the lock: delete what a killed or failed earlier run left at `path` that holds no row, so the store is
+    created afresh: a folder of specdyn's own files only, or a layout whose creation was killed part-way (older
+    versions created stores in place). A damaged store that holds rows is refused, never deleted."""
+    path = Path(path)
+    if not path.is_dir() or verify_store(path):
+        return
+    if own_files_only(path):
+        shutil.rmtree(path)
+    elif is_store(path):
+        if has_done_rows(path):
+            missing = missing_arrays(open_root(path))
+            raise SpecdynError(
+                f"{path}: damaged store (missing {', '.join(missing[:3])}); rerun with --overwrite to start afresh"
+            )
+        shutil.rmtree(path)
+
+
+def remove_partials(path: Path) -> int:
+    """Delete the `*.partial` files zarr writes before renaming a chunk into place: only a killed write leaves
+    one, and it is never read. The caller holds the lock, so no write of its own is in flight."""
+    n = 0
+    for p in Path(path).rglob("*.partial"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
 
 
 def remove_store(path: Path) -> None:
-    """Delete a store (for --overwrite); refuses on anything that is not a specdyn store."""
+    """Delete a store (for --overwrite; the caller holds its lock); refuses on anything that is not a specdyn
+    store or a folder of specdyn's own leftovers."""
     path = Path(path)
     if not path.exists():
         return
-    if not is_store(path):
+    if not path.is_dir() or not (is_store(path) or own_files_only(path)):
         raise SpecdynError(f"{path}: exists and is not a specdyn store; refusing to delete it, choose another --out")
-    with locked(path, "overwrite"):
-        for child in path.iterdir():
-            if child.name != LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    shutil.rmtree(path)
+
+
+def create_store(path: Path, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, attrs: dict) -> None:
+    """Create an empty store: the whole layout is built beside `path`, verified, and renamed into place, so a
+    kill at any moment leaves either no store or a complete one (the caller holds the lock)."""
+    clear_leftovers(path)
+    swap = Swap(path, verify=verify_store)
+    tmp = swap.begin()
+    create_layout(zarr.open_group(str(tmp), mode="w-"), specs, pairs, top, attrs)
+    faults.point("create:built")
+    swap.commit()
 
 
 def stored_rows(root) -> list[dict]:
-    """Every physical row: {"row", "done", "step", "checkpoint", "source"}."""
+    """Every physical row: {"row", "done", "step", "checkpoint", "source", "file_bytes", "file_mtime_ns"}
+    (the file fields -1 where unknown)."""
     done = root["done"][:]
     steps, names, sources = root["step"][:], root["checkpoint"][:], root["source"][:]
+    have = array_names(root)
+    sizes = root["file_bytes"][:] if "file_bytes" in have else np.full(len(done), -1)
+    mtimes = root["file_mtime_ns"][:] if "file_mtime_ns" in have else np.full(len(done), -1)
     return [
-        {"row": i, "done": bool(d), "step": int(s), "checkpoint": str(n), "source": int(src)}
-        for i, (d, s, n, src) in enumerate(zip(done, steps, names, sources))
-    ]
+        {"row": i, "done": bool(d), "step": int(s), "checkpoint": str(n), "source": int(src),
+         "file_bytes": int(b), "file_mtime_ns": int(t)}
+        for i, (d, s, n, src, b, t) in enumerate(zip(done, steps, names, sources, sizes, mtimes))
+    ]  # fmt: skip
 
 
 def resize_rows(root, n: int) -> None:
     """Give every checkpoint-axis array n rows; `done` first, so a kill part-way leaves only rows marked undone."""
-    for arr in checkpoint_arrays(root):
-        if arr.shape[0] != n:
-            arr.resize((n, *arr.shape[1:]))
+    ensure_file_arrays(root)
+    arrays = [arr for arr in checkpoint_arrays(root) if arr.shape[0] != n]
+    for j, arr in enumerate(arrays):
+        arr.resize((n, *arr.shape[1:]))
+        if j == 0 or j == len(arrays) - 1:  # `done` alone resized, then all (states in between are alike)
+            faults.point("resize")
 
 
 def write_identity(root, i: int, step: int, relpath: str, source: int) -> None:
     """Name row i before it is computed, so `specdyn info` during a long analyze shows what is coming."""
     root["step"][i], root["checkpoint"][i], root["source"][i] = step, relpath, source
+    faults.point("identity")
 
 
-def write_row(root, i: int, step: int, relpath: str, source: int, row, specs: list[MatrixSpec]) -> None:
-    """Write one checkpoint's results (a `spectral.rows.RowResult`) into row i, then mark it done."""
-    root["done"][i] = False
+def write_row(
+    root, i: int, step: int, relpath: str, source: int, row, specs: list[MatrixSpec], fingerprint=(-1, -1)
+) -> None:
+    """Write one checkpoint's results (a `spectral.rows.RowResult`) into row i, then mark it done.
+    `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes."""
+    if root["done"][i]:
+        root["done"][i] = False
+        faults.point("row:undone")
     write_identity(root, i, step, relpath, source)
     for name in ROW_METRICS:
         root[name][i] = row.metrics[name]
+    faults.point("row:metrics")
     top = root["alignment"].shape[-1]
     root["alignment"][i] = row.alignment[:, :top]
     root["alignment_score"][i] = row.alignment_score
+    faults.point("row:alignment")
     for spec, sp in zip(specs, row.spectra):
         g = root[matrix_group(spec.name)]
         g["sv"][i] = sp.s
         g["U"][i] = sp.U
         g["V"][i] = sp.V
+        faults.point("row:matrix")
+    root["file_bytes"][i], root["file_mtime_ns"][i] = fingerprint
     root["done"][i] = True
+    faults.point("row:done")
+
+
+def record_routes(root, routes: dict[str, str]) -> None:
+    """Add the SVD routes rows are about to be computed or written with to the attrs (before their `done` flags,
+    so the routes of every done row are on record even after a kill)."""
+    known = read_attrs(root).get("svd_routes", {})
+    if any(known.get(k) != v for k, v in routes.items()):
+        update_attrs(root, svd_routes={**known, **routes})
 
 
 def done_keys(root) -> set[tuple[int, str]]:
@@ -146,6 +264,7 @@ def derive(root) -> None:
     arrays = derive_stability(done, root["done"].shape[0], len(names), root["stability"].shape[-1], vectors)
     for name, values in arrays.items():
         root[name][:] = values
+        faults.point("derive")
     fill_heavy_tail(root)
     update_attrs(root, derived=derived_marker(root))
 
@@ -206,39 +325,45 @@ def update_attrs(root, **changes) -> None:
     attrs = read_attrs(root)
     attrs.update(changes)
     root.attrs["specdyn"] = attrs
+    faults.point("attrs")
 
 
 # --------------------------------------------------------------------------------------------- reordering rows
 
 
-def recoverable(store: Path) -> bool:
-    """Whether a killed rebuild left the old store beside this one (then `recover` puts it back)."""
-    return Swap(store).old.exists()
-
-
 def recover(store: Path) -> None:
-    """Finish or undo a rebuild that was killed: the old store is kept until the new one is in place."""
-    Swap(store).recover()
+    """Under the lock: finish or undo a creation or rebuild that was killed (the old store is kept until the new
+    one, verified complete, is in place), and drop zarr's partial files a killed write left."""
+    Swap(store, verify=verify_store).recover()
+    if Path(store).is_dir():
+        remove_partials(store)
 
 
 def rebuild(store: Path, root, rows: list[dict], specs: list[MatrixSpec], pairs: list[PairSpec], top: int):
     """Write a new store beside the old one with the done rows (dicts with "done" and the old "row") at their new
-    positions, then swap it in. Returns the new root and the new store's lock (taken before the swap)."""
-    swap = Swap(store)
+    positions, verify it, then swap it in (the caller holds the lock). Returns the new root."""
+    swap = Swap(store, verify=verify_store)
     tmp = swap.begin()
     new = zarr.open_group(str(tmp), mode="w-")
     create_layout(new, specs, pairs, top, {})
     new.attrs["specdyn"] = read_attrs(root)
+    ensure_file_arrays(root)
     resize_rows(new, len(rows))
-    old_arrays, new_arrays = checkpoint_arrays(root), checkpoint_arrays(new)
+    old_arrays = {a.path: a for a in checkpoint_arrays(root)}
+    # by name: an older store may lack optional arrays (filled afterwards by derive); `done` is written last
+    pairs_ = [(old_arrays[b.path], b) for b in checkpoint_arrays(new) if b.path in old_arrays and b.path != "done"]
     for j, r in enumerate(rows):
         if r["done"]:
-            for a, b in zip(old_arrays[1:], new_arrays[1:]):  # `done` (index 0) is written last
+            for a, b in pairs_:
                 b[j] = a[r["row"]]
-            new_arrays[0][j] = True
+            new["done"][j] = True
+            faults.point("rebuild:row")
     for child in store.iterdir():  # groups other commands added (evals/...) travel unchanged
         if child.is_dir() and not (tmp / child.name).exists():
             shutil.copytree(child, tmp / child.name)
-    lock = acquire_lock(tmp)
+    faults.point("rebuild:built")
+    done = int(np.sum(open_root(tmp)["done"][:]))
+    if done != sum(1 for r in rows if r["done"]):
+        raise RuntimeError(f"{tmp}: rebuilt store holds {done} done rows, expected more; not swapping it in")
     swap.commit()
-    return open_root(store, "a"), lock
+    return open_root(store, "a")
