@@ -6,14 +6,16 @@ import pytest
 from specdyn.spectral.svd import (
     CPU_ROUTES,
     SVDEngine,
+    gram_top_eigh,
     head_left_vectors,
     sign_normalize,
     svd_gram,
+    svd_gram_topk,
     svd_gram_torch,
     svd_lapack,
 )
 
-ROUTES = {"gram": svd_gram, "gram_torch": svd_gram_torch, "lapack": svd_lapack}
+ROUTES = {"gram_topk": svd_gram_topk, "gram": svd_gram, "gram_torch": svd_gram_torch, "lapack": svd_lapack}
 
 
 def matrix(m, n, spectrum="random", seed=0):
@@ -140,3 +142,63 @@ def test_failed_decomposition_falls_back_to_another_driver(monkeypatch):
     sp = SVDEngine(top=4, route="lapack", cache=False)(W)
     assert calls["n"] == 2
     np.testing.assert_allclose(sp.s, np.linalg.svd(W.astype(np.float64), compute_uv=False), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,r", [(2, 1), (7, 7), (60, 5), (300, 64)])
+def test_top_eigh_matches_full_eigh(n, r):
+    rng = np.random.default_rng(n)
+    A = rng.standard_normal((n + 3, n))
+    G = A.T @ A
+    lam, Q = np.linalg.eigh(G)
+    evals, Z = gram_top_eigh(G.copy(), r)
+    np.testing.assert_allclose(evals, lam, rtol=0, atol=1e-12 * lam[-1])
+    assert Z.shape == (n, r)
+    np.testing.assert_allclose(np.abs(np.sum(Z * Q[:, n - r :], axis=0)), 1.0, atol=1e-9)
+
+
+def test_top_eigh_repeated_eigenvalues_give_an_orthonormal_basis_of_the_eigenspace():
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    lam = np.r_[np.linspace(0.1, 1, 36), [5.0, 5.0, 5.0, 9.0]]
+    G = (Q * lam) @ Q.T
+    evals, Z = gram_top_eigh(G, 4)
+    np.testing.assert_allclose(evals, np.sort(lam), atol=1e-12 * 9)
+    np.testing.assert_allclose(Z.T @ Z, np.eye(4), atol=1e-10)
+    top = Q[:, -4:]  # the eigenspace of {5, 5, 5, 9}: Z spans it
+    np.testing.assert_allclose(np.linalg.svd(top.T @ Z, compute_uv=False), 1.0, atol=1e-9)
+
+
+def test_topk_route_falls_back_to_full_eigh_when_its_check_fails(monkeypatch):
+    import specdyn.spectral.svd as svd
+
+    W = matrix(120, 50)
+    monkeypatch.setattr(svd, "TOPK_RESIDUAL", -1.0)  # no result can pass: the full route must answer
+    fallback = svd.svd_gram_topk(W, 6)
+    monkeypatch.undo()
+    full = svd_gram(W, 6)
+    np.testing.assert_array_equal(fallback.s, full.s)
+    np.testing.assert_array_equal(fallback.U, full.U)
+
+
+def test_calibration_keeps_the_first_route_unless_another_is_clearly_faster(monkeypatch):
+    import specdyn.spectral.svd as svd
+
+    clock = {"t": 0.0}
+    cost = {}
+
+    def fake_run(self, route, W):
+        clock["t"] += cost[route]
+        return svd_gram(W, self.top)
+
+    monkeypatch.setattr(svd.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(svd.SVDEngine, "_run", fake_run)
+    W = matrix(30, 20)
+    eng = SVDEngine(top=4, cache=False)
+    first = eng.candidates[0]
+    cost.update({r: 1.0 for r in eng.candidates}, **{first: 1.1, "lapack": 0.95})
+    eng(W)
+    assert eng.chosen[W.shape] == first  # 0.95 vs 1.1: within the margin, noise
+    eng = SVDEngine(top=4, cache=False)
+    cost["lapack"] = 0.5
+    eng(W)
+    assert eng.chosen[W.shape] == "lapack"  # more than 1.25x faster

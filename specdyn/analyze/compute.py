@@ -1,9 +1,13 @@
 """Computing rows: every matrix's SVD and measurements, in this process (BLAS threads on every core, the next
-matrices read ahead) or over processes or a Dask cluster; rows are written in order by this process."""
+matrices read ahead) or over processes or a Dask cluster. In parallel the unit of work is a group of matrices of
+one checkpoint, so one checkpoint spreads over every worker; workers write their matrices' chunks into the store
+when they see it (shared storage) and send them back otherwise; this process assembles each row (metrics,
+alignment) once all its matrices are in and marks it done."""
 
 import contextlib
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 from specdyn import console
 from specdyn.analyze.options import AnalyzeOptions
@@ -12,8 +16,8 @@ from specdyn.io import Checkpoint, CheckpointError, CheckpointReader
 from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import RowComputer
-from specdyn.spectral.svd import SVDEngine
-from specdyn.store.writing import record_routes, write_row
+from specdyn.spectral.svd import SVDEngine, all_finite
+from specdyn.store.writing import open_for_matrices, read_matrix, record_routes, shared_marker, write_matrix, write_row
 
 PREFETCH_BYTES = 512 << 20  # matrices read ahead of the SVDs, overlapping I/O with compute
 
@@ -74,7 +78,9 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
     with bar or contextlib.nullcontext():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
         if opts.workers > 1 or opts.dask:
-            rows = _parallel_rows(todo, specs, pairs, heads, opts, compute, bar)
+            rows = _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar)
+        elif engine.device.startswith("cuda"):
+            rows = _device_rows(todo, specs, compute, opts, bar)
         else:
             rows = _serial_rows(todo, specs, compute, opts, bar)
         for i, r, result in rows:
@@ -128,24 +134,164 @@ def _serial_rows(todo, specs, compute, opts, bar):
         bar.remove_task(matrix_task)
 
 
+def device_batches(specs: list[MatrixSpec], batch_size) -> list[list[int]]:
+    """Spec indices grouped by matrix shape (first-seen order), each group cut to `batch_size(shape)`: the
+    batches of one checkpoint that a device decomposes in one call each."""
+    by_shape: dict[tuple, list[int]] = {}
+    for j, spec in enumerate(specs):
+        by_shape.setdefault(spec.shape, []).append(j)
+    out = []
+    for shape, idx in by_shape.items():
+        b = max(1, batch_size(shape))
+        out += [idx[k : k + b] for k in range(0, len(idx), b)]
+    return out
+
+
+def _batch_stream(todo, specs, batches, trust_pickle):
+    """(row, indices, matrices) for every batch of every checkpoint; (row, None, error) closes a checkpoint."""
+    for i, r in todo:
+        error = None
+        try:
+            with CheckpointReader(r["ckpt"], trust_pickle=trust_pickle) as reader:
+                for idx in batches:
+                    yield i, idx, [specs[j].flatten(reader.tensor(specs[j].name)) for j in idx]
+        except CheckpointError as e:
+            error = e
+        yield i, None, error
+
+
+def _device_rows(todo, specs, compute, opts, bar):
+    """On a GPU: each checkpoint's same-shape matrices in batches (one batched eigh each), read ahead by a
+    thread and uploaded through pinned memory while the previous batch computes (spectral.gpu.BatchedGram).
+    Host memory holds the read-ahead budget plus two batches, whatever the checkpoint's size."""
+    batcher = compute.engine.batcher()
+    batches = device_batches(specs, batcher.batch_size)
+    stream = prefetch(_batch_stream(todo, specs, batches, opts.trust_pickle), PREFETCH_BYTES)
+    for i, r in todo:
+        state = {"results": [], "held": [], "error": None}
+        for spectra in batcher.run(_finite_batches(stream, specs, compute, state)):
+            for (j, W), sp in zip(state["held"].pop(0), spectra):
+                state["results"].append(compute.matrix(j, specs[j], W, sp))
+        yield i, r, state["error"] or compute.assemble(state["results"])
+
+
+def _finite_batches(stream, specs, compute, state):
+    """One checkpoint's batches as read, up to its end marker; NaN/Inf matrices are taken out of the batch and
+    given the engine's NaN spectrum at once. `state` collects results, the batches in flight and the error."""
+    for _, idx, payload in stream:
+        if idx is None:
+            state["error"] = payload
+            return
+        keep = []
+        for j, W in zip(idx, payload):
+            if all_finite(W):
+                keep.append((j, W))
+            else:
+                state["results"].append(compute.matrix(j, specs[j], W))
+        if keep:
+            state["held"].append(keep)
+            yield [W for _, W in keep]
+
+
 def _worker_init(threads: int):
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _worker_row(ckpt, specs, pairs, heads, opts, routes):
-    engine = make_engine(opts, routes)
-    compute = RowComputer(specs, pairs, opts.topk, heads, engine)
+# ------------------------------------------------------------------------------- work units below a checkpoint
+
+# Units per worker thread kept available: with fewer checkpoints to compute than that, each checkpoint is split
+# into groups of matrices (balanced by cost), so one large checkpoint spreads over every worker.
+UNITS_PER_SLOT = 2
+_ENGINES: dict = {}  # per worker process: one engine per option set, so routes are measured once per process
+
+
+def units(specs: list[MatrixSpec], n: int) -> list[list[int]]:
+    """Split the specs into at most n groups of about equal SVD cost (m n min(m, n)), each in spec order."""
+    n = max(1, min(n, len(specs)))
+    loads, groups = [0.0] * n, [[] for _ in range(n)]
+    for j in sorted(range(len(specs)), key=lambda j: -_cost(specs[j])):
+        g = loads.index(min(loads))
+        groups[g].append(j)
+        loads[g] += _cost(specs[j])
+    return [sorted(g) for g in groups if g]
+
+
+def _cost(spec: MatrixSpec) -> float:
+    m, n = spec.shape
+    return float(m) * n * min(m, n)
+
+
+def _engine(opts: AnalyzeOptions, routes: dict[str, str]) -> SVDEngine:
+    """The run's engine with the coordinator's routes (make_engine), one per worker process and option set."""
+    key = (opts.topk, opts.device, opts.svd_route, opts.recalibrate, tuple(sorted(routes.items())))
+    if key not in _ENGINES:
+        _ENGINES[key] = make_engine(opts, routes)
+    return _ENGINES[key]
+
+
+@contextlib.contextmanager
+def _blas_threads(threads: int | None):
+    """Limit BLAS/OpenMP and torch threads inside a task (a Dask worker running several tasks at once)."""
+    if not threads:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    with contextlib.suppress(ImportError):  # load scipy's own OpenBLAS first, so that the limit reaches it
+        import scipy.linalg.lapack  # noqa: F401
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        return compute(_matrices(ckpt, specs, opts.trust_pickle))
-    except CheckpointError as e:
-        return e
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _dask_task_threads(host_threads: dict | None) -> int | None:
+    """On a Dask worker: cores / (task threads of every Dask worker on this host), so that threads per task x
+    tasks at once never exceed the machine's cores. None elsewhere (local workers get it from their pool)."""
+    if not host_threads:
+        return None
+    from distributed import get_worker
+
+    n = host_threads.get(_host(get_worker().address), 1)
+    return max(1, (os.cpu_count() or 1) // n)
+
+
+def _host(address: str) -> str:
+    """'tcp://10.0.0.2:40123' -> '10.0.0.2' (as the scheduler reports workers)."""
+    return address.split("://")[-1].rsplit(":", 1)[0]
+
+
+def _unit_task(ckpt, row: int, indices: list[int], specs, pairs, heads, opts, routes, store: str, token: str, hosts):
+    """Worker side of one unit: read these matrices of one checkpoint, compute each; write their chunks into the
+    store when this worker sees it, else return them. Returns (results, routes) or the CheckpointError."""
+    with _blas_threads(_dask_task_threads(hosts)):
+        engine = _engine(opts, routes)
+        compute = RowComputer(specs, pairs, opts.topk, heads, engine)
+        root = open_for_matrices(store, token) if token else None
+        out = []
+        try:
+            with CheckpointReader(ckpt, trust_pickle=opts.trust_pickle) as reader:
+                for j in indices:
+                    spec = specs[j]
+                    res = compute.matrix(j, spec, spec.flatten(reader.tensor(spec.name)))
+                    if root is not None:
+                        write_matrix(root, row, spec.name, res.spectrum)
+                        res.spectrum = None
+                    out.append(res)
+        except CheckpointError as e:
+            return e
+        return out, dict(engine.chosen)
 
 
 @contextlib.contextmanager
 def _executor(opts: AnalyzeOptions):
-    """A concurrent.futures Executor over processes: local, or a Dask cluster (`--dask local|ADDRESS`)."""
+    """(Executor, worker threads, {host: Dask threads}) over processes: local, or a Dask cluster."""
     if opts.dask:
         try:
             from distributed import Client, LocalCluster
@@ -156,9 +302,18 @@ def _executor(opts: AnalyzeOptions):
             cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
         else:
-            cluster, client = None, Client(opts.dask)
+            cluster = None
+            try:
+                client = Client(opts.dask, timeout=30)
+            except OSError as e:
+                raise SpecdynError(f"--dask {opts.dask}: cannot reach the Dask scheduler ({e})") from None
         try:
-            yield client.get_executor()
+            client.wait_for_workers(1, timeout=120)
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            hosts: dict[str, int] = {}  # machine -> Dask threads on it (tasks that may run there at once)
+            for addr, w in client.scheduler_info(n_workers=-1)["workers"].items():
+                hosts[_host(addr)] = hosts.get(_host(addr), 0) + int(w.get("nthreads", 1))
+            yield client.get_executor(), sum(int(w.get("nthreads", 1)) for w in workers), hosts
         finally:
             client.close()
             if cluster:
@@ -172,7 +327,7 @@ def _executor(opts: AnalyzeOptions):
     try:
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
-            yield ex
+            yield ex, opts.workers, None
     finally:
         for k, v in saved.items():
             if v is None:
@@ -181,8 +336,9 @@ def _executor(opts: AnalyzeOptions):
                 os.environ[k] = v
 
 
-def _parallel_rows(todo, specs, pairs, heads, opts, compute, bar):
-    """Checkpoints in parallel processes, each computing whole rows; this process writes them in order.
+def _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar):
+    """Units of matrices in parallel processes (workers write their chunks into a store they see); a row is
+    assembled here, and yielded for writing, once every matrix of it is in. Rows come in completion order.
 
     Rows are computed here until one succeeds, so that every new shape's route is measured once, here, and the
     workers all use those routes (workers measuring on their own could pick different routes for one store)."""
@@ -195,8 +351,51 @@ def _parallel_rows(todo, specs, pairs, heads, opts, compute, bar):
             break
     if not todo:
         return
-    routes = compute.engine.summary()
-    with _executor(opts) as ex:
-        futures = [(i, r, ex.submit(_worker_row, r["ckpt"], specs, pairs, heads, opts, routes)) for i, r in todo]
-        for i, r, f in futures:
-            yield i, r, f.result()
+    engine = compute.engine
+    routes = engine.summary()
+    store = str(_store_path(root))
+    with _executor(opts) as (ex, slots, hosts), shared_marker(Path(store)) as token:
+        n_units = max(1, -(-UNITS_PER_SLOT * slots // len(todo)))
+        groups = units(specs, n_units)
+        queue = [(i, r, g) for i, r in todo for g in groups]
+        window = max(2 * slots, len(groups))  # units in flight: bounds what results hold in this process
+        rows = {i: {"r": r, "left": len(groups), "results": [], "error": None} for i, r in todo}
+        flying: dict = {}
+        while queue or flying:
+            while queue and len(flying) < window:
+                i, r, g = queue.pop(0)
+                args = (r["ckpt"], i, g, specs, pairs, heads, opts, routes, store, token, hosts)
+                flying[ex.submit(_unit_task, *args)] = i
+            finished, _ = wait(list(flying), return_when=FIRST_COMPLETED)
+            for f in finished:
+                i = flying.pop(f)
+                state, out = rows[i], f.result()
+                if isinstance(out, CheckpointError):
+                    state["error"] = state["error"] or out
+                else:
+                    state["results"] += out[0]
+                    engine.chosen.update(out[1])
+                state["left"] -= 1
+                if state["left"] == 0:
+                    del rows[i]
+                    yield i, state["r"], state["error"] or _assemble(compute, root, i, state["results"])
+
+
+def _assemble(compute: RowComputer, root, i: int, results):
+    """The row from its matrices' results; spectra the workers wrote are read back for the alignment pairs."""
+    spectra = _StoredSpectra(root, i)
+    return compute.assemble(results, spectra)
+
+
+class _StoredSpectra:
+    """name -> Spectrum of row i read from the store on demand (only pairs' matrices are read)."""
+
+    def __init__(self, root, i: int):
+        self.root, self.i = root, i
+
+    def __getitem__(self, name: str):
+        return read_matrix(self.root, self.i, name)
+
+
+def _store_path(root) -> Path:
+    return Path(root.store.root)

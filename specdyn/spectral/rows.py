@@ -6,7 +6,7 @@ previous one) from singular vectors already computed, so growing a series never 
 functions of arrays: the store (`specdyn.store`) reads their inputs and writes their outputs.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +23,26 @@ DERIVE_BLOCK_BYTES = 256 << 20
 @dataclass
 class RowResult:
     metrics: dict[str, np.ndarray]  # name -> (M,)
-    spectra: list[Spectrum]  # (M,)
+    spectra: list[Spectrum | None]  # (M,); None where a worker already wrote that matrix into the store
     alignment: np.ndarray  # (P, top), NaN-padded
     alignment_score: np.ndarray  # (P,)
     nonfinite: list[str]  # matrices holding NaN/Inf (their metrics are NaN)
 
 
+@dataclass
+class MatrixResult:
+    """One matrix of one checkpoint: the unit of work below a checkpoint (it travels between processes)."""
+
+    index: int  # position in the specs
+    spectrum: Spectrum | None  # None once written to the store by the worker that computed it
+    metrics: dict[str, float]
+    slices: dict  # the slice SVDs its alignment pairs need
+    finite: bool
+
+
 class RowComputer:
-    """Computes a checkpoint's RowResult from its matrices, given in the specs' order."""
+    """Computes a checkpoint's RowResult from its matrices, given in the specs' order; or matrix by matrix
+    (`matrix`, anywhere) and then the row from every matrix's result (`assemble`, where they meet)."""
 
     def __init__(
         self, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, n_heads: int | None, engine: SVDEngine
@@ -40,28 +52,47 @@ class RowComputer:
         self.needs = slice_needs(pairs, specs)
 
     def __call__(self, matrices: Iterable[tuple[MatrixSpec, np.ndarray]], on_matrix=None) -> RowResult:
-        spectra, slices, nonfinite = {}, {}, []
-        per_metric = {name: np.full(len(self.specs), np.nan) for name in SPECTRUM_METRICS}
+        results = []
         for j, (spec, W) in enumerate(matrices):
-            sp = self.engine(W)
-            spectra[spec.name] = sp
-            if not sp.finite:
-                nonfinite.append(spec.name)
-            elif spec.name in self.needs:
-                slices[spec.name] = slice_vectors(W, spec, self.needs[spec.name], self.n_heads, self.engine)
-            for name, value in spectrum_metrics(sp.s).items():
-                per_metric[name][j] = value
+            results.append(self.matrix(j, spec, W))
             if on_matrix:
                 on_matrix(spec)
+        return self.assemble(results)
+
+    def matrix(self, j: int, spec: MatrixSpec, W: np.ndarray, sp: Spectrum | None = None) -> MatrixResult:
+        """Matrix j's result; `sp` is its spectrum when already computed (in a batch on a device)."""
+        sp = sp if sp is not None else self.engine(W)
+        slices = {}
+        if sp.finite and spec.name in self.needs:
+            slices = slice_vectors(W, spec, self.needs[spec.name], self.n_heads, self.engine)
+        return MatrixResult(j, sp, spectrum_metrics(sp.s), slices, sp.finite)
+
+    def assemble(self, results: list[MatrixResult], spectra: Mapping[str, Spectrum] | None = None) -> RowResult:
+        """The row from every matrix's result (in any order). `spectra` supplies the spectra of matrices whose
+        result no longer carries one (written to the store by a worker), for the alignment pairs."""
+        results = sorted(results, key=lambda r: r.index)
+        assert [r.index for r in results] == list(range(len(self.specs))), "a row needs every matrix once"
+        per_metric = {name: np.full(len(self.specs), np.nan) for name in SPECTRUM_METRICS}
+        nonfinite, slices = [], {}
+        for r in results:
+            name = self.specs[r.index].name
+            if not r.finite:
+                nonfinite.append(name)
+            if r.slices:
+                slices[name] = r.slices
+            for metric, value in r.metrics.items():
+                per_metric[metric][r.index] = value
+        held = {self.specs[r.index].name: r.spectrum for r in results if r.spectrum is not None}
         alignment = np.full((len(self.pairs), self.top), np.nan, dtype=np.float32)
         for p, pair in enumerate(self.pairs):
             if pair.prev in nonfinite or pair.next in nonfinite:
                 continue
-            d = pair_diag(pair, self.by_name, spectra, slices)[: self.top]
+            both = {n: held[n] if n in held else spectra[n] for n in (pair.prev, pair.next)}
+            d = pair_diag(pair, self.by_name, both, slices)[: self.top]
             alignment[p, : d.shape[0]] = d
         return RowResult(
             per_metric,
-            [spectra[s.name] for s in self.specs],
+            [r.spectrum for r in results],
             alignment,
             score(alignment) if len(self.pairs) else np.zeros(0),
             nonfinite,

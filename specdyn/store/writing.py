@@ -208,11 +208,29 @@ def write_identity(root, i: int, step: int, relpath: str, source: int) -> None:
     faults.point("identity")
 
 
+def write_matrix(root, i: int, name: str, spectrum) -> None:
+    """One matrix's chunks of row i (sv, U, V). Chunks hold one checkpoint of one matrix, so workers writing
+    different matrices (or rows) of a store at once never touch the same file; `done` is the coordinator's."""
+    g = root[matrix_group(name)]
+    g["sv"][i] = spectrum.s
+    g["U"][i] = spectrum.U
+    g["V"][i] = spectrum.V
+
+
+def read_matrix(root, i: int, name: str):
+    """The spectrum of one matrix in row i, as written by `write_matrix`."""
+    from specdyn.spectral.svd import Spectrum
+
+    g = root[matrix_group(name)]
+    return Spectrum(g["sv"][i], g["U"][i], g["V"][i])
+
+
 def write_row(
     root, i: int, step: int, relpath: str, source: int, row, specs: list[MatrixSpec], fingerprint=(-1, -1)
 ) -> None:
     """Write one checkpoint's results (a `spectral.rows.RowResult`) into row i, then mark it done.
-    `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes."""
+    `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes. Spectra that
+    are None were written already (by workers, `write_matrix`)."""
     if root["done"][i]:
         root["done"][i] = False
         faults.point("row:undone")
@@ -225,10 +243,8 @@ def write_row(
     root["alignment_score"][i] = row.alignment_score
     faults.point("row:alignment")
     for spec, sp in zip(specs, row.spectra):
-        g = root[matrix_group(spec.name)]
-        g["sv"][i] = sp.s
-        g["U"][i] = sp.U
-        g["V"][i] = sp.V
+        if sp is not None:
+            write_matrix(root, i, spec.name, sp)
         faults.point("row:matrix")
     root["file_bytes"][i], root["file_mtime_ns"][i] = fingerprint
     root["done"][i] = True
@@ -241,6 +257,35 @@ def record_routes(root, routes: dict[str, str]) -> None:
     known = read_attrs(root).get("svd_routes", {})
     if any(known.get(k) != v for k, v in routes.items()):
         update_attrs(root, svd_routes={**known, **routes})
+
+
+# A file inside the store that only this analyze run knows the name of: a worker that sees it sees the same store
+# (shared storage) and writes its matrices there itself; one that does not sends them back.
+SHARED_MARKER = ".specdyn-workers-"
+
+
+@contextlib.contextmanager
+def shared_marker(store: Path):
+    """Yield a token naming a marker file in the store for the duration of a parallel analyze."""
+    import uuid
+
+    for stale in Path(store).glob(SHARED_MARKER + "*"):  # left by a killed run
+        stale.unlink(missing_ok=True)
+    token = uuid.uuid4().hex
+    marker = Path(store) / (SHARED_MARKER + token)
+    marker.write_text(f"analyze (pid {os.getpid()}) workers may write matrices into this store\n")
+    try:
+        yield token
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def open_for_matrices(store: str, token: str):
+    """The store's root group for a worker's `write_matrix` calls, or None where this process cannot see the
+    coordinator's store (no marker): then results travel back instead."""
+    if not (Path(store) / (SHARED_MARKER + token)).is_file():
+        return None
+    return zarr.open_group(str(store), mode="r+", use_consolidated=False)
 
 
 def done_keys(root) -> set[tuple[int, str]]:
