@@ -34,7 +34,8 @@ GRAM_BLOCK_ELEMENTS = 1 << 22
 def all_finite(W: np.ndarray) -> bool:
     """Whether W holds no NaN/Inf, without an elementwise temporary (128 MB for a 32000 x 4096 matrix): a float64
     sum of float32 values cannot overflow, and any NaN or Inf makes it NaN or Inf."""
-    return bool(np.isfinite(W.sum(dtype=np.float64)))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + (-inf) is NaN: the answer, not a problem
+        return bool(np.isfinite(W.sum(dtype=np.float64)))
 
 
 @dataclass
