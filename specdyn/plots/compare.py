@@ -60,47 +60,16 @@ def plot(
         colours = {name: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, (name, _) in enumerate(by_condition)}
     else:
         colours = {r.label: style.CATEGORICAL[i % len(style.CATEGORICAL)] for i, r in enumerate(runs)}
-    if per_matrix:
-        bad = [m for m in metric_list if m not in METRICS]
-        if bad:
-            raise SpecdynError(
-                f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)"
-            )
-        names = select.matrices(runs[0], matrices)
-        panels = [(m, n) for m in metric_list for n in names]
-        select.check_panels(len(panels), "compare --per-matrix")
-        nrows, ncols = (len(metric_list), len(names)) if len(names) <= style.MAX_COLS else style.grid(len(panels))
-    else:
-        panels = [(m, None) for m in metric_list]
-        nrows, ncols = style.grid(len(panels))
+    panels, nrows, ncols = _panels(metric_list, runs[0], matrices, per_matrix)
     fig = style.figure(nrows, ncols)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     short = dict(zip(runs[0].store.matrices, style.shorten_names(runs[0].store.matrices)))
     for ax, (m, name) in zip(axes, panels):
         axis.apply(ax)
-        ys_all = []
         if groups:
             ys_all = _grouped_panel(ax, m, name, by_condition, colours, matrices, pairs, interpolate_steps)
-        for run in [] if groups else runs:
-            colour = colours[run.label]
-            if m in HISTORY_KEYS:
-                hx, hy = run.history(m)
-                if len(hx):
-                    ax.plot(hx, hy, color=colour, label=run.label)
-                    ys_all.append(hy)
-                continue
-            if name is not None:
-                if name not in run.store.matrices:
-                    continue
-                y = run.metric(m)[:, run.store.matrices.index(name)]
-                ax.plot(run.x, y, color=colour, label=run.label)
-                ys_all.append(y)
-                continue
-            mean, std, count = pooled(run, m, matrices, pairs)
-            ax.plot(run.x, mean, color=colour, label=run.label)
-            if count > 1:
-                ax.fill_between(run.x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
-            ys_all.append(mean)
+        else:
+            ys_all = _runs_panel(ax, m, name, runs, colours, matrices, pairs)
         if not ys_all:
             draw.note(ax, f"no {style.metric_label(m)} logged")
             continue
@@ -123,6 +92,47 @@ def plot(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _panels(metric_list: list[str], run, matrices, per_matrix: bool):
+    """(metric, matrix or None) per panel and the grid: one panel per metric, or per metric and matrix."""
+    if not per_matrix:
+        panels = [(m, None) for m in metric_list]
+        return (panels, *style.grid(len(panels)))
+    bad = [m for m in metric_list if m not in METRICS]
+    if bad:
+        raise SpecdynError(f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)")
+    names = select.matrices(run, matrices)
+    panels = [(m, n) for m in metric_list for n in names]
+    select.check_panels(len(panels), "compare --per-matrix")
+    grid = (len(metric_list), len(names)) if len(names) <= style.MAX_COLS else style.grid(len(panels))
+    return (panels, *grid)
+
+
+def _runs_panel(ax, m: str, name, runs, colours, matrices, pairs) -> list[np.ndarray]:
+    """One curve per run: a logged curve, one matrix's metric, or the mean over matrices with a band of one
+    standard deviation across them; returns the curves drawn."""
+    drawn = []
+    for run in runs:
+        colour = colours[run.label]
+        if m in HISTORY_KEYS:
+            hx, hy = run.history(m)
+            if len(hx):
+                ax.plot(hx, hy, color=colour, label=run.label)
+                drawn.append(hy)
+            continue
+        if name is not None:
+            if name in run.store.matrices:
+                y = run.metric(m)[:, run.store.matrices.index(name)]
+                ax.plot(run.x, y, color=colour, label=run.label)
+                drawn.append(y)
+            continue
+        mean, std, count = pooled(run, m, matrices, pairs)
+        ax.plot(run.x, mean, color=colour, label=run.label)
+        if count > 1:
+            ax.fill_between(run.x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
+        drawn.append(mean)
+    return drawn
 
 
 def _seed_curve(run, m: str, name, matrices, pairs) -> tuple[np.ndarray, np.ndarray]:
