@@ -4,6 +4,7 @@ Each command module exposes `register(app)`. Heavy imports (torch, matplotlib, z
 commands so that `specdyn --help` stays fast.
 """
 
+import errno
 import functools
 import importlib
 import os
@@ -53,8 +54,27 @@ def _root(
     pass
 
 
+# Failures of the machine a user can fix (a full disk, a read-only or forbidden folder): one line, not a traceback.
+FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some space (or write elsewhere) and rerun",
+    errno.EDQUOT: "disk quota exceeded; free some space (or write elsewhere) and rerun",
+    errno.EROFS: "read-only file system; write the output elsewhere",
+    errno.EACCES: "permission denied; check the folder's permissions or write elsewhere",
+}
+
+
+def os_error_message(e: OSError) -> str | None:
+    """The one-line message of an OSError a user can fix, naming the file; None for any other OSError."""
+    what = FIXABLE_OS_ERRORS.get(e.errno)
+    if what is None:
+        return None
+    where = e.filename or "a file specdyn was writing"
+    return f"{where}: {what}"
+
+
 def user_errors(fn):
-    """Turn a SpecdynError into `error: ...` on stderr and its exit code; KeyboardInterrupt into exit 130."""
+    """Turn a SpecdynError into `error: ...` on stderr and its exit code (and a full disk, a read-only or
+    forbidden folder into one such line too); KeyboardInterrupt into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -68,6 +88,14 @@ def user_errors(fn):
 
             err_console().print(Text.assemble(("error:", "red"), " ", e.message), soft_wrap=True)
             raise typer.Exit(e.code) from None
+        except OSError as e:
+            message = os_error_message(e)
+            if message is None:
+                raise
+            from rich.text import Text
+
+            err_console().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console().print("interrupted")
             raise typer.Exit(130) from None

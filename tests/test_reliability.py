@@ -563,3 +563,33 @@ def test_17_routes_are_written_with_the_rows_and_partial_files_removed(tmp_path,
     analyze([run], store, AnalyzeOptions(), show_progress=False)
     assert not list(store.rglob("*.partial"))
     assert len(specdyn.open_store(store)) == 3
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_full_disk_or_read_only_folder_in_any_command_is_one_line(tmp_path, monkeypatch, code):
+    """Every command (not only analyze): a full disk, a read-only or forbidden folder is one line naming the file."""
+    import specdyn.evals.prune as prune_mod
+    from specdyn.cli import app
+
+    target = tmp_path / "evals.zarr" / "c" / "0"
+
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(prune_mod, "prune_eval", full)
+    res = CliRunner().invoke(app, ["prune-eval", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert str(target) in " ".join(res.output.split()) and "error:" in res.output
+
+
+def test_other_os_errors_still_surface_as_bugs(tmp_path, monkeypatch):
+    import specdyn.evals.prune as prune_mod
+    from specdyn.cli import app
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "I/O error", "x")
+
+    monkeypatch.setattr(prune_mod, "prune_eval", broken)
+    res = CliRunner().invoke(app, ["prune-eval", str(tmp_path)])
+    assert res.exit_code != 0 and isinstance(res.exception, OSError)
