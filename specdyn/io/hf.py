@@ -34,18 +34,12 @@ def weights_file(folder: Path) -> Path | None:
 
 
 def shard_path(folder: Path, name: str) -> Path:
-    """The file a shard index names: a relative path inside `folder`. In a hub snapshot the shard is a symlink
-    into the same repo's `blobs/` (how huggingface_hub stores files), which is allowed; nothing else outside is."""
+    """The file a shard index names, which must be a relative path inside `folder` (where it leads after
+    symlinks is checked by `read_index`)."""
     rel = PurePosixPath(name)
     if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in name:
         raise CheckpointError(f"{folder}: the shard index names {name!r}, which is not a file inside this folder")
-    path = folder / rel
-    blobs = folder.parent.parent / "blobs"
-    if folder.parent.name == "snapshots" and blobs.is_dir() and path.exists():
-        target = path.resolve()
-        if not (target.is_relative_to(folder.resolve()) or target.is_relative_to(blobs.resolve())):
-            raise CheckpointError(f"{path}: links outside its hub repo ({target}); the cache is damaged")
-    return path
+    return folder / rel
 
 
 def trainer_step(folder: Path) -> int | None:
