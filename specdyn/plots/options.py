@@ -4,7 +4,7 @@ is a keyword of the plot functions that take it; `dispatch` refuses a field a ki
 import dataclasses
 from dataclasses import dataclass
 
-from specdyn.options import Options, option
+from specdyn.options import Options, flag_of, option
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ def flags() -> dict[str, str]:
     out = {}
     for f in dataclasses.fields(PlotOptions):
         spelled = f.metadata["specdyn"]["flags"]
-        if f.default is True and spelled and "/" in spelled[0]:
-            out[f.name] = spelled[0].split("/")[1]
-        else:
-            out[f.name] = spelled[0] if spelled else "--" + f.name.replace("_", "-")
+        negative = f.default is True and spelled and "/" in spelled[0]
+        out[f.name] = spelled[0].split("/")[1] if negative else flag_of(f)
     out["groups"] = "--group/--groups"
     return out
