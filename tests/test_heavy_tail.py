@@ -144,3 +144,33 @@ def test_degenerate_spectra_are_nan():
     # every eigenvalue below WW's 1e-5 threshold: the fit fails (WW reports -1), the norms do not
     out = ht.heavy_tail_metrics(np.full(10, 1e-3), 10)
     assert math.isnan(out["alpha"]) and out["log_norm"] == pytest.approx(math.log10(10 * 1e-6))
+
+
+def _ww_loop(x):
+    """WW's `fit_power_law_standard` as WW writes it: a Python loop over candidate xmins, numpy's power."""
+    n_all = len(x)
+    logs = np.log(x)
+    alphas, Ds = np.zeros(n_all - 1), np.ones(n_all - 1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(n_all - 1):
+            n = float(n_all - i)
+            alphas[i] = alpha = 1 + n / (np.sum(logs[i:]) - n * logs[i])
+            if alpha > 1:
+                Ds[i] = np.max(np.abs(1 - (x[i:] / x[i]) ** (-alpha + 1) - np.arange(n) / n))
+    return alphas, Ds
+
+
+@pytest.mark.parametrize("n", [20, 64, 768, 3000])
+def test_blocked_scan_matches_ww_loop(n, monkeypatch):
+    """The blocked, vectorized xmin scan gives WW's loop's alphas and Ds at the sizes analyze meets, across block
+    boundaries (a small block size forces many blocks), and picks the same xmin."""
+    rng = np.random.default_rng(n)
+    A = rng.standard_normal((2 * n, n)) * (1 + 5 * rng.random(n) ** 8)
+    x = np.sort(np.linalg.svd(A, compute_uv=False) ** 2)
+    want_a, want_d = _ww_loop(x)
+    for elements in (ht.SCAN_ELEMENTS, 7 * n):
+        monkeypatch.setattr(ht, "SCAN_ELEMENTS", elements)
+        got_a, got_d = ht._fit_standard(x)
+        np.testing.assert_allclose(got_a, want_a, rtol=1e-10)
+        np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-12)
+        assert np.argmin(got_d) == np.argmin(want_d)

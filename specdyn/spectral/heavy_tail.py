@@ -43,20 +43,40 @@ def eigenvalues(s: np.ndarray) -> np.ndarray:
     return np.sort(np.asarray(s, dtype=np.float64) ** 2)
 
 
+# Candidate xmins scanned at once by `_fit_standard`: a block of B candidates costs a B x N temporary.
+SCAN_ELEMENTS = 1 << 18
+
+
 def _fit_standard(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """WW's `fit_power_law_standard`: alpha and KS distance D for every candidate xmin x[i], i < N - 1."""
+    """WW's `fit_power_law_standard`: alpha and KS distance D for every candidate xmin x[i], i < N - 1.
+
+    WW loops over the candidates in Python; this scans blocks of them at once, each block over the tails from its
+    first candidate on (the triangle, not the square), and takes (x_j / x_i)^(1 - alpha) as exp((1 - alpha)
+    (log x_j - log x_i)), which numpy vectorizes: about 1e-16 from WW's power, 10-20x faster (docs/method.md §10)."""
     n_all = len(x)
     logs = np.log(x)
-    alphas = np.zeros(n_all - 1)
-    Ds = np.ones(n_all - 1)
+    i = np.arange(n_all - 1)
+    n = (n_all - i).astype(np.float64)
+    tail_sums = np.cumsum(logs[::-1])[::-1][:-1]  # sum(logs[i:]) for each i
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for i in range(n_all - 1):
-            n = float(n_all - i)
-            alpha = 1 + n / (np.sum(logs[i:]) - n * logs[i])  # summed as WW does, bit for bit
-            alphas[i] = alpha
-            if alpha > 1:
-                theory = 1 - (x[i:] / x[i]) ** (-alpha + 1)
-                Ds[i] = np.max(np.abs(theory - np.arange(n) / n))
+        alphas = 1 + n / (tail_sums - n * logs[:-1])
+    Ds = np.ones(n_all - 1)
+    fit = np.flatnonzero(alphas > 1)
+    inv_n = 1 / n
+    step = max(1, SCAN_ELEMENTS // n_all)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(0, len(fit), step):
+            rows = fit[k : k + step]
+            j = np.arange(rows[0], n_all)
+            # |theory - empirical| = |exp((1 - alpha)(log x_j - log x_i)) + (j - i) / n_i - 1|, built in place
+            gap = logs[None, rows[0] :] - logs[rows, None]
+            gap *= (1 - alphas[rows])[:, None]
+            np.exp(gap, out=gap)
+            gap += inv_n[rows, None] * j[None, :]
+            gap -= (1 + rows * inv_n[rows])[:, None]
+            np.abs(gap, out=gap)
+            # columns before a candidate's own xmin are not part of its tail
+            Ds[rows] = gap.max(axis=1, where=j[None, :] >= rows[:, None], initial=0.0)
     return alphas, Ds
 
 
