@@ -106,20 +106,21 @@ def test_crash_mid_row_then_rerun_equals_clean_run(series, tmp_path, monkeypatch
     import specdyn.analyze.compute as mod
 
     calls = {"n": 0}
-    real = mod.write_row
+    real = mod.RowWriter.write
 
-    def dying_write_row(root, i, *args):
+    def dying_write(self, i, *args):
         calls["n"] += 1
         if calls["n"] == 3:  # die half-way through the third row: some arrays written, `done` not
+            root = self.root
             root["effective_rank"][i] = np.zeros(root["effective_rank"].shape[1])
             root["matrices/fc.weight/sv"][i] = np.zeros(root["matrices/fc.weight/sv"].shape[1])
             raise KeyboardInterrupt
-        return real(root, i, *args)
+        return real(self, i, *args)
 
-    monkeypatch.setattr(mod, "write_row", dying_write_row)
+    monkeypatch.setattr(mod.RowWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         analyze([run], tmp_path / "resumed.zarr", AnalyzeOptions(**OPTS), show_progress=False)
-    monkeypatch.setattr(mod, "write_row", real)
+    monkeypatch.setattr(mod.RowWriter, "write", real)
     assert len(specdyn.open_store(tmp_path / "resumed.zarr")) == 2  # the half row is not visible
     summary = analyze([run], tmp_path / "resumed.zarr", AnalyzeOptions(**OPTS), show_progress=False)
     assert summary["computed"] == 3

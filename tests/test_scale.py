@@ -66,8 +66,8 @@ def test_matrices_spread_over_workers_equal_serial(run, tmp_path, monkeypatch, s
 
         monkeypatch.setattr(compute, "shared_marker", unseen)
     written = []  # matrices this process writes: those that came back from the workers (and the first row,
-    real = writing.write_matrix  # which this process computes itself to measure the SVD routes)
-    monkeypatch.setattr(writing, "write_matrix", lambda *a: (written.append(a[2]), real(*a)))
+    real = writing.RowWriter.matrix_values  # which this process computes itself to measure the SVD routes)
+    monkeypatch.setattr(writing.RowWriter, "matrix_values", lambda self, *a: (written.append(a[0]), real(self, *a))[1])
     analyze([run], tmp_path / "par.zarr", AnalyzeOptions(workers=2, **OPTS), show_progress=False)
     assert_identical(tmp_path / "serial.zarr", tmp_path / "par.zarr")
     assert not list((tmp_path / "par.zarr").glob(".specdyn-workers-*"))  # the marker is removed

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from specdyn.spectral import svd
 from specdyn.spectral.svd import (
     CPU_ROUTES,
     SVDEngine,
@@ -102,11 +103,17 @@ def test_rank_deficient_and_zero_matrices_fall_back_to_lapack(W):
     assert np.all(np.isfinite(sp.U)) and np.all(np.isfinite(sp.V))
 
 
-def test_nonfinite_matrix_gives_nan_spectrum():
-    W = matrix(5, 3)
-    W[1, 1] = np.inf
-    sp = SVDEngine(top=2)(W)
-    assert not sp.finite and sp.s.shape == (3,) and sp.U.shape == (5, 2) and np.all(np.isnan(sp.U))
+@pytest.mark.parametrize("route", ["auto", "gram_topk", "gram", "gram_torch", "lapack"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (9000, 3)])  # tall, wide, tall in several Gram blocks
+def test_nonfinite_matrix_gives_nan_spectrum(route, bad, shape, monkeypatch):
+    """Gram routes see NaN/Inf in their Gram matrix instead of a pass over W; every route gives a NaN spectrum."""
+    monkeypatch.setattr(svd, "GRAM_BLOCK_ELEMENTS", 3000)
+    W = matrix(*shape)
+    W[-1, 1] = bad
+    sp = SVDEngine(top=2, route=route, cache=False)(W)
+    k = min(shape)
+    assert not sp.finite and sp.s.shape == (k,) and sp.U.shape == (shape[0], 2) and np.all(np.isnan(sp.U))
 
 
 def test_head_left_vectors_match_per_head_svd():

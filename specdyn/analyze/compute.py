@@ -17,7 +17,14 @@ from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import RowComputer
 from specdyn.spectral.svd import SVDEngine, all_finite
-from specdyn.store.writing import open_for_matrices, read_matrix, record_routes, shared_marker, write_matrix, write_row
+from specdyn.store.writing import (
+    RowWriter,
+    open_for_matrices,
+    read_matrix,
+    record_routes,
+    shared_marker,
+    write_matrix,
+)
 
 PREFETCH_BYTES = 512 << 20  # matrices read ahead of the SVDs, overlapping I/O with compute
 
@@ -74,6 +81,7 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
     if not todo:
         return engine, failures
     compute = RowComputer(specs, pairs, opts.topk, heads, engine)
+    writer = RowWriter(root, specs)
     bar = console.progress(transient=False) if show_progress else None
     with bar or contextlib.nullcontext():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
@@ -99,7 +107,7 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
                     )
                 record_routes(root, engine.summary())
                 fp = r.get("fingerprint", (-1, -1))
-                write_row(root, i, r["step"], r["checkpoint"], r["source"], result, specs, fp)
+                writer.write(i, r["step"], r["checkpoint"], r["source"], result, fp)
             if bar:
                 bar.update(task, advance=1, description=f"analyze {r['checkpoint']}")
     return engine, failures

@@ -28,7 +28,13 @@ import numpy as np
 # accuracy (and is undefined for exact zeros), so such matrices go to LAPACK instead.
 GRAM_MIN_RATIO = 1e-3
 # Row blocks for the float64 Gram product keep the float64 copy of a tall matrix small (50257 x 768 embeddings).
-GRAM_BLOCK_ELEMENTS = 1 << 22
+# 16 MiB: under glibc's largest mmap threshold (32 MiB), so every block after the first reuses freed heap memory
+# instead of mapping (and page-faulting) fresh pages.
+GRAM_BLOCK_ELEMENTS = 1 << 21
+
+
+class NonFinite(ValueError):
+    """The matrix holds NaN or Inf (seen in its Gram matrix, which any NaN or Inf reaches)."""
 
 
 def all_finite(W: np.ndarray) -> bool:
@@ -68,11 +74,20 @@ def _gram64(W: np.ndarray, wide: bool) -> np.ndarray:
     step = max(1, GRAM_BLOCK_ELEMENTS // max(small, 1))
     if rows <= step:
         A64 = A.astype(np.float64)
-        return A64.T @ A64
-    G = np.zeros((small, small), dtype=np.float64)
-    for i in range(0, rows, step):
-        blk = A[i : i + step].astype(np.float64)
-        G += blk.T @ blk
+        G = A64.T @ A64
+    else:
+        G = np.zeros((small, small), dtype=np.float64)
+        for i in range(0, rows, step):
+            blk = A[i : i + step].astype(np.float64)
+            G += blk.T @ blk
+    return _finite(G)
+
+
+def _finite(G: np.ndarray) -> np.ndarray:
+    """G, after checking it (small) instead of the matrix (large): a float64 Gram matrix of float32 values cannot
+    overflow, so it is finite exactly when the matrix is."""
+    if not np.isfinite(G).all():
+        raise NonFinite
     return G
 
 
@@ -134,7 +149,8 @@ def gram_top_eigh(G: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray] | None
     Z = np.asfortranarray(z[:, :r])
     # Q = H(1) ... H(n-1) with the reflectors below the subdiagonal (dsytrd, lower): Q z = [z_0; Q' z_1:] where
     # Q' is the orthogonal factor of a QR factorization stored like dgeqrf's, which dormqr applies.
-    tail, _, info = lapack.dormqr("L", "N", c[1:, : n - 1], tau, Z[1:], lwork=max(64 * r, 1))
+    # dormqr's blocked code wants nb * (r + nb) of workspace; with less it falls back to unblocked (2x slower)
+    tail, _, info = lapack.dormqr("L", "N", c[1:, : n - 1], tau, Z[1:], lwork=64 * (r + 64))
     if info:
         return None
     Z[1:] = tail
@@ -166,8 +182,8 @@ def svd_gram_torch(W: np.ndarray, top: int) -> Spectrum | None:
 
     wide = W.shape[0] < W.shape[1]
     T = torch.from_numpy(W).double()
-    G = T @ T.T if wide else T.T @ T
-    evals, evecs = torch.linalg.eigh(G)
+    G = _finite((T @ T.T if wide else T.T @ T).numpy())
+    evals, evecs = torch.linalg.eigh(torch.from_numpy(G))
     return _finish_gram(W, evals.numpy(), evecs.numpy(), top, wide)
 
 
@@ -255,17 +271,28 @@ class SVDEngine:
     def __call__(self, W: np.ndarray) -> Spectrum:
         """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum."""
         W = np.ascontiguousarray(W, dtype=np.float32)
-        if min(W.shape) == 0 or not all_finite(W):
+        if min(W.shape) == 0:
             return nan_spectrum(W.shape, self.top)
+        route = self._route(W.shape)
+        if route in GRAM_ROUTES:  # their Gram matrix shows NaN/Inf: no pass over W to look for them
+            try:
+                return self._run(route, W)
+            except NonFinite:
+                return nan_spectrum(W.shape, self.top)
+        if not all_finite(W):
+            return nan_spectrum(W.shape, self.top)
+        return self._run(route, W) if route else self._calibrate(W)
+
+    def _route(self, shape) -> str | None:
+        """The route for this shape, or None where it must be measured."""
         if self.route != "auto":
-            return self._run(self.route, W)
+            return self.route
         # `chosen` first: a store's recorded routes (prefilled by analyze) win over this machine's candidates.
-        route = self.chosen.get(W.shape) or (self.candidates[0] if len(self.candidates) == 1 else None)
-        route = route or self._cached(W.shape)
+        route = self.chosen.get(shape) or (self.candidates[0] if len(self.candidates) == 1 else None)
+        route = route or self._cached(shape)
         if route:
-            self.chosen[W.shape] = route
-            return self._run(route, W)
-        return self._calibrate(W)
+            self.chosen[shape] = route
+        return route
 
     def _calibrate(self, W: np.ndarray) -> Spectrum:
         times, results = {}, {}

@@ -225,30 +225,59 @@ def read_matrix(root, i: int, name: str):
     return Spectrum(g["sv"][i], g["U"][i], g["V"][i])
 
 
-def write_row(
-    root, i: int, step: int, relpath: str, source: int, row, specs: list[MatrixSpec], fingerprint=(-1, -1)
-) -> None:
-    """Write one checkpoint's results (a `spectral.rows.RowResult`) into row i, then mark it done.
-    `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes. Spectra that
-    are None were written already (by workers, `write_matrix`)."""
-    if root["done"][i]:
-        root["done"][i] = False
-        faults.point("row:undone")
-    write_identity(root, i, step, relpath, source)
-    for name in ROW_METRICS:
-        root[name][i] = row.metrics[name]
-    faults.point("row:metrics")
-    top = root["alignment"].shape[-1]
-    root["alignment"][i] = row.alignment[:, :top]
-    root["alignment_score"][i] = row.alignment_score
-    faults.point("row:alignment")
-    for spec, sp in zip(specs, row.spectra):
-        if sp is not None:
-            write_matrix(root, i, spec.name, sp)
+class RowWriter:
+    """Writes whole rows into an open store whose rows are sized already (`resize_rows`). The array handles are
+    looked up once (every lookup reads and parses metadata) and each phase of a row is one concurrent zarr call
+    instead of one call per array: on GPT-2 small, ~400 synchronous calls per row become 6."""
+
+    def __init__(self, root, specs: list[MatrixSpec]):
+        names = ("done", "step", "checkpoint", "source", *ROW_METRICS, "alignment", "alignment_score")
+        self.root = root
+        self.arrays = {name: root[name] for name in (*names, "file_bytes", "file_mtime_ns")}
+        self.matrices = {}
+        self.specs = specs
+        for spec in specs:
+            g = root[matrix_group(spec.name)]
+            self.matrices[spec.name] = (g["sv"], g["U"], g["V"])
+
+    def _set(self, i: int, values: list[tuple[object, object]]) -> None:
+        """arrays[i] = value for every (array, value), concurrently (each a chunk of its own)."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def write_all():
+            await asyncio.gather(*(arr.async_array.setitem(i, value) for arr, value in values))
+
+        sync(write_all())
+
+    def matrix_values(self, name: str, spectrum) -> list[tuple[object, object]]:
+        sv, U, V = self.matrices[name]
+        return [(sv, spectrum.s), (U, spectrum.U), (V, spectrum.V)]
+
+    def write(self, i: int, step: int, relpath: str, source: int, row, fingerprint=(-1, -1)) -> None:
+        """One checkpoint's results (a `spectral.rows.RowResult`) into row i, then its `done` flag.
+        `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes. Spectra
+        that are None were written already (by workers, `write_matrix`)."""
+        a = self.arrays
+        if a["done"][i]:
+            a["done"][i] = False
+            faults.point("row:undone")
+        self._set(i, [(a["step"], step), (a["checkpoint"], relpath), (a["source"], source)])
+        faults.point("identity")
+        self._set(i, [(a[name], row.metrics[name]) for name in ROW_METRICS])
+        faults.point("row:metrics")
+        top = a["alignment"].shape[-1]
+        self._set(i, [(a["alignment"], row.alignment[:, :top]), (a["alignment_score"], row.alignment_score)])
+        faults.point("row:alignment")
+        matrices = [
+            v for spec, sp in zip(self.specs, row.spectra) if sp is not None for v in self.matrix_values(spec.name, sp)
+        ]
+        self._set(i, matrices)
         faults.point("row:matrix")
-    root["file_bytes"][i], root["file_mtime_ns"][i] = fingerprint
-    root["done"][i] = True
-    faults.point("row:done")
+        self._set(i, [(a["file_bytes"], fingerprint[0]), (a["file_mtime_ns"], fingerprint[1])])
+        a["done"][i] = True
+        faults.point("row:done")
 
 
 def record_routes(root, routes: dict[str, str]) -> None:
