@@ -99,24 +99,32 @@ class RowComputer:
         )
 
 
-def derive_stability(done: np.ndarray, n_rows: int, n_matrices: int, top: int, vectors) -> dict[str, np.ndarray]:
+def derive_stability(
+    done: np.ndarray, n_rows: int, n_matrices: int, top: int, vectors, row_values=None
+) -> dict[str, np.ndarray]:
     """stability, stability_score, subspace_overlap (against the final completed row) and stability_prev_score
     (against the previous completed row), for every row of a store with `n_rows` rows.
 
     `done`: the completed rows in order; `vectors(j, rows)` returns matrix j's (U, V) stacked over those rows.
-    Rows are read in blocks of DERIVE_BLOCK_BYTES, so memory stays bounded for tall matrices."""
+    `row_values(j)`: the number of values one row of matrix j's U and V hold together; rows are then read in blocks of
+    DERIVE_BLOCK_BYTES, so memory stays bounded for tall matrices (all at once without it). The last block is
+    read first, since it holds the final row every other row is compared with."""
     stability = np.full((n_rows, n_matrices, top), np.nan, dtype=np.float32)
     overlap = np.full((n_rows, n_matrices), np.nan)
     prev_score = np.full((n_rows, n_matrices), np.nan)
     if len(done):
-        final = done[-1:]
         for j in range(n_matrices):
-            Uf, Vf = (a[0] for a in vectors(j, final))
-            block = max(1, DERIVE_BLOCK_BYTES // max((Uf.size + Vf.size) * 4, 1))
+            size = row_values(j) * 4 if row_values else 0  # float32 bytes of one row of U and V
+            block = max(1, DERIVE_BLOCK_BYTES // size) if size else len(done)
+            starts = list(range(0, len(done), block))
+            last = vectors(j, done[starts[-1] :])  # read first: it holds the final row
+            # copies: the final row against itself must not share a buffer (numpy would take syrk for U^T U, whose
+            # rounding differs from the gemm every other row gets)
+            Uf, Vf = last[0][-1].copy(), last[1][-1].copy()
             prev = None
-            for b in range(0, len(done), block):
+            for b in starts:
                 rows = done[b : b + block]
-                for i, U, V in zip(rows, *vectors(j, rows)):
+                for i, U, V in zip(rows, *(last if b == starts[-1] else vectors(j, rows))):
                     d = sva_diag(U, V, Uf, Vf)
                     stability[i, j, : d.shape[0]] = d
                     overlap[i, j] = subspace_overlap(U, Uf)
