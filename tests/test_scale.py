@@ -178,12 +178,40 @@ def test_safetensors_tensors_read_without_the_memory_map_equal_the_librarys(tmp_
         "bool": torch.tensor([True, False, True]),
         "empty": torch.zeros(0, 4),
     }
+    sd |= {"f8": torch.randn(4, 3).to(torch.float8_e4m3fn), "f64": torch.randn(2, 3).double()}
     save_file(sd, str(tmp_path / "x.safetensors"))
     src = SafetensorsSource.file(tmp_path / "x.safetensors")
     with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
         for k in sd:
             ours, theirs = src.tensor(k), f.get_tensor(k)
             assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and torch.equal(ours, theirs), k
+            assert src.dtype_name(k) == str(theirs.dtype).removeprefix("torch.")
+            # the torch-free read analyze uses: numpy, bfloat16 widened to float32 exactly; float8 left to torch
+            arr = src.array(k)
+            if k == "f8":
+                assert arr is None
+                continue
+            want = theirs.float() if k == "bf16" else theirs
+            assert arr.shape == tuple(theirs.shape) and np.array_equal(arr, want.numpy()), k
+            assert arr.dtype == (np.float32 if k == "bf16" else want.numpy().dtype), k
+
+
+def test_analyze_of_safetensors_does_not_import_torch(tmp_path):
+    """Start-up counts on short series: a safetensors series is read, decomposed and stored without torch (1.4 s
+    of CPU to import), on the routes that do not need it."""
+    import subprocess
+    import sys
+
+    from tests.series import write_series
+
+    run = tmp_path / "run"
+    write_series(run, steps=(0, 10), mutate=lambda step, sd: sd.update({k: v.bfloat16() for k, v in sd.items()}))
+    code = (
+        "import sys; from specdyn.analyze import analyze, AnalyzeOptions;"
+        f"analyze([{str(run)!r}], {str(tmp_path / 's.zarr')!r}, AnalyzeOptions(svd_route='gram'), show_progress=False);"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_all_finite_is_exact():

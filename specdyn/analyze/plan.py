@@ -195,16 +195,16 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
 def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
     """The shapes of the floating-point tensors, the only ones analyzed: an int, bool or complex tensor is not a
     weight matrix (and a complex one would lose its imaginary part)."""
-    return {name: tuple(reader.shape(name)) for name in reader.names() if reader.dtype(name).is_floating_point}
+    return {name: tuple(reader.shape(name)) for name in reader.names() if reader.is_float(name)}
 
 
 def _not_float(reader: CheckpointReader) -> list[dict]:
     """The ndim >= 2 tensors left out for their dtype, recorded in the store's `skipped_tensors`."""
     out = []
     for name in reader.names():
-        dtype, shape = reader.dtype(name), list(reader.shape(name))
-        if not dtype.is_floating_point and len(shape) >= 2:
-            out.append({"name": name, "dtype": str(dtype).removeprefix("torch."), "shape": shape})
+        shape = list(reader.shape(name))
+        if not reader.is_float(name) and len(shape) >= 2:
+            out.append({"name": name, "dtype": reader.dtype_name(name), "shape": shape})
     return out
 
 

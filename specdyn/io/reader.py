@@ -49,6 +49,24 @@ class CheckpointReader:
     def dtype(self, name: str) -> torch.dtype:
         return self._source.dtype(self._key(name))
 
+    def dtype_name(self, name: str) -> str:
+        """torch's name of the dtype ("bfloat16", "int64"), without importing torch where the format allows."""
+        key = self._key(name)
+        if hasattr(self._source, "dtype_name"):
+            return self._source.dtype_name(key)
+        return str(self._source.dtype(key)).removeprefix("torch.")
+
+    def is_float(self, name: str) -> bool:
+        """A floating-point tensor (the only kind analyzed): not int, bool or complex."""
+        return self.dtype_name(name).startswith(("float", "bfloat"))
+
+    def array(self, name: str):
+        """One tensor as a numpy array for the SVDs: read without torch where the format allows (safetensors;
+        bfloat16 arrives as float32), else through torch (float8 and others numpy lacks arrive as float32)."""
+        key = self._key(name)
+        out = self._source.array(key) if hasattr(self._source, "array") else None
+        return self._source.tensor(key).detach().float().numpy() if out is None else out
+
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor on CPU in its stored dtype (bf16 stays bf16; the caller upcasts)."""
         return self._source.tensor(self._key(name))

@@ -93,51 +93,79 @@ def _save_rewritten(state_dict: dict[str, torch.Tensor], path: Path, metadata: d
         f.write(memoryview(raw)[data_start:])  # no copy of the tensor bytes
 
 
+# safetensors dtype codes -> torch's dtype names (torch.<name>), so headers are read without importing torch.
+DTYPE_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64",
+}  # fmt: skip
+# The codes numpy reads as they are (bfloat16 is read as its 16 bits and widened: it is the top half of a float32).
+NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                "I8": "i1", "U8": "u1", "BOOL": "?", "U16": "<u2", "U32": "<u4", "U64": "<u8"}  # fmt: skip
+
+
 def _dtype(code: str):
     """torch dtype of a safetensors header dtype code."""
     import torch
 
-    return {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-    }[code]  # fmt: skip
+    return getattr(torch, DTYPE_NAMES[code])
 
 
 def _header(path: Path) -> tuple[int, dict]:
     """(offset of the data section, header entries) of a safetensors file."""
-    import json
-    import struct
-
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return 8 + n, json.loads(f.read(n))
 
 
-def _pread_tensor(path: Path, key: str, header: tuple[int, dict]):
-    import torch
+def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int):
+    """The bytes of one tensor (a uint8 numpy buffer of their own, filled by one read) and its shape."""
+    import numpy as np
 
     start, entries = header
     entry = entries[key]
     begin, end = entry["data_offsets"]
-    dtype, shape = _dtype(entry["dtype"]), tuple(entry["shape"])
-    size = end - begin
+    shape, size = tuple(entry["shape"]), end - begin
     numel = 1
     for d in shape:
         numel *= d
-    itemsize = torch.empty(0, dtype=dtype).element_size()
     if size != numel * itemsize:
         raise CheckpointError(f"{path}: tensor {key!r} has {size} bytes for shape {list(shape)}; the file is damaged")
-    buf = torch.empty(size, dtype=torch.uint8)
+    buf = np.empty(size, dtype=np.uint8)
     got = 0
     if size:
         with open(path, "rb") as f:
             f.seek(start + begin)
-            got = f.readinto(memoryview(buf.numpy()))
+            got = f.readinto(memoryview(buf))
     if got != size:
         raise CheckpointError(f"{path}: truncated (tensor {key!r} ends past the end of the file); re-copy it")
-    return buf.view(dtype).reshape(shape)
+    return buf, shape
+
+
+def _pread_tensor(path: Path, key: str, header: tuple[int, dict]):
+    import torch
+
+    dtype = _dtype(header[1][key]["dtype"])
+    buf, shape = _pread(path, key, header, torch.empty(0, dtype=dtype).element_size())
+    if not buf.size:  # torch cannot view an empty byte buffer as another dtype
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(buf).view(dtype).reshape(shape)
+
+
+def _pread_array(path: Path, key: str, header: tuple[int, dict]):
+    """One tensor as a numpy array without torch, bfloat16 widened to float32; None for dtypes numpy lacks."""
+    import numpy as np
+
+    code = header[1][key]["dtype"]
+    if code not in NUMPY_DTYPES:
+        return None
+    dtype = np.dtype(NUMPY_DTYPES[code])
+    buf, shape = _pread(path, key, header, dtype.itemsize)
+    out = buf.view(dtype).reshape(shape)
+    if code == "BF16":
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    return out
 
 
 class SafetensorsSource:
@@ -165,7 +193,8 @@ class SafetensorsSource:
             if not path.is_file():
                 raise CheckpointError(f"{path}: shard listed in the index is missing")
             with reading(path):
-                self._handles[path] = safe_open(str(path), framework="pt", device="cpu")
+                # numpy: the header is validated by safetensors without importing torch (tensors are read here)
+                self._handles[path] = safe_open(str(path), framework="numpy")
         return self._handles[path]
 
     def keys(self) -> list[str]:
@@ -177,13 +206,21 @@ class SafetensorsSource:
             return tuple(self._open(path).get_slice(key).get_shape())
 
     def dtype(self, key: str) -> torch.dtype:
-        path = self.weight_map[key]
-        with reading(path):
-            code = self._open(path).get_slice(key).get_dtype()
+        code = self._code(key)
         try:
             return _dtype(code)
         except KeyError:  # a dtype code newer than this table: ask torch
             return self.tensor(key).dtype
+
+    def dtype_name(self, key: str) -> str:
+        """torch's name of the tensor's dtype, without importing torch."""
+        code = self._code(key)
+        return DTYPE_NAMES[code] if code in DTYPE_NAMES else str(self.dtype(key)).removeprefix("torch.")
+
+    def _code(self, key: str) -> str:
+        path = self.weight_map[key]
+        with reading(path):
+            return self._open(path).get_slice(key).get_dtype()
 
     def tensor(self, key: str) -> torch.Tensor:
         """The tensor read with one pread into its own buffer, not through safetensors' memory map: a mapped
@@ -193,6 +230,14 @@ class SafetensorsSource:
         with reading(path):
             self._open(path)  # validates the header (safetensors' own checks)
             return _pread_tensor(path, key, self._headers.setdefault(path, _header(path)))
+
+    def array(self, key: str):
+        """The tensor as a numpy array (bfloat16 as float32), read as `tensor` reads it but without torch; None
+        for a dtype numpy lacks (float8), which `tensor` reads."""
+        path = self.weight_map[key]
+        with reading(path):
+            self._open(path)
+            return _pread_array(path, key, self._headers.setdefault(path, _header(path)))
 
     def metadata(self) -> dict:
         if self._single is None:

@@ -74,17 +74,15 @@ class MatrixSpec:
         return int(np.prod(self.original_shape[2:])) if self.kind in ("conv", "tconv") else 1
 
     def flatten(self, t) -> np.ndarray:
-        """The float32 m x n matrix of a torch tensor with this spec's shape."""
-        import torch  # not at module level: reading a store must not pay torch's import time
-
-        t = t.detach()
-        if t.dtype != torch.float32:
-            t = t.to(torch.float32)
+        """The float32 m x n matrix of a numpy array or torch tensor with this spec's shape."""
+        if not isinstance(t, np.ndarray):  # torch, imported by whoever made the tensor
+            t = t.detach().float().numpy()
+        t = t.astype(np.float32, copy=False)
         if self.kind == "tconv":
-            t = t.transpose(0, 1)
+            t = np.swapaxes(t, 0, 1)
         if self.transposed:
-            return np.ascontiguousarray(t.reshape(self.shape[::-1]).T.numpy())
-        return np.ascontiguousarray(t.reshape(self.shape).numpy())
+            return np.ascontiguousarray(t.reshape(self.shape[::-1]).T)
+        return np.ascontiguousarray(t.reshape(self.shape))
 
     def to_json(self) -> dict:
         return {"name": self.name, "original_shape": list(self.original_shape), "kind": self.kind}

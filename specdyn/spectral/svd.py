@@ -234,6 +234,19 @@ def cpu_candidates() -> tuple[str, ...]:
 GRAM_ROUTES = {"gram_topk": svd_gram_topk, "gram": svd_gram, "gram_torch": svd_gram_torch}
 
 
+def compute_threads() -> int:
+    """The threads the SVDs run on: torch's count where torch is loaded (it may have been set), else what torch
+    would start with (OMP_NUM_THREADS, or the cores this process may use), so analyze need not import torch."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def route_cache_path() -> Path:
     """Where measured route choices persist, per machine: $SPECDYN_CACHE_DIR or ~/.cache/specdyn."""
     base = os.environ.get("SPECDYN_CACHE_DIR") or Path.home() / ".cache" / "specdyn"
@@ -264,9 +277,7 @@ class SVDEngine:
         self.candidates = ("cuda",) if self.device.startswith("cuda") else cpu_candidates()
 
     def _key(self, shape) -> str:
-        import torch
-
-        return f"{shape[0]}x{shape[1]}/{self.device}/threads={torch.get_num_threads()}"
+        return f"{shape[0]}x{shape[1]}/{self.device}/threads={compute_threads()}"
 
     def __call__(self, W: np.ndarray) -> Spectrum:
         """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum."""
