@@ -209,3 +209,18 @@ def test_calibration_keeps_the_first_route_unless_another_is_clearly_faster(monk
     cost["lapack"] = 0.5
     eng(W)
     assert eng.chosen[W.shape] == "lapack"  # more than 1.25x faster
+
+
+@pytest.mark.parametrize("route", ["gram_topk", "gram", "gram_torch", "lapack"])
+@pytest.mark.parametrize("stored", [(40, 90), (90, 40), (50, 50)])
+def test_column_major_view_is_decomposed_as_its_copy(route, stored):
+    """analyze hands the engine a transposed layout (Conv1D) as a column-major view, not a copy: the spectrum
+    is the copy's, to float32 rounding (the products are the same, their summation order may differ)."""
+    X = matrix(*stored)
+    view = X.T
+    assert view.flags.f_contiguous and not view.flags.c_contiguous
+    eng = SVDEngine(top=8, route=route, cache=False)
+    a, b = eng(view), eng(np.ascontiguousarray(view))
+    np.testing.assert_allclose(a.s, b.s, rtol=0, atol=1e-6 * b.s[0])
+    for x, y in ((a.U, b.U), (a.V, b.V)):  # same signs (normalized), same vectors
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)

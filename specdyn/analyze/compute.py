@@ -33,7 +33,7 @@ def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool):
     """Yield (spec, float32 matrix) for one checkpoint, reading tensor by tensor."""
     with CheckpointReader(ckpt, trust_pickle=trust_pickle) as reader:
         for spec in specs:
-            yield spec, spec.flatten(reader.array(spec.name))
+            yield spec, spec.flatten(reader.array(spec.name), contiguous=False)
 
 
 def _checkpoint_stream(todo, specs, trust_pickle):
@@ -162,7 +162,7 @@ def _batch_stream(todo, specs, batches, trust_pickle):
         try:
             with CheckpointReader(r["ckpt"], trust_pickle=trust_pickle) as reader:
                 for idx in batches:
-                    yield i, idx, [specs[j].flatten(reader.array(specs[j].name)) for j in idx]
+                    yield i, idx, [specs[j].flatten(reader.array(specs[j].name), contiguous=False) for j in idx]
         except CheckpointError as e:
             error = e
         yield i, None, error
@@ -287,7 +287,7 @@ def _unit_task(ckpt, row: int, indices: list[int], specs, pairs, heads, opts, ro
             with CheckpointReader(ckpt, trust_pickle=opts.trust_pickle) as reader:
                 for j in indices:
                     spec = specs[j]
-                    res = compute.matrix(j, spec, spec.flatten(reader.array(spec.name)))
+                    res = compute.matrix(j, spec, spec.flatten(reader.array(spec.name), contiguous=False))
                     if root is not None:
                         write_matrix(root, row, spec.name, res.spectrum)
                         res.spectrum = None

@@ -66,7 +66,9 @@ class BatchedGram:
 
         host = torch.empty((len(matrices), *matrices[0].shape), dtype=torch.float32, pin_memory=self.cuda)
         for i, W in enumerate(matrices):
-            host[i].copy_(torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32)))
+            host[i].copy_(
+                torch.from_numpy(np.asarray(W, dtype=np.float32))
+            )  # strided copy: a column-major view is fine
         if not self.cuda:
             return host, None
         with torch.cuda.stream(self.copy_stream):

@@ -280,8 +280,11 @@ class SVDEngine:
         return f"{shape[0]}x{shape[1]}/{self.device}/threads={compute_threads()}"
 
     def __call__(self, W: np.ndarray) -> Spectrum:
-        """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum."""
-        W = np.ascontiguousarray(W, dtype=np.float32)
+        """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum. A column-major
+        float32 array (a transposed layout) is used as it is: every route computes the same from either."""
+        W = np.asarray(W)
+        if W.dtype != np.float32 or not (W.flags.c_contiguous or W.flags.f_contiguous):
+            W = np.ascontiguousarray(W, dtype=np.float32)
         if min(W.shape) == 0:
             return nan_spectrum(W.shape, self.top)
         route = self._route(W.shape)
