@@ -13,6 +13,7 @@ from specdyn import console
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.errors import SpecdynError
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader
+from specdyn.io.buffers import POOL
 from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import RowComputer
@@ -26,7 +27,9 @@ from specdyn.store.writing import (
     write_matrix,
 )
 
-PREFETCH_BYTES = 512 << 20  # matrices read ahead of the SVDs, overlapping I/O with compute
+# Matrices read ahead of the SVDs, overlapping I/O with compute. Reading one takes a few percent of its SVD, so a
+# short window suffices, and it keeps the read buffers few enough to be reused (io.buffers) rather than fresh.
+PREFETCH_BYTES = 128 << 20
 
 
 def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool):
@@ -83,7 +86,7 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
     compute = RowComputer(specs, pairs, opts.topk, heads, engine)
     writer = RowWriter(root, specs)
     bar = console.progress(transient=False) if show_progress else None
-    with bar or contextlib.nullcontext():
+    with bar or contextlib.nullcontext(), _read_buffers():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
         if opts.workers > 1 or opts.dask:
             rows = _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar)
@@ -111,6 +114,15 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
             if bar:
                 bar.update(task, advance=1, description=f"analyze {r['checkpoint']}")
     return engine, failures
+
+
+@contextlib.contextmanager
+def _read_buffers():
+    """The read buffers analyze reuses are freed when it ends (a long-lived process does not keep them)."""
+    try:
+        yield
+    finally:
+        POOL.clear()
 
 
 def _serial_rows(todo, specs, compute, opts, bar):

@@ -119,8 +119,9 @@ def _header(path: Path) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
-def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int):
-    """The bytes of one tensor (a uint8 numpy buffer of their own, filled by one read) and its shape."""
+def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=None):
+    """The bytes of one tensor (a uint8 numpy buffer of their own, from `alloc(nbytes)` if given, filled by one
+    read) and its shape."""
     import numpy as np
 
     start, entries = header
@@ -132,7 +133,7 @@ def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int):
         numel *= d
     if size != numel * itemsize:
         raise CheckpointError(f"{path}: tensor {key!r} has {size} bytes for shape {list(shape)}; the file is damaged")
-    buf = np.empty(size, dtype=np.uint8)
+    buf = alloc(size) if alloc else np.empty(size, dtype=np.uint8)
     got = 0
     if size:
         with open(path, "rb") as f:
@@ -154,17 +155,22 @@ def _pread_tensor(path: Path, key: str, header: tuple[int, dict]):
 
 
 def _pread_array(path: Path, key: str, header: tuple[int, dict]):
-    """One tensor as a numpy array without torch, bfloat16 widened to float32; None for dtypes numpy lacks."""
+    """One tensor as a numpy array without torch, in reused buffers (io.buffers), bfloat16 widened to float32;
+    None for dtypes numpy lacks."""
     import numpy as np
+
+    from specdyn.io.buffers import POOL
 
     code = header[1][key]["dtype"]
     if code not in NUMPY_DTYPES:
         return None
     dtype = np.dtype(NUMPY_DTYPES[code])
-    buf, shape = _pread(path, key, header, dtype.itemsize)
+    buf, shape = _pread(path, key, header, dtype.itemsize, POOL.take)
     out = buf.view(dtype).reshape(shape)
-    if code == "BF16":
-        out = (out.astype(np.uint32) << 16).view(np.float32)
+    if code == "BF16":  # a bfloat16 is the top half of the float32 of the same value
+        wide = POOL.take(out.size * 4).view(np.uint32).reshape(shape)
+        np.left_shift(out, 16, out=wide, dtype=np.uint32)
+        out = wide.view(np.float32)
     return out
 
 
