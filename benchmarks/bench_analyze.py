@@ -181,6 +181,7 @@ def run_cli(args: list[str], env=None) -> float:
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"specdyn {' '.join(args)} failed")
     CPU["last"] = usage.ru_utime + usage.ru_stime
+    CPU["rss"] = max(CPU.get("rss", 0), usage.ru_maxrss * 1024)  # this child's own peak (wait4), in bytes
     return time.perf_counter() - t0
 
 
@@ -201,7 +202,7 @@ def main():
         write_series(series, args.checkpoints)
         return
     # Written by a child process: a child's peak RSS (ru_maxrss) starts from its parent's size at fork, so this
-    # process must stay small until analyze has run.
+    # process must stay small until analyze has run; each analyze child's own peak comes from wait4.
     subprocess.run(
         [sys.executable, __file__, "--write-only", "--dir", str(args.dir), "--checkpoints", str(args.checkpoints)],
         check=True,
@@ -225,7 +226,7 @@ def main():
         global CLOCK
         cold_s, analyze_s = cold_cpu, CPU["last"]
         CLOCK = time.process_time
-    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    peak_rss = CPU["rss"]  # of the analyze children only (RUSAGE_CHILDREN would include the series writer)
     rerun_cli_s = run_cli(["analyze", str(series), "--out", str(store), "--quiet"], env)
     os.environ["SPECDYN_CACHE_DIR"] = env["SPECDYN_CACHE_DIR"]
     from specdyn.analyze import analyze

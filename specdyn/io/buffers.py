@@ -14,8 +14,8 @@ import threading
 import numpy as np
 
 # What the pool may keep allocated (in use or free) before it frees idle buffers or hands out untracked ones:
-# about the read-ahead window plus the matrices being decomposed.
-POOL_BYTES = 768 << 20
+# about the read-ahead window (128 MiB) plus the matrix being decomposed, so the bound on memory moves little.
+POOL_BYTES = 384 << 20
 # Smaller reads come from the allocator's own free lists, which reuse memory already: not worth tracking.
 MIN_POOLED = 1 << 20
 # The references a buffer nobody else holds has when `_idle` looks at it: the pool's list and getrefcount's own
