@@ -14,7 +14,6 @@ Writes (once) a series of 8 safetensors checkpoints shaped like GPT-2 small (12 
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
