@@ -306,6 +306,8 @@ def _unit_task(ckpt, row: int, indices: list[int], specs, pairs, heads, opts, ro
                     out.append(res)
         except CheckpointError as e:
             return e
+        finally:
+            POOL.clear()  # a Dask worker outlives the run: it keeps no read buffers between tasks
         return out, dict(engine.chosen)
 
 

@@ -149,8 +149,9 @@ def gram_top_eigh(G: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray] | None
     Z = np.asfortranarray(z[:, :r])
     # Q = H(1) ... H(n-1) with the reflectors below the subdiagonal (dsytrd, lower): Q z = [z_0; Q' z_1:] where
     # Q' is the orthogonal factor of a QR factorization stored like dgeqrf's, which dormqr applies.
-    # dormqr's blocked code wants nb * (r + nb) of workspace; with less it falls back to unblocked (2x slower)
-    tail, _, info = lapack.dormqr("L", "N", c[1:, : n - 1], tau, Z[1:], lwork=64 * (r + 64))
+    # dormqr's blocked code wants nb * r + 65 * 64 of workspace (nb <= 64; 32 in OpenBLAS's LAPACK); with less
+    # it falls back to unblocked code, 2x slower.
+    tail, _, info = lapack.dormqr("L", "N", c[1:, : n - 1], tau, Z[1:], lwork=64 * r + 65 * 64)
     if info:
         return None
     Z[1:] = tail

@@ -27,7 +27,9 @@ from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store import faults
 from specdyn.store.layout import (
+    FILE_ARRAYS,
     HEAVY_METRICS,
+    IDENTITY,
     LOCK_NAME,
     ROW_METRICS,
     add_heavy_arrays,
@@ -231,25 +233,14 @@ class RowWriter:
     instead of one call per array: on GPT-2 small, ~400 synchronous calls per row become 6."""
 
     def __init__(self, root, specs: list[MatrixSpec]):
-        names = ("done", "step", "checkpoint", "source", *ROW_METRICS, "alignment", "alignment_score")
-        self.root = root
-        self.arrays = {name: root[name] for name in (*names, "file_bytes", "file_mtime_ns")}
-        self.matrices = {}
-        self.specs = specs
-        for spec in specs:
-            g = root[matrix_group(spec.name)]
-            self.matrices[spec.name] = (g["sv"], g["U"], g["V"])
+        names = ("done", *IDENTITY, *ROW_METRICS, "alignment", "alignment_score", *FILE_ARRAYS)
+        self.root, self.specs = root, specs
+        self.arrays = {name: root[name] for name in names}
+        self.matrices = {s.name: tuple(root[f"{matrix_group(s.name)}/{a}"] for a in ("sv", "U", "V")) for s in specs}
 
     def _set(self, i: int, values: list[tuple[object, object]]) -> None:
         """arrays[i] = value for every (array, value), concurrently (each a chunk of its own)."""
-        import asyncio
-
-        from zarr.core.sync import sync
-
-        async def write_all():
-            await asyncio.gather(*(arr.async_array.setitem(i, value) for arr, value in values))
-
-        sync(write_all())
+        gather([arr.async_array.setitem(i, value) for arr, value in values])
 
     def matrix_values(self, name: str, spectrum) -> list[tuple[object, object]]:
         sv, U, V = self.matrices[name]
@@ -322,22 +313,28 @@ def done_keys(root) -> set[tuple[int, str]]:
     return {(int(s), str(c)) for s, c, d in zip(root["source"][:], root["checkpoint"][:], root["done"][:]) if d}
 
 
-def read_many(selections: list[tuple[object, object]]) -> list[np.ndarray]:
-    """array[selection] for every (array, selection), concurrently in one zarr call; a tuple whose first item is
-    an index array selects orthogonally."""
+def gather(coroutines: list) -> list:
+    """Run zarr coroutines concurrently in one call into zarr's event loop (instead of one call each)."""
     import asyncio
 
     from zarr.core.sync import sync
+
+    async def all_of():
+        return await asyncio.gather(*coroutines)
+
+    return list(sync(all_of()))
+
+
+def read_many(selections: list[tuple[object, object]]) -> list[np.ndarray]:
+    """array[selection] for every (array, selection), concurrently; a tuple whose first item is an index array
+    selects orthogonally."""
 
     def one(arr, sel):
         if isinstance(sel, tuple) and isinstance(sel[0], np.ndarray):
             return arr.async_array.get_orthogonal_selection(sel)
         return arr.async_array.getitem(sel)
 
-    async def read_all():
-        return await asyncio.gather(*(one(arr, sel) for arr, sel in selections))
-
-    return list(sync(read_all()))
+    return gather([one(arr, sel) for arr, sel in selections])
 
 
 def derive(root) -> None:
