@@ -18,9 +18,20 @@ import numpy as np
 POOL_BYTES = 384 << 20
 # Smaller reads come from the allocator's own free lists, which reuse memory already: not worth tracking.
 MIN_POOLED = 1 << 20
-# The references a buffer nobody else holds has when `_idle` looks at it: the pool's list and getrefcount's own
-# argument (every other array or view of it adds one: views refer to the buffer that owns the memory).
-_IDLE_REFS = 2
+
+
+def _idle_refs() -> int | None:
+    """The reference count `BufferPool._idle` sees for a buffer nothing else holds (2 on CPython 3.11: the list
+    and getrefcount's argument), measured the way `_idle` measures it, since interpreters differ in what they
+    count; None (no reuse at all) unless a view of the buffer visibly adds to it, as every view must."""
+    buffers = [np.empty(1)]
+    idle = sys.getrefcount(buffers[0])
+    view = buffers[0][:]  # noqa: F841  alive while the count is taken
+    return idle if sys.getrefcount(buffers[0]) > idle else None
+
+
+# every array or view of a buffer refers to it (views refer to the array that owns the memory)
+_IDLE_REFS = _idle_refs()
 
 
 class BufferPool:
@@ -48,7 +59,7 @@ class BufferPool:
             return fresh
 
     def _idle(self, i: int) -> bool:
-        return sys.getrefcount(self.buffers[i]) == _IDLE_REFS
+        return _IDLE_REFS is not None and sys.getrefcount(self.buffers[i]) == _IDLE_REFS
 
     def held(self) -> int:
         return sum(b.nbytes for b in self.buffers)
