@@ -55,6 +55,21 @@ def test_units_balance_cost_and_cover_every_matrix_once():
     assert compute.units(specs, 1) == [[0, 1, 2, 3]]
 
 
+@pytest.mark.parametrize("budget", [0, 6_000])  # every matrix written through; the first ones held (of 14 kB)
+def test_spectra_written_through_past_the_budget_equal_holding_them(run, tmp_path, monkeypatch, budget):
+    """Past SPILL_BYTES of held singular vectors a row's further matrices go to the store as computed and the
+    alignment pairs read them back: the store is the same array for array."""
+    monkeypatch.setattr(compute, "SPILL_BYTES", budget)
+    spilled = []
+    real = writing.RowWriter.matrix
+    monkeypatch.setattr(
+        writing.RowWriter, "matrix", lambda self, i, name, sp: (spilled.append(name), real(self, i, name, sp))
+    )
+    analyze([run], tmp_path / "spilled.zarr", AnalyzeOptions(**OPTS), show_progress=False)
+    assert_identical(tmp_path / "serial.zarr", tmp_path / "spilled.zarr")
+    assert spilled and (len(spilled) == 5 * 6 if budget == 0 else len(spilled) < 5 * 6)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_matrices_spread_over_workers_equal_serial(run, tmp_path, monkeypatch, shared):
     monkeypatch.setattr(compute, "UNITS_PER_SLOT", 100)  # every matrix its own unit
@@ -194,6 +209,29 @@ def test_safetensors_tensors_read_without_the_memory_map_equal_the_librarys(tmp_
             want = theirs.float() if k == "bf16" else theirs
             assert arr.shape == tuple(theirs.shape) and np.array_equal(arr, want.numpy()), k
             assert arr.dtype == (np.float32 if k == "bf16" else want.numpy().dtype), k
+
+
+def test_bfloat16_is_widened_piece_by_piece_and_a_short_file_is_refused(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    import specdyn.io.safetensors_file as st
+    from specdyn.errors import CheckpointError
+
+    w = torch.randn(37, 11).bfloat16()
+    save_file({"w": w, "z": torch.zeros(3)}, str(tmp_path / "x.safetensors"))
+    for piece in (6, 22, 64, 1 << 20):  # many pieces with a remainder, one exact, one for all
+        monkeypatch.setattr(st, "WIDEN_BYTES", piece)
+        got = st.SafetensorsSource.file(tmp_path / "x.safetensors").array("w")
+        assert np.array_equal(got, w.float().numpy()), piece
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    header = st._header(tmp_path / "x.safetensors")
+    begin, end = header[1]["w"]["data_offsets"]  # the same header over a file that ends inside w's data
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[: header[0] + begin + (end - begin) // 2])
+    monkeypatch.setattr(st, "WIDEN_BYTES", 64)
+    with pytest.raises(CheckpointError, match="truncated"):
+        st._pread_array(cut, "w", header)
 
 
 def test_analyze_of_safetensors_does_not_import_torch(tmp_path):

@@ -30,6 +30,8 @@ from specdyn.store.writing import (
 # Matrices read ahead of the SVDs, overlapping I/O with compute. Reading one takes a few percent of its SVD, so a
 # short window suffices, and it keeps the read buffers few enough to be reused (io.buffers) rather than fresh.
 PREFETCH_BYTES = 128 << 20
+# Singular vectors a row holds in memory for its alignment pairs before further matrices are written through.
+SPILL_BYTES = 256 << 20
 
 
 def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool):
@@ -89,11 +91,11 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
     with bar or contextlib.nullcontext(), _read_buffers():
         task = bar.add_task("analyze", total=len(todo)) if bar else None
         if opts.workers > 1 or opts.dask:
-            rows = _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar)
+            rows = _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar, writer)
         elif engine.device.startswith("cuda"):
             rows = _device_rows(todo, specs, compute, opts, bar)
         else:
-            rows = _serial_rows(todo, specs, compute, opts, bar)
+            rows = _serial_rows(todo, specs, compute, opts, bar, writer)
         for i, r, result in rows:
             if isinstance(result, CheckpointError):
                 if opts.strict:
@@ -125,8 +127,10 @@ def _read_buffers():
         POOL.clear()
 
 
-def _serial_rows(todo, specs, compute, opts, bar):
-    """One process: the SVDs use every core's BLAS threads while a thread reads the next matrices."""
+def _serial_rows(todo, specs, compute, opts, bar, writer):
+    """One process: the SVDs use every core's BLAS threads while a thread reads the next matrices. A row's
+    spectra are held for its alignment pairs until SPILL_BYTES of them are held; later ones go to the store as
+    they are computed and are read back for the pairs (on a 7B model they are 650 MB per row)."""
     stream = prefetch(_checkpoint_stream(todo, specs, opts.trust_pickle), PREFETCH_BYTES)
     matrix_task = bar.add_task("matrices", total=len(specs)) if bar else None
 
@@ -138,15 +142,23 @@ def _serial_rows(todo, specs, compute, opts, bar):
                 return
             yield spec, payload
 
-    def tick(spec):
-        if bar:
-            bar.update(matrix_task, advance=1, description=f"[dim]{spec.name}")
-
     for i, r in todo:
         if bar:
             bar.reset(matrix_task, total=len(specs))
+        results, held = [], 0
         try:
-            result = compute(one_checkpoint(), on_matrix=tick)
+            for j, (spec, W) in enumerate(one_checkpoint()):
+                res = compute.matrix(j, spec, W)
+                size = res.spectrum.U.nbytes + res.spectrum.V.nbytes
+                if held + size > SPILL_BYTES:
+                    writer.matrix(i, spec.name, res.spectrum)
+                    res.spectrum = None
+                else:
+                    held += size
+                results.append(res)
+                if bar:
+                    bar.update(matrix_task, advance=1, description=f"[dim]{spec.name}")
+            result = compute.assemble(results, _StoredSpectra(writer.root, i))
         except CheckpointError as e:
             result = e
         yield i, r, result
@@ -358,7 +370,7 @@ def _executor(opts: AnalyzeOptions):
                 os.environ[k] = v
 
 
-def _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar):
+def _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar, writer):
     """Units of matrices in parallel processes (workers write their chunks into a store they see); a row is
     assembled here, and yielded for writing, once every matrix of it is in. Rows come in completion order.
 
@@ -367,7 +379,7 @@ def _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar):
     todo = list(todo)
     while todo:
         i, r = todo.pop(0)
-        result = list(_serial_rows([(i, r)], specs, compute, opts, bar))[0][2]
+        result = list(_serial_rows([(i, r)], specs, compute, opts, bar, writer))[0][2]
         yield i, r, result
         if not isinstance(result, CheckpointError):
             break

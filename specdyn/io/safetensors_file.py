@@ -119,11 +119,8 @@ def _header(path: Path) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
-def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=None):
-    """The bytes of one tensor (a uint8 numpy buffer of their own, from `alloc(nbytes)` if given, filled by one
-    read) and its shape."""
-    import numpy as np
-
+def _entry(path: Path, key: str, header: tuple[int, dict], itemsize: int) -> tuple[int, int, tuple]:
+    """(file offset, byte size, shape) of one tensor, its size checked against its shape."""
     start, entries = header
     entry = entries[key]
     begin, end = entry["data_offsets"]
@@ -133,14 +130,25 @@ def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=
         numel *= d
     if size != numel * itemsize:
         raise CheckpointError(f"{path}: tensor {key!r} has {size} bytes for shape {list(shape)}; the file is damaged")
+    return start + begin, size, shape
+
+
+def _read_into(f, path: Path, key: str, view: memoryview) -> None:
+    if f.readinto(view) != len(view):
+        raise CheckpointError(f"{path}: truncated (tensor {key!r} ends past the end of the file); re-copy it")
+
+
+def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=None):
+    """The bytes of one tensor (a uint8 numpy buffer of their own, from `alloc(nbytes)` if given, filled by one
+    read) and its shape."""
+    import numpy as np
+
+    offset, size, shape = _entry(path, key, header, itemsize)
     buf = alloc(size) if alloc else np.empty(size, dtype=np.uint8)
-    got = 0
     if size:
         with open(path, "rb") as f:
-            f.seek(start + begin)
-            got = f.readinto(memoryview(buf))
-    if got != size:
-        raise CheckpointError(f"{path}: truncated (tensor {key!r} ends past the end of the file); re-copy it")
+            f.seek(offset)
+            _read_into(f, path, key, memoryview(buf))
     return buf, shape
 
 
@@ -154,6 +162,11 @@ def _pread_tensor(path: Path, key: str, header: tuple[int, dict]):
     return torch.from_numpy(buf).view(dtype).reshape(shape)
 
 
+# bfloat16 is read in pieces of this many bytes and widened piece by piece, so no whole-tensor copy of its
+# 16-bit form is ever held (262 MB for a 32000 x 4096 embedding).
+WIDEN_BYTES = 16 << 20
+
+
 def _pread_array(path: Path, key: str, header: tuple[int, dict]):
     """One tensor as a numpy array without torch, in reused buffers (io.buffers), bfloat16 widened to float32;
     None for dtypes numpy lacks."""
@@ -165,13 +178,20 @@ def _pread_array(path: Path, key: str, header: tuple[int, dict]):
     if code not in NUMPY_DTYPES:
         return None
     dtype = np.dtype(NUMPY_DTYPES[code])
-    buf, shape = _pread(path, key, header, dtype.itemsize, POOL.take)
-    out = buf.view(dtype).reshape(shape)
-    if code == "BF16":  # a bfloat16 is the top half of the float32 of the same value
-        wide = POOL.take(out.size * 4).view(np.uint32).reshape(shape)
-        np.left_shift(out, 16, out=wide, dtype=np.uint32)
-        out = wide.view(np.float32)
-    return out
+    if code != "BF16":
+        buf, shape = _pread(path, key, header, dtype.itemsize, POOL.take)
+        return buf.view(dtype).reshape(shape)
+    offset, size, shape = _entry(path, key, header, 2)
+    wide = POOL.take(size * 2).view(np.uint32)
+    piece = POOL.take(min(size, WIDEN_BYTES))
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for at in range(0, size, WIDEN_BYTES):
+            n = min(WIDEN_BYTES, size - at)
+            _read_into(f, path, key, memoryview(piece)[:n])
+            # a bfloat16 is the top half of the float32 of the same value
+            np.left_shift(piece[:n].view("<u2"), 16, out=wide[at // 2 : (at + n) // 2], dtype=np.uint32)
+    return wide.view(np.float32).reshape(shape)
 
 
 class SafetensorsSource:

@@ -242,6 +242,11 @@ class RowWriter:
         """arrays[i] = value for every (array, value), concurrently (each a chunk of its own)."""
         gather([arr.async_array.setitem(i, value) for arr, value in values])
 
+    def matrix(self, i: int, name: str, spectrum) -> None:
+        """One matrix's chunks of row i ahead of the row (as `write_matrix`, through the handles)."""
+        self._set(i, self.matrix_values(name, spectrum))
+        faults.point("row:matrix")
+
     def matrix_values(self, name: str, spectrum) -> list[tuple[object, object]]:
         sv, U, V = self.matrices[name]
         return [(sv, spectrum.s), (U, spectrum.U), (V, spectrum.V)]
