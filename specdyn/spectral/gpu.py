@@ -65,10 +65,8 @@ class BatchedGram:
         import torch
 
         host = torch.empty((len(matrices), *matrices[0].shape), dtype=torch.float32, pin_memory=self.cuda)
-        for i, W in enumerate(matrices):
-            host[i].copy_(
-                torch.from_numpy(np.asarray(W, dtype=np.float32))
-            )  # strided copy: a column-major view is fine
+        for i, W in enumerate(matrices):  # copy_ takes any strides: a column-major view needs no copy first
+            host[i].copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
         if not self.cuda:
             return host, None
         with torch.cuda.stream(self.copy_stream):
