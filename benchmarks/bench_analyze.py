@@ -196,7 +196,8 @@ def main():
         help="BLAS threads for analyze and the floor; with 1, times are CPU seconds (robust on a shared machine)",
     )
     args = ap.parse_args()
-    series = args.dir / "gpt2-series"
+    # one folder per series length: analyze reads the whole folder, the floor only the first --checkpoints files
+    series = args.dir / f"gpt2-series-{args.checkpoints}"
     if args.write_only:
         write_series(series, args.checkpoints)
         return
