@@ -4,7 +4,7 @@ Analyze a checkpoint series once into a zarr store (`specdyn analyze`), then plo
 
     import specdyn
     specdyn.analyze(["runs/wd1"], options=specdyn.AnalyzeOptions(topk=32))
-    st = specdyn.open_store("runs/wd1")          # a SpectralStore; st.to_xarray() for xarray
+    st = specdyn.open_store("runs/wd1")          # a SpectralStore; st.to_dataframe() for pandas
 
 Names are imported on first use, so `import specdyn` stays light.
 """
@@ -18,6 +18,7 @@ _API = {
     "analyze": "specdyn.analyze",
     "AnalyzeOptions": "specdyn.analyze",
     "SpectralStore": "specdyn.store",
+    "to_dataframe": "specdyn.store.frames",
     "discover": "specdyn.io",
     "open_checkpoint": "specdyn.io",
     "CheckpointReader": "specdyn.io",
@@ -34,6 +35,8 @@ def open_store(path):
 
 
 def __getattr__(name: str):
+    if name == "analyze":  # the package itself, callable as the function (specdyn/analyze/__init__.py)
+        return importlib.import_module("specdyn.analyze")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'specdyn' has no attribute {name!r}")

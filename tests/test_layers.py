@@ -24,6 +24,7 @@ LAYERS = [
         "specdyn.options",
         "specdyn.train_options",
         "specdyn.selection",
+        "specdyn.names",
         "specdyn.console",
         "specdyn.errors",
         "specdyn.version",

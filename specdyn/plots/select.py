@@ -93,6 +93,8 @@ def pick(names: list[str], patterns: list[str] | None, what: str, store, labels:
         label = p.replace("->", "→")
         if not hit and label in short:
             hit = [short[label]]
+        if not hit and what == "matrix" and not _has_glob(p):
+            hit = [store.check_matrix(p)]  # a short form naming one matrix (an ambiguous one says so)
         if not hit:
             if _has_glob(p):
                 raise SpecdynError(f"{store.path}: no {what} matches {p!r}; {_listing(p, names)}")
@@ -129,8 +131,7 @@ def one_matrix(run: Run, name: str | None) -> str:
 
 
 def _exact(run: Run, name: str) -> str:
-    short = dict(zip(style.shorten_names(run.store.matrices), run.store.matrices))
-    return short[name] if name in short and name not in run.store.matrices else run.store.check_matrix(name)
+    return run.store.check_matrix(name)  # a full name, a figure label or a short form naming one matrix
 
 
 def pair_specs(store) -> list[dict]:

@@ -8,7 +8,6 @@ text. Colour maps are matplotlib's perceptually uniform ones; the paper used sea
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator
 
+from specdyn import names
 from specdyn.errors import SpecdynError
 
 # ------------------------------------------------------------------------------------------- sizes and fonts
@@ -28,7 +28,7 @@ ROW_H = 0.14  # inches per matrix row in a heatmap, before the labels are thinne
 HEATMAP_H = (2.6, 8.0)  # height range of a matrices-on-y heatmap panel
 MAX_COLS = 4  # panels per figure row before wrapping
 MAX_PANELS = 24
-LABEL_MAX_CHARS = 26  # longer matrix names are shortened in the middle
+LABEL_MAX_CHARS = names.LABEL_MAX_CHARS
 
 RC = {
     "font.size": 9,
@@ -160,96 +160,9 @@ def metric_label(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- names
 
-_CONTAINERS = {
-    "layers",
-    "layer",
-    "blocks",
-    "block",
-    "h",
-    "resblocks",
-    "stages",
-    "stage",
-    "encoder_layers",
-    "decoder_layers",
-}
-_SUFFIX = re.compile(r"(\.|_)(weight|kernel)$")
-
-
-def _compact(parts: list[str], start: int = 0) -> str:
-    """`layers.11.attn.in_proj_weight` -> `11.attn.in_proj`: the components from `start` on, without container
-    words before a layer index and without the `weight` suffix; a bare index keeps its container
-    (`layers.2.weight` -> `layers.2`, never `2`)."""
-    name = _SUFFIX.sub("", ".".join(parts)) or ".".join(parts)
-    full = name.split(".")
-    kept = [
-        i
-        for i in range(start, len(full))
-        if not (full[i] in _CONTAINERS and i + 2 < len(full) and full[i + 1].isdigit())
-    ]
-    if not kept:
-        return name
-    if all(full[i].isdigit() for i in kept) and kept[0] > 0:
-        kept.insert(0, kept[0] - 1)
-    return ".".join(full[i] for i in kept)
-
-
-def _ellipsize(name: str, n: int) -> str:
-    if len(name) <= n:
-        return name
-    tail = n * 2 // 3
-    return name[: n - tail - 1] + "…" + name[-tail:]
-
-
-def shorten_names(names: list[str], max_chars: int = LABEL_MAX_CHARS) -> list[str]:
-    """Short, unique labels for matrix names: the common leading components are dropped (`model.`), container
-    words before a layer index and the `weight` suffix go, and what is still too long loses its middle.
-    Whenever shortening would make two labels equal, those keep more of their name."""
-    names = list(names)
-    if not names:
-        return []
-    parts = [n.split(".") for n in names]
-    common = 0
-    if len(names) > 1:
-        while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
-            common += 1
-    levels = [
-        [_ellipsize(_compact(p, common), max_chars) for p in parts],
-        [_compact(p, common) for p in parts],
-        [".".join(p[common:]) for p in parts],
-        names,
-    ]
-    level = [0] * len(names)
-    while True:  # names whose labels collide keep more of themselves; full names are unique, so this ends
-        labels = [levels[lv][i] for i, lv in enumerate(level)]
-        groups = {}
-        for i, label in enumerate(labels):
-            groups.setdefault(label, []).append(i)
-        bump = [i for idx in groups.values() if len(idx) > 1 for i in idx if level[i] < len(levels) - 1]
-        if not bump:
-            return labels
-        for i in bump:
-            level[i] += 1
-
-
-def shorten_pairs(pairs: list[dict], matrix_names: list[str]) -> list[str]:
-    """Labels for alignment pairs, `prev → next` with both names shortened as the matrices are and what `next`
-    shares with `prev` dropped (`2.attn.in_proj → out_proj`); query-key pairs read `name (qk)`."""
-    short = dict(zip(matrix_names, shorten_names(matrix_names)))
-    labels = []
-    for p in pairs:
-        a, b = short.get(p["prev"], p["prev"]), short.get(p["next"], p["next"])
-        if p["kind"] == "qk" and p["prev"] == p["next"]:
-            labels.append(f"{a} (qk)")
-            continue
-        pa, pb = a.split("."), b.split(".")
-        k = 0
-        while k < min(len(pa), len(pb)) - 1 and pa[k] == pb[k]:
-            k += 1
-        rest = pb[k:]
-        labels.append(f"{a} → {b if all(c.isdigit() for c in rest) else '.'.join(rest)}")
-    if len(set(labels)) < len(labels):  # never ambiguous: fall back to both names in full
-        labels = [f"{short.get(p['prev'], p['prev'])} → {short.get(p['next'], p['next'])}" for p in pairs]
-    return labels
+# Figure labels of matrices and pairs (specdyn.names; `--matrix` and SpectralStore accept them too).
+shorten_names = names.shorten_names
+shorten_pairs = names.shorten_pairs
 
 
 # ------------------------------------------------------------------------------------------- x axis

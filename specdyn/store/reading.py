@@ -8,6 +8,7 @@ import numpy as np
 import zarr
 
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
+from specdyn.names import close_names, resolve
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store.layout import (
@@ -106,8 +107,7 @@ class SpectralStore:
         return matrix_names(self.root)
 
     def matrix_spec(self, name: str) -> MatrixSpec:
-        self.check_matrix(name)
-        return spec_from_attrs(self.root["matrix"].attrs, name)
+        return spec_from_attrs(self.root["matrix"].attrs, self.check_matrix(name))
 
     @property
     def pairs(self) -> list[str]:
@@ -121,7 +121,7 @@ class SpectralStore:
         for p in pair_docs(self.root):
             if p["name"] == name:
                 return PairSpec.from_json(p)
-        raise SpecdynError(f"{self.path}: no pair {name!r}; {_close(name, self.pairs)}")
+        raise SpecdynError(f"{self.path}: no pair {name!r}; {close_names(name, self.pairs)}")
 
     @property
     def top(self) -> int:
@@ -178,7 +178,7 @@ class SpectralStore:
         if pair is None:
             return data
         if pair not in self.pairs:
-            raise SpecdynError(f"{self.path}: no pair {pair!r}; {_close(pair, self.pairs)}")
+            raise SpecdynError(f"{self.path}: no pair {pair!r}; {close_names(pair, self.pairs)}")
         return data[:, self.pairs.index(pair)]
 
     def alignment_score(self) -> np.ndarray:
@@ -194,21 +194,27 @@ class SpectralStore:
         return has_group(self.path, f"evals/{name}")
 
     def _matrix_array(self, matrix: str, what: str) -> np.ndarray:
-        self.check_matrix(matrix)
+        matrix = self.check_matrix(matrix)
         arr = self.root[f"{matrix_group(matrix)}/{what}"]
         return arr.get_orthogonal_selection((self.rows,) + (slice(None),) * (arr.ndim - 1))
 
     def check_matrix(self, name: str) -> str:
-        if name not in self.matrices:
-            raise SpecdynError(f"{self.path}: no matrix {name!r}; {_close(name, self.matrices)}")
-        return name
+        """The full name of a matrix given by its full name, its figure label or a short form naming it alone."""
+        return resolve(name, self.matrices, str(self.path))
 
     def to_xarray(self):
-        """The root arrays as an xarray.Dataset over completed checkpoints (needs the `xarray` extra)."""
-        import xarray as xr
+        """The root arrays as an xarray.Dataset indexed by `step` over completed checkpoints, with checkpoint
+        names and matrix labels as coordinates (needs the `xarray` extra)."""
+        from specdyn.store.frames import dataset
 
-        ds = xr.open_zarr(str(self.path), consolidated=None)
-        return ds.isel(checkpoint=self.rows).set_coords(["step", "source", "done"])
+        return dataset(self)
+
+    def to_dataframe(self, metrics=None, steps=None, matrices=None):
+        """A pandas DataFrame, one row per (checkpoint, matrix): run, step, checkpoint, matrix, label, kind, layer
+        and one column per metric (all by default); `steps` is a step, a list of steps or `a:b`."""
+        from specdyn.store.frames import store_frame
+
+        return store_frame(self, metrics, steps, matrices)
 
 
 class ResultsStore:
@@ -230,12 +236,3 @@ def open_any(path, results_name: str | None = None):
     if results_name and (Path(path) / results_name / "zarr.json").exists():
         return ResultsStore(Path(path) / results_name)
     return SpectralStore.open(p)  # raises the usual "no specdyn store here"
-
-
-def _close(name: str, options: list[str]) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(name, options, n=3, cutoff=0.4)
-    if near:
-        return "did you mean " + ", ".join(repr(n) for n in near) + "?"
-    return f"it has {len(options)}: " + ", ".join(options[:8]) + (" ..." if len(options) > 8 else "")
