@@ -4,6 +4,7 @@ checkpoints), computed on the fly when reading a store that lacks them; `specdyn
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,4 +118,21 @@ def test_export_parquet(run, tmp_path):
     result = CliRunner().invoke(app, ["export", str(run), "--format", "parquet", "-o", str(out)])
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pylist()
-    assert table[0]["step"] == 20 and "alpha" in table[0]
+    assert table[0]["step"] == 0 and "alpha" in table[0]
+
+
+def test_export_writes_every_step_long_by_default(run, tmp_path):
+    st = open_store(run)
+    result = CliRunner().invoke(app, ["export", str(run), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    path = Path(doc["written"][0])
+    assert path == st.path.parent / "specdyn-layers.csv" and doc["steps"] == [int(s) for s in st.steps]
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == doc["rows"] == len(st) * len(st.matrices)
+    alpha = np.array([float(r["alpha"]) for r in rows]).reshape(len(st), len(st.matrices))
+    np.testing.assert_allclose(alpha, st.metric("alpha"), rtol=1e-12)
+    out = tmp_path / "range.csv"
+    narrowed = CliRunner().invoke(app, ["export", str(run), "--steps", "5:", "-o", str(out), "--json"])
+    assert json.loads(narrowed.stdout)["steps"] == [10, 20]
+    path.unlink()
