@@ -39,6 +39,7 @@ class Checkpoint:
     revision: str | None = None  # a hub revision (`step1000`) where the series came from a hub cache
     repo: str | None = None  # the hub repo id (`EleutherAI/pythia-70m`) of such a series
     error: str | None = None  # why this checkpoint cannot be part of the series (found, but e.g. its step is bad)
+    base: Checkpoint | None = None  # the base model a PEFT adapter is read on (its effective weights)
 
     @property
     def relpath(self) -> str:

@@ -29,10 +29,11 @@ def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Chec
 
     Looks at the files directly in `run_dir` and at checkpoint-*/DCP folders directly inside it; reads only
     headers and pickles' plain values to find steps, never tensor data. Ignored: `*.zarr` stores, optimizer/
-    scheduler/rng/scaler files, `training_args.bin`, Lightning's `last.ckpt` and `-vN` duplicates, PEFT
-    `adapter_model.*` (adapters are not the model's weights), a final `model.safetensors` saved next to HF
-    checkpoint folders, and files or folders still being written (`*.tmp`, `*.partial`, ...). A `run_dir` that
-    is itself one HF or DCP checkpoint folder yields that one checkpoint.
+    scheduler/rng/scaler files, `training_args.bin`, Lightning's `last.ckpt` and `-vN` duplicates, loose PEFT
+    `adapter_model.*` files (an adapter checkpoint is a folder with its adapter_config.json, format `peft`), a
+    final `model.safetensors` saved next to HF checkpoint folders, and files or folders still being written
+    (`*.tmp`, `*.partial`, ...). A `run_dir` that is itself one HF, DCP or adapter folder yields that one
+    checkpoint.
 
     A Hugging Face hub cache (its root with `repo`, a `models--org--name` folder, its snapshots/ or refs/, or one
     snapshot) yields one checkpoint per revision, stepped by the revision's name (see specdyn.io.hub).
@@ -172,7 +173,8 @@ def _scan(root: Path):
                 found.append((kind[1], kind[0]))
             elif name.startswith("checkpoint-"):
                 adapter = any(p.glob("adapter_model.*"))
-                skipped.append(f"{name}/ has no model weights" + (" (PEFT adapters are not read)" if adapter else ""))
+                note = " (PEFT adapters need their adapter_config.json beside the weights)" if adapter else ""
+                skipped.append(f"{name}/ has no model weights{note}")
             continue
         kind = registry.claim_file(p)
         if kind is None:

@@ -20,7 +20,10 @@ class CheckpointReader:
         self.checkpoint = ckpt
         self.trust_pickle = trust_pickle
         self._format = FORMATS[ckpt.format]
-        self._source = self._format.open(ckpt.path, trust_pickle)
+        if ckpt.base is not None and hasattr(self._format, "open_on"):
+            self._source = self._format.open_on(ckpt.path, ckpt.base, trust_pickle)
+        else:
+            self._source = self._format.open(ckpt.path, trust_pickle)
         self._raw = self._index()  # stripped name -> the source's key, in depth order
 
     def __enter__(self) -> CheckpointReader:
@@ -76,6 +79,17 @@ class CheckpointReader:
         HF {"config", "trainer_state"}; Lightning {"hyper_parameters", "epoch", "global_step", ...}; torch files
         their plain top-level entries (nanoGPT's "model_args", "iter_num", ...); DCP its top-level plain items."""
         return self._format.metadata(self.checkpoint.path, self._source)
+
+    def unchanged(self, name: str) -> bool:
+        """Whether the tensor is its base model's as it is (a PEFT adapter that does not touch it)."""
+        return bool(getattr(self._source, "unchanged", lambda key: False)(self._key(name)))
+
+    def delta(self, name: str):
+        """An adapter's ΔW of the tensor in stored orientation (see io.adapters.AdapterSource.delta), or
+        NotImplemented where the checkpoint is not an adapter (the caller subtracts the base)."""
+        if not hasattr(self._source, "delta"):
+            return NotImplemented
+        return self._source.delta(self._key(name))
 
     def close(self) -> None:
         self._source.close()

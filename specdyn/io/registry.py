@@ -1,5 +1,6 @@
 """The checkpoint formats, in the order they claim a path: adding one is a module plus a line here."""
 
+from specdyn.io.adapters import AdapterFormat
 from specdyn.io.base import CheckpointFormat
 from specdyn.io.dcp import DcpFormat
 from specdyn.io.hf import HFFormat
@@ -9,10 +10,14 @@ from specdyn.io.safetensors_file import SafetensorsFormat
 from specdyn.io.torch_file import TorchFormat
 
 # Folders: DCP before HF (an HF folder may hold an FSDP save), hub snapshots before HF (a snapshot is an HF folder
-# named by its commit); files: by suffix, so the order does not matter.
+# named by its commit), PEFT adapters before HF (a Trainer's checkpoint-N/ of a PEFT run); files: by suffix, so
+# the order does not matter.
 FORMATS: dict[str, CheckpointFormat] = {
-    f.name: f for f in (DcpFormat(), HubFormat(), HFFormat(), SafetensorsFormat(), LightningFormat(), TorchFormat())
-}
+    f.name: f
+    for f in (
+        DcpFormat(), HubFormat(), AdapterFormat(), HFFormat(), SafetensorsFormat(), LightningFormat(), TorchFormat()
+    )
+}  # fmt: skip
 
 # Names `specdyn train --format` accepted before the formats had one name each.
 ALIASES = {"lightning-style": "lightning", "hf-style": "hf"}
