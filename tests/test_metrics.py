@@ -122,3 +122,22 @@ def test_alignment_identity_and_barrier():
     y = np.linspace(0, 1, 11) + np.r_[0, 0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0]
     assert metrics.barrier(y) == pytest.approx(0.5)
     assert metrics.barrier(1 - 0.2 * np.sin(np.linspace(0, np.pi, 11))) < 0  # signed
+
+
+def test_every_declared_metric_is_documented_where_its_anchor_points():
+    """Each Metric's `doc` names a heading of docs/ (GitHub's anchor of it), and docs/store.md lists its array."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+
+    def slug(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    store_md = (docs / "store.md").read_text()
+    for m in metrics.METRICS.values():
+        page, _, anchor = m.doc.partition("#")
+        headings = {slug(h) for h in re.findall(r"^#+ (.*)$", (docs / page).read_text(), flags=re.M)}
+        assert anchor in headings, (m.name, m.doc)
+        assert f"| `{m.name}` |" in store_md, m.name
+        assert (m.fn is not None) == (m.source == "spectrum"), m.name

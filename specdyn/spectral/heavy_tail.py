@@ -16,26 +16,17 @@ import math
 
 import numpy as np
 
+from specdyn.spectral.metrics import METRICS, metrics_of
+
 EVALS_THRESH = 1e-5  # WW: eigenvalues at or below this are left out of the fit (not out of the norms)
 SMALL_N = 20  # WW: fits on fewer eigenvalues use the small-sample objective
 SMALL_N_KMIN = 8  # WW: the smallest tail the small-sample fit considers
 WW_EPSILON = 1e-10  # WW: added to p and to the rank in its entropy
 
-# The (checkpoint, matrix) arrays this module adds to a store, in store order.
-HEAVY_TAIL_METRICS = (
-    "alpha",
-    "alpha_weighted",
-    "log_alpha_norm",
-    "log_norm",
-    "log_spectral_norm",
-    "entropy",
-    "matrix_rank",
-    "num_pl_spikes",
-    "pl_xmin",
-    "pl_ks_distance",
-)
+# The (checkpoint, matrix) arrays this module adds to a store, in store order (declared in spectral.metrics).
+HEAVY_TAIL_METRICS = metrics_of("heavy_tail")
 # Their WeightWatcher column names (for `specdyn export`), where they differ.
-WW_COLUMNS = {"pl_xmin": "xmin", "pl_ks_distance": "D"}
+WW_COLUMNS = {m.name: m.column for m in METRICS.values() if m.column}
 
 
 def eigenvalues(s: np.ndarray) -> np.ndarray:

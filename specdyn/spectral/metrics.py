@@ -6,6 +6,8 @@ one SVD per matrix; nothing calls an SVD.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -77,16 +79,70 @@ def gini(s: np.ndarray) -> np.ndarray:
         return _undefined_at_zero(s, diffs / (2 * k * k * np.where(mean > 0, mean, 1.0)))
 
 
-# Per-matrix scalar metrics stored as (checkpoint, matrix) arrays, in the store's order.
-SPECTRUM_METRICS = {
-    "effective_rank": effective_rank,
-    "count90": count90,
-    "stable_rank": stable_rank,
-    "spectral_norm": spectral_norm,
-    "frobenius_norm": frobenius_norm,
-    "nuclear_norm": nuclear_norm,
-    "gini": gini,
-}
+@dataclass(frozen=True)
+class Metric:
+    """One measurement, declared once: the store's layout, analyze, derive, `SpectralStore.metric`, info, export,
+    the report, plot labels and the callbacks' summaries all take it from `METRICS` (docs/architecture.md)."""
+
+    name: str  # the store array and the name users type
+    label: str  # axis label on figures
+    range: str  # as docs/store.md states it
+    doc: str  # where docs/method.md defines it (file#anchor)
+    unit: bool = False  # lives in [0, 1]: drawn on one fixed [0, 1] colour scale
+    # how it is computed: "spectrum": `fn` of one matrix's singular values (descending, float64), when a row is
+    # written and, for stores made before it existed, by `specdyn derive` from the stored ones; "heavy_tail":
+    # WeightWatcher's fit of the stored singular values (spectral.heavy_tail, by derive); "derived": against
+    # other checkpoints' vectors (spectral.rows.derive_stability, by derive)
+    source: str = "spectrum"
+    fn: Callable[[np.ndarray], np.ndarray] | None = None
+    axis: str = "matrix"  # the store's second dimension: "matrix", or "pair" (alignment)
+    column: str | None = None  # its name in `specdyn export`'s WeightWatcher-like table, where WW's differs
+
+
+_M = "method.md#"
+_WW = _M + "101-the-power-law-fit-alpha-pl_xmin-pl_ks_distance-num_pl_spikes"
+_WW_NORMS = _M + "102-norms-entropy-and-rank"
+_DECLARED = (
+    Metric("effective_rank", "normalized effective rank", "[1/k, 1]",
+           _M + "12-normalized-effective-rank-effective_rank", unit=True, fn=effective_rank),
+    Metric("count90", "rank holding 90% of Σσ / k", "(0, 1]", _M + "13-count90-the-papers-sv_count", unit=True,
+           fn=count90),
+    Metric("stable_rank", "normalized stable rank", "[1/k, 1]",
+           _M + "14-normalized-stable-rank-stable_rank-the-papers-sv_ratio", unit=True, fn=stable_rank),
+    Metric("spectral_norm", "spectral norm ‖W‖₂", "≥ 0", _M + "11-singular-values-and-norms", fn=spectral_norm),
+    Metric("frobenius_norm", "Frobenius norm ‖W‖_F", "≥ 0", _M + "11-singular-values-and-norms", fn=frobenius_norm),
+    Metric("nuclear_norm", "nuclear norm ‖W‖_*", "≥ 0", _M + "11-singular-values-and-norms", fn=nuclear_norm),
+    Metric("gini", "Gini coefficient of σ", "[0, 1)", _M + "18-gini-coefficient-of-the-singular-values-gini",
+           unit=True, fn=gini),
+    Metric("stability_score", "stability score (vs final)", "[0, 1]", _M + "17-scores", unit=True, source="derived"),
+    Metric("subspace_overlap", "top-10 subspace overlap (vs final)", "[0, 1]",
+           _M + "15-stability-singular-vector-agreement-sva-over-time", unit=True, source="derived"),
+    Metric("stability_prev_score", "stability score (vs previous)", "[0, 1]", _M + "17-scores", unit=True,
+           source="derived"),
+    Metric("alpha", "power-law α of the ESD", "> 1", _WW, source="heavy_tail"),
+    Metric("alpha_weighted", "α · log₁₀ λ_max", "real", _WW_NORMS, source="heavy_tail"),
+    Metric("log_alpha_norm", "log₁₀ Σ λ^α", "real", _WW_NORMS, source="heavy_tail"),
+    Metric("log_norm", "log₁₀ ‖W‖²_F", "real", _WW_NORMS, source="heavy_tail"),
+    Metric("log_spectral_norm", "log₁₀ ‖W‖²₂", "real", _WW_NORMS, source="heavy_tail"),
+    Metric("entropy", "matrix entropy (WeightWatcher)", "[0, ~1]", _WW_NORMS, source="heavy_tail"),
+    Metric("matrix_rank", "numerical rank", "[0, k]", _WW_NORMS, source="heavy_tail"),
+    Metric("num_pl_spikes", "eigenvalues in the power-law tail", "[0, k]", _WW, source="heavy_tail"),
+    Metric("pl_xmin", "power-law xmin", "> 0", _WW, source="heavy_tail", column="xmin"),
+    Metric("pl_ks_distance", "power-law KS distance", "[0, 1]", _WW, source="heavy_tail", column="D"),
+    Metric("alignment_score", "alignment score", "[0, 1]", _M + "16-alignment-between-neighbouring-layers",
+           unit=True, source="derived", axis="pair"),
+)  # fmt: skip
+# Every declared metric by name, in the store's order.
+METRICS: dict[str, Metric] = {m.name: m for m in _DECLARED}
+
+
+def metrics_of(source: str | None = None, axis: str = "matrix") -> tuple[str, ...]:
+    """The names of the declared metrics computed one way (`Metric.source`; None: all) along one store axis."""
+    return tuple(m.name for m in METRICS.values() if m.axis == axis and source in (None, m.source))
+
+
+# Per-matrix scalar metrics of one spectrum, stored as (checkpoint, matrix) arrays, in the store's order.
+SPECTRUM_METRICS = {m.name: m.fn for m in METRICS.values() if m.source == "spectrum"}
 
 
 def spectrum_metrics(s: np.ndarray) -> dict[str, float]:

@@ -11,21 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS
 from specdyn.spectral.matrices import ROWS_ARE_OUTPUTS, TRANSPOSED, MatrixSpec
-from specdyn.spectral.metrics import SPECTRUM_METRICS
+from specdyn.spectral.metrics import metrics_of
 from specdyn.spectral.pairs import PairSpec
 from specdyn.version import __version__
 
 STORE_NAME = "specdyn.zarr"  # the default store inside a run dir
 SCHEMA_VERSION = 1
 LOCK_NAME = ".specdyn.lock"
-ROW_METRICS = tuple(SPECTRUM_METRICS)  # computed per checkpoint from its own SVD
-DERIVED_METRICS = ("stability_score", "subspace_overlap", "stability_prev_score")  # against other checkpoints
-# WeightWatcher's columns (docs/method.md §10), computed from the stored singular values by `derive`; stores made
-# before they existed lack these arrays until `specdyn derive` (or a rerun of analyze) adds them.
-HEAVY_METRICS = tuple(HEAVY_TAIL_METRICS)
-METRICS = ROW_METRICS + DERIVED_METRICS + HEAVY_METRICS
+# The (checkpoint, matrix) metric arrays, from their one declaration (spectral.metrics.METRICS), in store order.
+ROW_METRICS = metrics_of("spectrum")  # computed per checkpoint from its own SVD
+DERIVED_METRICS = metrics_of("derived")  # against other checkpoints
+# WeightWatcher's columns (docs/method.md §10), computed from the stored singular values by `derive`.
+HEAVY_METRICS = metrics_of("heavy_tail")
+METRICS = metrics_of()
 IDENTITY = ("step", "checkpoint", "source")  # what names a row
 # Size and modification time of each row's checkpoint when it was read (-1: unknown, stores made before these
 # arrays existed): a rerun recomputes a row whose file changed since. Optional, so older stores still read.
