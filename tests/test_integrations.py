@@ -110,11 +110,14 @@ def test_lightning_callback(tmp_path, one_thread):
 
         def training_step(self, batch, _):
             x, y = batch
-            return torch.nn.functional.cross_entropy(self.body(x), y)
+            loss = torch.nn.functional.cross_entropy(self.body(x), y)
+            losses.append(loss.item())
+            return loss
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-2)
 
+    losses = []
     torch.manual_seed(0)
     x, y = torch.randn(256, 16), torch.randint(0, 4, (256,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
@@ -126,3 +129,78 @@ def test_lightning_callback(tmp_path, one_thread):
     trainer.fit(Net(), loader)
     st, steps = check_series(run)
     check_logged(tb_scalars(tmp_path / "tb"), st, steps, "")
+    from specdyn.io.runmeta import read_run_log
+
+    log = read_run_log([run])  # the training loss of every step, at the step after its update (as the HF Trainer)
+    assert list(log.history["step"]) == list(range(1, MAX_STEPS + 1))
+    assert list(log.history["train_loss"]) == pytest.approx(losses)
+
+
+def store_arrays(path) -> dict:
+    """Every array of a store by its path in the group tree (zarr read directly, not through SpectralStore)."""
+    import zarr
+
+    def walk(group, prefix=""):
+        for key, member in group.members():
+            if isinstance(member, zarr.Group):
+                yield from walk(member, prefix + key + "/")
+            else:
+                yield prefix + key, member[...]
+
+    return dict(walk(zarr.open_group(str(path), mode="r")))
+
+
+def test_trainer_callback_series_is_the_checkpoint_series(tmp_path, one_thread):
+    """A GPT-2 series saved by the callback gives the store a Trainer `checkpoint-N` series of the same weights
+    gives (Conv1D transposed, heads split: 11 pairs), its loss history is the run's training log, and
+    prune-eval's hf-causal-lm task builds the model from the config.json beside it."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from typer.testing import CliRunner
+
+    from specdyn.analyze import AnalyzeOptions, analyze
+    from specdyn.cli import app
+    from specdyn.integrations.hf import SpecdynTrainerCallback
+    from specdyn.io.runmeta import read_run_log
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=16, bos_token_id=0,
+                                     eos_token_id=0)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (32, 16), generator=g)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=6, per_device_train_batch_size=4, logging_steps=1, report_to=[],
+        save_strategy="steps", save_steps=3, save_only_model=True, use_cpu=True, disable_tqdm=True,
+        learning_rate=1e-3,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args, train_dataset=data)
+    run = tmp_path / "run"
+    trainer.add_callback(SpecdynTrainerCallback(run, every=3))
+    trainer.train()
+    assert json.loads((run / "config.json").read_text()) == json.loads(
+        (tmp_path / "hf" / "checkpoint-6" / "config.json").read_text()
+    )
+    opts = AnalyzeOptions(steps="1:")  # the Trainer saves no step 0
+    analyze([run], options=opts, show_progress=False)
+    analyze([tmp_path / "hf"], options=opts, show_progress=False)
+    ours, theirs = store_arrays(run / "specdyn.zarr"), store_arrays(tmp_path / "hf" / "specdyn.zarr")
+    assert set(ours) == set(theirs)
+    for key in ours:
+        if key not in ("checkpoint", "file_bytes", "file_mtime_ns"):  # which file each row was read from
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    st = open_store(run)
+    assert list(st.steps) == [3, 6] and len(st.pairs) == 11 and "model definition" in st.attrs["structure"]
+
+    log = read_run_log([run])
+    losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    assert dict(zip(log.history["step"], log.history["train_loss"], strict=True)) == pytest.approx(losses)
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, torch.randint(0, 64, (128,), generator=g).numpy())
+    runner, full = CliRunner(), []
+    for series in (run, tmp_path / "hf"):
+        result = runner.invoke(app, ["prune-eval", str(series), "--task", "hf-causal-lm", "--data", str(ids),
+                                     "--config", "seq_len=16", "--keep", "1", "--json", "-q"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        full.append(json.loads(result.stdout)["full"])
+    assert full[0] == full[1]

@@ -3,46 +3,68 @@
     trainer = Trainer(model=model, args=args, train_dataset=ds)
     trainer.add_callback(SpecdynTrainerCallback("runs/lm", log_spaced=30, analyze=True, trainer=trainer))
 
-Step 0 (the initial weights) is saved when training begins, then every scheduled optimizer step. With `analyze`
-the summary metrics (core.summaries) go to every logger the Trainer reports to (TensorBoard, W&B, CSV, ...)
-through `trainer.log`, at the step of the checkpoint they describe (TensorBoard shows them as
-`train/specdyn/...`, since the Trainer prefixes training logs with `train/`).
+Step 0 (the initial weights) is saved when training begins, then every scheduled optimizer step. The run folder
+also gets the model's `config.json` (as `save_pretrained` writes it; each checkpoint records the same config, so
+`analyze` takes order, orientation, heads and pairs from the model's definition, and `prune-eval --task
+hf-causal-lm` builds the model from it) and the Trainer's `trainer_state.json` (its loss history, which the plots
+draw). With `analyze` the summary metrics (core.summaries) go to every logger the Trainer reports to
+(TensorBoard, W&B, CSV, ...) through `trainer.log`, at the step of the checkpoint they describe (TensorBoard shows
+them as `train/specdyn/...`, since the Trainer prefixes training logs with `train/`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+
 from transformers import TrainerCallback
 
-from specdyn.integrations.core import SeriesSaver
+from specdyn.integrations.core import ANALYZE_NICE, SeriesSaver
 
 
 class SpecdynTrainerCallback(TrainerCallback):
-    """Save the model at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`."""
+    """Save the model at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`;
+    `analyze_nice`: the background analysis's nice level (core.SeriesSaver)."""
 
     def __init__(
-        self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None, trainer=None
-    ):
+        self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None, trainer=None,
+        analyze_nice=ANALYZE_NICE,
+    ):  # fmt: skip
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
-                                 store=store, task="transformers")  # fmt: skip
+                                 store=store, task="transformers", nice=analyze_nice)  # fmt: skip
         self.trainer = trainer
         if analyze and trainer is None:
             raise ValueError("analyze=True logs through the Trainer: pass trainer=trainer")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.saver.config = {"model": type(model).__name__, "config": _config_dict(model)}
+        self.saver.config = model_config(model) or {"model": type(model).__name__}
         self.saver.plan(state.max_steps)
-        if state.is_world_process_zero and self.saver.wants(state.global_step):
-            self.saver.save(state.global_step, model)
+        if state.is_world_process_zero:
+            if "model_type" in self.saver.config:
+                self.saver.write_json("config.json", self.saver.config)
+            if self.saver.wants(state.global_step):
+                self.saver.save(state.global_step, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and self.saver.wants(state.global_step):
             self.saver.save(state.global_step, model)
         self._log(state, self.saver.poll())
 
+    def on_log(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write_state(state)
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and self.saver.wants(state.global_step):
-            self.saver.save(state.global_step, model)
+        if state.is_world_process_zero:
+            if self.saver.wants(state.global_step):
+                self.saver.save(state.global_step, model)
+            self._write_state(state)
         self._log(state, self.saver.finish())
+
+    def _write_state(self, state) -> None:
+        """The Trainer's state as `trainer_state.json` in the run folder: its `log_history` is the loss curve."""
+        self.saver.write_json("trainer_state.json", dataclasses.asdict(state))
 
     def _log(self, state, results) -> None:
         if not results or self.trainer is None:
@@ -56,9 +78,17 @@ class SpecdynTrainerCallback(TrainerCallback):
             state.global_step = now
 
 
-def _config_dict(model) -> dict:
+def model_config(model) -> dict:
+    """The model's config.json as `save_pretrained` writes it (with `architectures` and `dtype`), or {} for a
+    model without a transformers config."""
     cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_json_string"):
+        return {}
     try:
-        return cfg.to_dict() if cfg is not None else {}
-    except Exception:  # a config that does not serialise is metadata we can do without
+        cfg = copy.deepcopy(cfg)  # save_pretrained sets these two on the model's own config; we leave it alone
+        cfg.architectures = [type(model).__name__.removeprefix("FSDP")]
+        if getattr(model, "dtype", None) is not None:
+            cfg.dtype = str(model.dtype).removeprefix("torch.")
+        return json.loads(cfg.to_json_string(use_diff=True))
+    except Exception:  # a config that does not serialise: the series is analyzed from its tensors alone
         return {}

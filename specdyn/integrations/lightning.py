@@ -4,8 +4,11 @@
     trainer.fit(module, loader)
 
 Step 0 (the initial weights) is saved when training starts, then the weights after every scheduled optimizer
-step (`trainer.global_step`). With `analyze` the summary metrics (core.summaries) go to every logger of the
-trainer (`trainer.loggers`: TensorBoard, W&B, CSV, ...) at the step of the checkpoint they describe.
+step (`trainer.global_step`). Each checkpoint records the module's class and hyperparameters, and the
+registration order and module type of its parameters (core.module_types). The run folder gets `metrics.csv`, the
+training loss of every step (what `training_step` returned) and the validation loss where there is one, which
+the plots draw. With `analyze` the summary metrics (core.summaries) go to every logger of the trainer
+(`trainer.loggers`: TensorBoard, W&B, CSV, ...) at the step of the checkpoint they describe.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ try:
 except ImportError:  # the standalone package
     from pytorch_lightning.callbacks import Callback
 
-from specdyn.integrations.core import SeriesSaver
+from specdyn.integrations.core import ANALYZE_NICE, SeriesSaver
+
+LOG = "metrics.csv"
 
 
 class SpecdynLightningCallback(Callback):
-    """Save the LightningModule at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`."""
+    """Save the LightningModule at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`;
+    `analyze_nice`: the background analysis's nice level (core.SeriesSaver)."""
 
-    def __init__(self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None):
+    def __init__(self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None,
+                 analyze_nice=ANALYZE_NICE):  # fmt: skip
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
-                                 store=store, task="lightning")  # fmt: skip
+                                 store=store, task="lightning", nice=analyze_nice)  # fmt: skip
+        self._losses: dict[int, object] = {}  # step -> the loss tensor (read at write time: no sync per step)
+        self._val: dict[int, float] = {}
 
     def on_train_start(self, trainer, pl_module):
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
@@ -33,14 +42,36 @@ class SpecdynLightningCallback(Callback):
             self.saver.save(trainer.global_step, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if hasattr(loss, "detach"):
+            self._losses[trainer.global_step] = loss.detach()
         if trainer.is_global_zero and self.saver.wants(trainer.global_step):
             self.saver.save(trainer.global_step, pl_module)
+            self._write_log()
         self._log(trainer, self.saver.poll())
 
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get("val_loss")
+        if value is not None and not trainer.sanity_checking:
+            self._val[trainer.global_step] = float(value)
+
     def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero and self.saver.wants(trainer.global_step):
-            self.saver.save(trainer.global_step, pl_module)
+        if trainer.is_global_zero:
+            if self.saver.wants(trainer.global_step):
+                self.saver.save(trainer.global_step, pl_module)
+            self._write_log()
         self._log(trainer, self.saver.finish())
+
+    def _write_log(self) -> None:
+        """metrics.csv in the run folder, in the CSVLogger's layout: step, train_loss, val_loss."""
+        for step, loss in list(self._losses.items()):
+            if not isinstance(loss, float):
+                self._losses[step] = float(loss)
+        steps = sorted(set(self._losses) | set(self._val))
+        rows = ["step,train_loss,val_loss"] + [
+            f"{s},{_cell(self._losses.get(s))},{_cell(self._val.get(s))}" for s in steps
+        ]
+        self.saver.write_text(LOG, "\n".join(rows) + "\n")
 
     @staticmethod
     def _log(trainer, results) -> None:
@@ -50,6 +81,10 @@ class SpecdynLightningCallback(Callback):
         if results:
             for logger in trainer.loggers:
                 logger.save()
+
+
+def _cell(value) -> str:
+    return "" if value is None else repr(float(value))
 
 
 def _hparams(module) -> dict:
