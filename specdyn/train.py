@@ -12,7 +12,6 @@ Determinism: on CPU, the same config, torch version and thread count give bit-id
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from specdyn import branching
 from specdyn.errors import SpecdynError
+from specdyn.files import atomic_path
 from specdyn.io.base import Saved
 from specdyn.io.runmeta import write_run_info
 from specdyn.tasks.base import BuiltinTask, config_dict, recalibrate
@@ -94,13 +94,8 @@ def write_checkpoint(
     """Write one checkpoint through its format's writer (`specdyn.io.FORMATS`), atomically; returns its path."""
     writer = _writer(fmt)
     path = run_dir / writer.checkpoint_name(step, epoch)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    writer.write(tmp, Saved(state_dict, step, task_name, config, epoch, history))
-    if path.is_dir():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_path(path, folder=writer.writes_folder) as tmp:
+        writer.write(tmp, Saved(state_dict, step, task_name, config, epoch, history))
     return path
 
 
@@ -135,7 +130,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             "it or choose another --out"
         )
     for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # a link goes, not what it leads to
 
 
 # --- reading a trunk checkpoint --------------------------------------------------------------------------------
@@ -290,13 +285,14 @@ def train(
         sd = _storable(model.state_dict(), dtype)
         written.append(write_checkpoint(run_dir, fmt, step, sd, task.name, config, step // spe, history))
         if save_optimizer:
-            (run_dir / "optimizer").mkdir(exist_ok=True)
-            torch.save(optimizer.state_dict(), run_dir / "optimizer" / f"step_{step:06d}.optim")
+            with atomic_path(run_dir / "optimizer" / f"step_{step:06d}.optim") as tmp:
+                torch.save(optimizer.state_dict(), tmp)
         write_run_info(run_dir, run_info)
 
     _train_loop(task, model, optimizer, masks, start, set(schedule), save, show_progress, history, run_dir)
     if fmt == "lightning":
-        shutil.copyfile(written[-1], run_dir / "last.ckpt")  # as Lightning's save_last does
+        with atomic_path(run_dir / "last.ckpt") as tmp:  # as Lightning's save_last does
+            shutil.copyfile(written[-1], tmp)
     return RunResult(run_dir, written, history, info)
 
 

@@ -27,6 +27,7 @@ LAYERS = [
         "specdyn.names",
         "specdyn.console",
         "specdyn.errors",
+        "specdyn.files",
         "specdyn.version",
     },
 ]

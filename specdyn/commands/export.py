@@ -73,15 +73,17 @@ def layer_rows(st, indices) -> list[dict]:
     return rows
 
 
-def write_table(rows: list[dict], out: Path, fmt: str) -> Path:
-    """Write rows as csv (stdlib) or parquet (pyarrow, optional)."""
+def write_table(rows: list[dict], out: Path, fmt: str, named: bool = True) -> Path:
+    """Write rows as csv (stdlib) or parquet (pyarrow, optional), atomically; a link at `out` is followed only
+    where the user `named` it (specdyn.files)."""
     from specdyn.errors import SpecdynError
+    from specdyn.files import atomic_open
 
     out = Path(out)
     if fmt == "csv":
         import csv
 
-        with open(out, "w", newline="") as f:
+        with atomic_open(out, "w", named=named, newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
             w.writeheader()
             w.writerows(rows)
@@ -93,7 +95,8 @@ def write_table(rows: list[dict], out: Path, fmt: str) -> Path:
         raise SpecdynError(
             "--format parquet needs pyarrow: pip install 'specdyn[parquet]' (or pip install pyarrow)"
         ) from None
-    pq.write_table(pa.Table.from_pylist(rows), out)
+    with atomic_open(out, "wb", named=named) as f:
+        pq.write_table(pa.Table.from_pylist(rows), f)
     return out
 
 
@@ -151,10 +154,11 @@ def export_command(
         w.writeheader()
         w.writerows(rows)
         return
+    named = out is not None  # a link at the default path is refused, one the user named is followed
     if out is None:
         name = f"specdyn-step{rows[0]['step']}" if step and len(step) == 1 else "specdyn-layers"
         out = st.path.parent / f"{name}.{format_}"
-    path = write_table(rows, out, format_)
+    path = write_table(rows, out, format_, named)
     written = sorted({r["step"] for r in rows})
     if json_out:
         console.print_json({"written": [str(path)], "rows": len(rows), "steps": written})

@@ -28,12 +28,14 @@ def plot_command(
     """Draw one figure kind from one or more stores (plots read only the store and the runs' run.json)."""
     from specdyn import console
     from specdyn.errors import SpecdynError
+    from specdyn.files import output_path
     from specdyn.plots import style
     from specdyn.plots.dispatch import check_kind, make_figure, open_stores
 
     check_kind(kind)
     if out.suffix.lower() not in style.FORMATS:  # before any drawing
         raise SpecdynError(f"{out}: unknown figure format {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
+    output_path(out, named=True, create=False)  # a folder or a file in the way: one line before any drawing
     fig = make_figure(kind, open_stores(stores or [], kind), **opts.given())
     path = style.save(fig, out, opts.dpi)
     if json_out:

@@ -7,7 +7,9 @@ import typer
 
 
 def report_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="The HTML file to write.  [default: report.html]")
+    ] = None,
     stores: Annotated[
         Optional[list[Path]],
         typer.Argument(
@@ -34,13 +36,16 @@ def report_command(
     comparisons across stores."""
     from specdyn import console
     from specdyn.errors import SpecdynError
+    from specdyn.files import atomic_write, output_path
     from specdyn.plots.dispatch import open_stores
     from specdyn.report import build_report, count_figures
 
+    named, out = out is not None, out or Path("report.html")  # a link at a path the user named is followed
     if out.suffix.lower() not in (".html", ".htm"):
         raise SpecdynError(f"{out}: the report is an HTML file; name it *.html")
     if dpi < 50:
         raise SpecdynError(f"--dpi {dpi}: too small for readable figures; use 80 or more")
+    target = output_path(out, named, create=False)  # before any drawing: a bad path is one line at once
     opened = open_stores(stores or [])
     conditions = None
     if group or groups_file:
@@ -59,10 +64,7 @@ def report_command(
         page = build_report(
             opened, title=title, dpi=dpi, on_figure=step, conditions=conditions, interpolate_steps=interpolate_steps
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)  # a killed run never leaves half a report
+    atomic_write(target, page, named=named)  # a killed run never leaves half a report
     if json_out:
         console.print_json({"written": [str(out)], "figures": done})
     else:

@@ -66,10 +66,11 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: d
     from specdyn.io.registry import get_format
 
     fmt = get_format("safetensors")
+    from specdyn.files import atomic_path
+
     path = Path(run_dir) / fmt.checkpoint_name(step)
-    tmp = path.with_name(path.name + ".tmp")
-    fmt.write(tmp, Saved(state, step, task, config))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fmt.write(tmp, Saved(state, step, task, config))
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from specdyn.errors import CheckpointError, SpecdynError
+from specdyn.files import atomic_write
 from specdyn.io.safeload import unreadable
 
 if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
@@ -112,12 +112,14 @@ class CheckpointFormat:
 
     # Writing (formats `specdyn train` can save in).
     writable: ClassVar[bool] = False
+    writes_folder: ClassVar[bool] = False  # a checkpoint is a folder (written beside, then swapped in whole)
 
     def checkpoint_name(self, step: int, epoch: int = 0) -> str:
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
     def write(self, path: Path, ckpt: Saved) -> None:
-        """Write `ckpt` at `path` (the caller writes to a temporary name and renames it into place)."""
+        """Write `ckpt` at `path` (the caller writes to a temporary name and renames it into place: an empty file,
+        or an empty folder where `writes_folder`)."""
         raise NotImplementedError(f"specdyn cannot write {self.name} checkpoints")
 
 
@@ -247,10 +249,8 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (a reader never sees a half-written file; a link at `path` is refused)."""
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def parse_json(value: str):

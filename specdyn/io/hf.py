@@ -98,6 +98,7 @@ class HFFormat(CheckpointFormat):
         "index, pytorch_model.bin)"
     )
     writable = True
+    writes_folder = True
 
     def claim_dir(self, path: Path, inside_series: bool) -> Path | None:
         if inside_series and not (

@@ -275,18 +275,20 @@ class XAxis:
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
-def save(fig: Figure, path, dpi: int | None = None) -> Path:
-    """Write a figure in the format its suffix names (png, svg or pdf), creating the folder."""
+def save(fig: Figure, path, dpi: int | None = None, named: bool = True) -> Path:
+    """Write a figure in the format its suffix names (png, svg or pdf), creating the folder; atomically, and
+    through a link at `path` only where the caller `named` it (specdyn.files)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from specdyn.files import atomic_open
 
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise SpecdynError(f"{path}: unknown figure format {path.suffix or '(none)'!r}; use .png, .svg or .pdf")
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     # No creation dates in the files: the same store gives byte-identical svg/pdf.
     meta = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}[fmt]
-    with mpl.rc_context(RC):
-        fig.savefig(path, format=fmt, dpi=dpi or RC["savefig.dpi"], metadata=meta)
+    with mpl.rc_context(RC), atomic_open(path, "wb", named=named) as f:
+        fig.savefig(f, format=fmt, dpi=dpi or RC["savefig.dpi"], metadata=meta)
     return path

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from specdyn.errors import SpecdynError
+from specdyn.files import atomic_write
+
 # torch is imported inside the functions that use it, so that reading a store does not pay its import time.
 
 # The Gram route recovers the large side's vectors as W v / s; below this ratio s_i / s_1 that division loses
@@ -348,11 +351,9 @@ class SVDEngine:
             except (OSError, ValueError):
                 table = {}
             table[self._key(shape)] = route
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home only costs re-measuring next time
+            atomic_write(path, json.dumps(table, indent=1, sort_keys=True))
+        except (OSError, SpecdynError):
+            pass  # a read-only home (or a link planted at the cache) only costs re-measuring next time
 
     def batcher(self):
         """The device's batched Gram route (specdyn.spectral.gpu.BatchedGram), made once."""

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from specdyn.errors import EXIT_STORE_BUSY, SpecdynError
+from specdyn.files import open_private
 
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -33,12 +34,13 @@ def read_only_error(store: Path, e: OSError) -> SpecdynError:
 
 def acquire_lock(path: Path, purpose: str = "analyze"):
     """Take the store's exclusive lock and return its open file, or refuse clearly if another process holds it
-    or the store's folder cannot be written."""
+    or the store's folder cannot be written. The lock file is opened with O_NOFOLLOW (created with O_EXCL): a
+    link or a hard link planted at its name is refused, never written through."""
     path = Path(path)
     lock = lock_path(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        f = open(lock, "a+")
+        f = os.fdopen(open_private(lock), "r+")
     except OSError as e:
         if e.errno in READ_ONLY:
             raise read_only_error(path, e) from None

@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from specdyn.errors import SpecdynError
+from specdyn.files import atomic_write
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store import faults
@@ -61,9 +62,7 @@ def drop_consolidated(path: Path) -> None:
     doc = json.loads(meta.read_text())
     if doc.pop("consolidated_metadata", None) is None:
         return
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, meta)
+    atomic_write(meta, json.dumps(doc, indent=2))
 
 
 def consolidate(path: Path) -> None:

@@ -1,0 +1,227 @@
+"""Never writing where the user did not point (issue 17, items 1, 2 and 15's output paths): lock files, default
+output paths and every temporary file, against the link attacks of tests/link_attacks.py; and the one atomic
+writer (specdyn.files) itself."""
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specdyn.analyze import analyze
+from specdyn.cli import app
+from specdyn.errors import SpecdynError
+from specdyn.files import atomic_open, atomic_path, atomic_write, open_private, output_path
+from specdyn.store.locking import acquire_lock, lock_path, locked
+from tests.link_attacks import plant_hard_link, plant_link, untouched, victim
+from tests.series import write_series
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    run = tmp_path_factory.mktemp("links") / "run"
+    write_series(run, steps=(0, 10))
+    analyze([run], show_progress=False)
+    return run
+
+
+def one_line_error(result, code=1):
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
+    return err
+
+
+# --- the atomic writer ---------------------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_through_a_fresh_temporary_name(tmp_path):
+    out = tmp_path / "a.txt"
+    atomic_write(out, "one")
+    atomic_write(out, b"two")
+    assert out.read_text() == "two" and os.listdir(tmp_path) == ["a.txt"]
+    seen = []
+    with atomic_path(out) as tmp:
+        seen.append(tmp)
+        assert tmp.parent == tmp_path and tmp.name.startswith(".a.txt.") and str(os.getpid()) in tmp.name
+        tmp.write_text("three")
+    with atomic_path(out) as tmp:
+        seen.append(tmp)
+        tmp.write_text("four")
+    assert seen[0] != seen[1] and out.read_text() == "four"
+
+
+def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path):
+    out = tmp_path / "a.txt"
+    out.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(out, "w") as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    assert out.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_link_at_a_path_specdyn_chose_is_refused_one_the_user_named_is_followed(tmp_path):
+    v = victim(tmp_path)
+    link = tmp_path / "out.csv"
+    plant_link(link, v)
+    with pytest.raises(SpecdynError, match="symbolic link"):
+        atomic_write(link, "x")
+    with pytest.raises(SpecdynError, match="symbolic link"):
+        with atomic_path(link):
+            pass
+    assert untouched(v) and link.is_symlink()
+    atomic_write(link, "named", named=True)  # the user pointed there: the file it leads to is replaced
+    assert v.read_text() == "named" and link.is_symlink()
+    assert sorted(os.listdir(v.parent)) == ["bashrc"]
+
+
+def test_output_path_errors(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpecdynError, match="is a folder"):
+        output_path(tmp_path / "folder")
+    with pytest.raises(SpecdynError, match="is a file, not a folder"):
+        output_path(tmp_path / "file" / "x.csv")
+    assert output_path(tmp_path / "new" / "x.csv") == tmp_path / "new" / "x.csv" and (tmp_path / "new").is_dir()
+    output_path(tmp_path / "later" / "x.csv", create=False)
+    assert not (tmp_path / "later").exists()
+
+
+def test_a_folder_is_swapped_in_whole(tmp_path):
+    out = tmp_path / "checkpoint-1"
+    for text in ("a", "b"):
+        with atomic_path(out, folder=True) as tmp:
+            assert tmp.is_dir() and not any(tmp.iterdir())
+            (tmp / "w").write_text(text)
+    assert (out / "w").read_text() == "b" and os.listdir(tmp_path) == ["checkpoint-1"]
+
+
+# --- item 1: lock files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose", ["analyze", "derive", "lottery"])
+def test_a_link_at_the_lock_path_is_never_written_through(tmp_path, purpose):
+    store = tmp_path / "run" / "specdyn.zarr"
+    v = plant_link(lock_path(store), victim(tmp_path))
+    with pytest.raises(SpecdynError, match="symbolic link"):
+        with locked(store, purpose):
+            pass
+    assert untouched(v)
+
+
+def test_a_hard_link_at_the_lock_path_is_refused(tmp_path):
+    store = tmp_path / "run" / "specdyn.zarr"
+    v = plant_hard_link(lock_path(store), victim(tmp_path))
+    with pytest.raises(SpecdynError, match="hard links"):
+        acquire_lock(store)
+    assert untouched(v)
+
+
+def test_the_lock_file_is_created_exclusively_and_reused(tmp_path):
+    store = tmp_path / "specdyn.zarr"
+    with locked(store):
+        assert "pid" in lock_path(store).read_text()
+    with locked(store, "derive"):
+        assert "derive" in lock_path(store).read_text()
+    fd = open_private(lock_path(store))
+    os.close(fd)
+
+
+def test_analyze_and_derive_refuse_a_planted_lock_link(analyzed, tmp_path):
+    lock = lock_path(analyzed / "specdyn.zarr")
+    lock.unlink(missing_ok=True)  # the lock analyze left; the attacker replaces it by a link
+    v = plant_link(lock, victim(tmp_path))
+    try:
+        for args in (["analyze", str(analyzed), "-q"], ["derive", str(analyzed)]):
+            err = one_line_error(runner.invoke(app, args))
+            assert "symbolic link" in err
+        assert untouched(v)
+    finally:
+        lock.unlink()
+
+
+# --- item 2: default output paths ----------------------------------------------------------------------------
+
+
+def test_export_refuses_a_link_at_its_default_path_and_follows_a_named_one(analyzed, tmp_path):
+    v = victim(tmp_path)
+    default = analyzed / "specdyn-layers.csv"
+    plant_link(default, v)
+    try:
+        err = one_line_error(runner.invoke(app, ["export", str(analyzed)]))
+        assert str(default) in err and "symbolic link" in err and untouched(v)
+        result = runner.invoke(app, ["export", str(analyzed), "-o", str(default)])
+        assert result.exit_code == 0, result.output
+        assert {r["step"] for r in csv.DictReader(v.open())} == {"0", "10"} and default.is_symlink()
+    finally:
+        default.unlink()
+
+
+def test_report_refuses_a_link_at_its_default_path(analyzed, tmp_path, monkeypatch):
+    v = victim(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    plant_link(tmp_path / "report.html", v)
+    err = one_line_error(runner.invoke(app, ["report", str(analyzed)]))
+    assert "report.html" in err and untouched(v)
+
+
+def test_train_outputs_never_follow_a_planted_link(tmp_path):
+    from specdyn.integrations.core import write_checkpoint
+    from specdyn.io.base import write_json
+
+    run = tmp_path / "run"
+    v = plant_link(run / "step_000005.safetensors", victim(tmp_path))
+    with pytest.raises(SpecdynError, match="symbolic link"):
+        write_checkpoint(run, 5, {}, "t", {})
+    plant_link(run / "run.json", v)
+    with pytest.raises(SpecdynError, match="symbolic link"):
+        write_json(run / "run.json", {"a": 1})
+    assert untouched(v) and sorted(os.listdir(run)) == ["run.json", "step_000005.safetensors"]
+
+
+def test_train_overwrite_removes_a_planted_link_not_its_target(tmp_path):
+    from specdyn.train import prepare_run_dir
+
+    run = tmp_path / "run"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep").write_text("x")
+    plant_link(run / "checkpoint-5", tmp_path / "elsewhere")
+    v = plant_link(run / "run.json", victim(tmp_path))
+    prepare_run_dir(run, overwrite=True)
+    assert untouched(v) and (tmp_path / "elsewhere" / "keep").exists() and not any(run.iterdir())
+
+
+# --- item 15: bad output paths are one line ------------------------------------------------------------------
+
+
+def test_bad_output_paths_are_one_line(analyzed, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "plain").write_text("")
+    for args, words in [
+        (["export", str(analyzed), "-o", str(tmp_path / "folder")], "is a folder"),
+        (["export", str(analyzed), "--format", "parquet", "-o", str(tmp_path / "folder")], "is a folder"),
+        (["export", str(analyzed), "-o", str(tmp_path / "plain" / "x.csv")], "not a folder"),
+        (["plot", "metrics", str(analyzed), "-o", str(tmp_path / "dir.png") + "/"], "is a folder"),
+        (["report", str(analyzed), "-o", str(tmp_path / "plain" / "r.html")], "not a folder"),
+    ]:
+        assert words in one_line_error(runner.invoke(app, args)), args
+    assert sorted(os.listdir(tmp_path / "folder")) == []
+    result = runner.invoke(app, ["export", str(analyzed), "-o", str(tmp_path / "missing" / "x.csv")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "missing" / "x.csv").read_text().startswith("step,")
+
+
+def test_plot_writes_through_a_link_the_user_named(analyzed, tmp_path):
+    target = tmp_path / "shared" / "fig.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    plant_link(tmp_path / "fig.png", target)
+    result = runner.invoke(app, ["plot", "metrics", str(analyzed), "-o", str(tmp_path / "fig.png")])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes().startswith(b"\x89PNG") and (tmp_path / "fig.png").is_symlink()
+    assert Path(os.readlink(tmp_path / "fig.png")) == target
