@@ -18,7 +18,7 @@ runner = CliRunner()
 
 CASES = [
     # (options class, API kwargs, CLI args, expected message)
-    (AnalyzeOptions, {"topk": 0}, ["analyze", "RUN", "--topk", "0"], "--topk 0: must be at least 1"),
+    (AnalyzeOptions, {"topk": -1}, ["analyze", "RUN", "--topk", "-1"], "--topk -1: must be at least 0"),
     (AnalyzeOptions, {"order": "time"}, ["analyze", "RUN", "--order", "time"], "--order 'time': use step, name"),
     (AnalyzeOptions, {"svd_route": "qr"}, ["analyze", "RUN", "--svd-route", "qr"], "--svd-route 'qr': use auto"),
     (AnalyzeOptions, {"device": "tpu"}, ["analyze", "RUN", "--device", "tpu"], "--device 'tpu': use 'cpu' or 'cuda'"),

@@ -509,12 +509,11 @@ def test_15_zero_matrix_has_defined_metrics_without_runtime_warnings(tmp_path):
 
 
 def route_cache(tmp_path, monkeypatch, name, routes):
-    import torch as _torch
+    from specdyn.spectral.svd import cache_entry, cache_key
 
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    threads = _torch.get_num_threads()
-    table = {f"{shape}/cpu/threads={threads}": r for shape, r in routes.items()}
+    table = {cache_key(tuple(map(int, shape.split("x")))): cache_entry(r) for shape, r in routes.items()}
     (folder / "svd_routes.json").write_text(json.dumps(table))
     monkeypatch.setenv("SPECDYN_CACHE_DIR", str(folder))
     return folder / "svd_routes.json"

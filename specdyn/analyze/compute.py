@@ -17,7 +17,7 @@ from specdyn.io.buffers import POOL
 from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import RowComputer
-from specdyn.spectral.svd import SVDEngine, all_finite
+from specdyn.spectral.svd import ROUTES, SVDEngine, all_finite
 from specdyn.store.writing import (
     RowWriter,
     open_for_matrices,
@@ -60,11 +60,12 @@ def make_engine(opts: AnalyzeOptions, routes: dict[str, str] | None = None) -> S
     measured. A store made with one pinned route ({"all": route}) keeps it."""
     routes = dict(routes or {})
     route = opts.svd_route
-    if route == "auto" and "all" in routes:
+    if route == "auto" and routes.get("all") in ROUTES:
         route = routes["all"]
     engine = SVDEngine(top=opts.topk, device=opts.device, route=route, recalibrate=opts.recalibrate)
     if route == "auto":
         engine.chosen.update(routes_by_shape(routes))
+        engine.fix()  # the store's rows were computed with these: they stay
     return engine
 
 
@@ -111,6 +112,7 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
                         kind="NaN/Inf warnings",
                     )
                 record_routes(root, engine.summary())
+                engine.fix()  # rows are written with these routes: a re-check may no longer change them
                 fp = r.get("fingerprint", (-1, -1))
                 writer.write(i, r["step"], r["checkpoint"], r["source"], result, fp)
             if bar:

@@ -18,9 +18,10 @@ class AnalyzeOptions(Options):
     topk: int = option(
         DEFAULT_TOPK,
         "--topk",
-        min=1,
+        min=0,
         max=MAX_TOPK,
-        help="Singular vectors kept per matrix (stability, alignment, pruning).",
+        help="Singular vectors kept per matrix (stability, alignment, pruning); 0: singular values and the metrics "
+        "of them only (ranks, norms, heavy tails), fastest.",
     )
     include: list[str] = option(factory=list, help="Only tensors matching this glob (repeatable).", panel=SELECT)
     exclude: list[str] = option(factory=list, help="Skip tensors matching this glob (repeatable).", panel=SELECT)

@@ -175,6 +175,9 @@ def _check_duplicate_steps(ckpts: list[Checkpoint]) -> None:
         seen[c.step] = c
 
 
+FLAGS = {"top": "topk"}  # content option -> its flag, where the names differ
+
+
 def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
     before = attrs.get("options", {})
     now = opts.content_options()
@@ -187,7 +190,8 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
     if diff:
         k = diff[0]
         raise SpecdynError(
-            f"{store}: made with --{k.replace('_file', '').replace('_', '-')} {before[k]!r}, now {now[k]!r}; "
+            f"{store}: made with --{FLAGS.get(k, k).replace('_file', '').replace('_', '-')} {before[k]!r}, now "
+            f"{now[k]!r}; "
             "use the same options, a new --out, or --overwrite"
         )
 
@@ -225,6 +229,8 @@ def _describe(reader: CheckpointReader, c: Checkpoint, opts: AnalyzeOptions):
         pairs = read_pairs_file(opts.pairs_file, specs, structure.heads, structure.tied)
     else:
         pairs = structure.pairs_for(specs)
+    if opts.topk == 0:  # values only: no vectors, so no alignment pairs
+        pairs = []
     return specs, pairs, structure
 
 

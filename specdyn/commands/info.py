@@ -57,9 +57,25 @@ def store_summary(st, step: int | None = None) -> dict:
         "matrices": matrices,
         "pairs": st.pairs,
         "svd_routes": st.attrs.get("svd_routes", {}),
+        "svd_route_cache": _route_cache(st),
         "updated": st.attrs.get("updated"),
         "layers": _layers(st, step),
     }
+
+
+def _route_cache(st) -> dict:
+    """This machine's route cache for the store's shapes: where it is, and each shape's route and its age."""
+    from specdyn.spectral.svd import cached_routes, route_cache_path
+
+    shapes = sorted({tuple(st.matrix_spec(name).shape) for name in st.matrices})
+    return {"path": str(route_cache_path()), "routes": cached_routes(shapes, st.top)}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _layers(st, step: int | None) -> list[dict]:
@@ -137,6 +153,7 @@ def info_command(
     out.print(table)
     if any(m["orientation"] != "rows=outputs" for m in summary["matrices"]):
         out.print("  rows: out = rows are outputs, as stored; out (T) = transposed (Conv1D), stored in×out")
+    _print_routes(out, summary)
     out.print(
         f"  {len(summary['pairs'])} alignment pairs"
         + (
@@ -145,6 +162,24 @@ def info_command(
             else ""
         )
     )
+
+
+def _print_routes(out, summary: dict) -> None:
+    """The SVD routes the store's rows were computed with, and what this machine's route cache holds now."""
+    used = summary["svd_routes"]
+    cache = summary["svd_route_cache"]
+    if used:
+        out.print("  SVD routes used: " + ", ".join(f"{shape} {route}" for shape, route in sorted(used.items())))
+    if cache["routes"]:
+        ages = [r["age_s"] for r in cache["routes"].values()]
+        mine = ", ".join(f"{shape} {r['route']}" for shape, r in sorted(cache["routes"].items()))
+        out.print(
+            f"  route cache ({cache['path']}): {mine}; measured {_age(max(ages))} ago"
+            + (f" (newest {_age(min(ages))} ago)" if _age(min(ages)) != _age(max(ages)) else ""),
+            highlight=False,
+        )
+    else:
+        out.print(f"  route cache ({cache['path']}): no routes measured for these shapes", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

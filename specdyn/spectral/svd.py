@@ -14,6 +14,7 @@ Routes (each verified in tests against float64 LAPACK gesdd to 1e-6 relative to 
 `SVDEngine` times the candidate routes once per shape and machine, and then keeps the fastest for that shape.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -213,6 +214,16 @@ def svd_lapack(W: np.ndarray, top: int, device: str = "cpu") -> Spectrum:
     return Spectrum(s.double().cpu().numpy(), U, V)
 
 
+def svd_values(W: np.ndarray) -> Spectrum:
+    """Singular values only (`--topk 0`): the eigenvalues of the float64 Gram matrix of the smaller side (one
+    tridiagonal reduction and dsterf, LAPACK's values-only dsyevd), no vectors. Accurate to about
+    sqrt(n eps) s_1 ~ 3e-7 s_1 for the smallest values, like the "gram" route's."""
+    wide = W.shape[0] < W.shape[1]
+    lam = np.linalg.eigvalsh(_gram64(W, wide))[::-1]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    return Spectrum(s, np.zeros((W.shape[0], 0), np.float32), np.zeros((W.shape[1], 0), np.float32))
+
+
 def nan_spectrum(shape: tuple[int, int], top: int) -> Spectrum:
     m, n = shape
     k = min(m, n)
@@ -220,10 +231,29 @@ def nan_spectrum(shape: tuple[int, int], top: int) -> Spectrum:
     return Spectrum(np.full(k, np.nan), np.full((m, r), np.nan, np.float32), np.full((n, r), np.nan, np.float32))
 
 
-# How much faster (in one timing) another route must be than the first candidate to be chosen over it.
-CALIBRATION_MARGIN = 1.25
+# Calibration (`SVDEngine._calibrate`). Routes are timed by the CPU time of the calibrating thread with one BLAS
+# thread: CPU time counts work done, not waiting for a core, so other jobs on the machine barely move it (with two
+# BLAS threads on a loaded machine, the idle thread's spin-waits quadrupled gram_topk's CPU time). The timings
+# are interleaved (each round runs every candidate once, in a rotated order) and repeated until the ordering is
+# clear. The cost model's route (`preferred_route`) is kept unless another beats it by CALIBRATION_MARGIN in its
+# best time and in every round.
+CALIBRATION_MARGIN = 1.15
+CALIBRATION_ROUNDS = (2, 5)  # at least, at most
+# After the first round a route this much slower than the preferred one is not timed again (it cannot win).
+CALIBRATION_DROP = 2.0
+# A cached route is measured again when a run's matrices of its shape take this much longer than its calibration
+# (the smallest of RECHECK_AFTER observations; wall time where BLAS runs several threads, so load can trigger it,
+# but the re-measurement itself is load-proof and only costs one calibration).
+RECHECK_FACTOR = 2.0
+RECHECK_AFTER = 2
 CPU_ROUTES = ("gram_topk", "gram", "gram_torch", "lapack")
 ROUTES = CPU_ROUTES + ("cuda",)
+CACHE_VERSION = 2  # entries of older versions (timed by wall clock) are not used
+
+
+def calibration_clock() -> float:
+    """CPU seconds of the calling thread (the only one computing while calibration holds BLAS to one thread)."""
+    return time.thread_time()
 
 
 def cpu_candidates() -> tuple[str, ...]:
@@ -233,6 +263,59 @@ def cpu_candidates() -> tuple[str, ...]:
     if importlib.util.find_spec("scipy") is None:
         return tuple(r for r in CPU_ROUTES if r != "gram_topk")
     return CPU_ROUTES
+
+
+def preferred_route(shape, top: int, candidates: tuple[str, ...]) -> str:
+    """The cost model's route: gram_topk when fewer vectors are kept than the smaller side (it skips forming the
+    eigenbasis the store throws away), else the full Gram eigendecomposition."""
+    if "gram_topk" in candidates and top < min(shape):
+        return "gram_topk"
+    return "gram" if "gram" in candidates else candidates[0]
+
+
+def decide(times: dict[str, list[float]], prior: str) -> tuple[str, bool]:
+    """(route, settled) from interleaved CPU timings (route -> one time per round, rounds run together): the
+    fastest other route replaces the prior when its best time is CALIBRATION_MARGIN below the prior's and it beat
+    the prior by that margin in at least two thirds of the rounds. Settled (more rounds would not change it) when
+    the prior is the fastest, or the rival beat it by the margin in every round or in none."""
+    best = {r: min(t) for r, t in times.items()}
+    others = [r for r in best if r != prior]
+    if not others:
+        return prior, True
+    rival = min(others, key=best.get)
+    n = min(len(times[prior]), len(times[rival]))
+    wins = sum(times[rival][k] * CALIBRATION_MARGIN < times[prior][k] for k in range(n))
+    if best[prior] <= best[rival]:
+        return prior, True
+    if best[rival] * CALIBRATION_MARGIN < best[prior] and 3 * wins >= 2 * n:
+        return rival, wins == n
+    return prior, wins == 0
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS/LAPACK (numpy's, scipy's) and torch on one thread in this block; yields whether the limit holds."""
+    import sys
+
+    with contextlib.suppress(ImportError):  # load scipy's own OpenBLAS first, so that the limit reaches it
+        import scipy.linalg.lapack  # noqa: F401
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # without threadpoolctl (specdyn[fast]) the timings are the process's CPU time
+        threadpool_limits = None
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        if threadpool_limits is None:
+            yield False
+        else:
+            with threadpool_limits(1):
+                yield True
+    finally:
+        if torch:
+            torch.set_num_threads(before)
 
 
 GRAM_ROUTES = {"gram_topk": svd_gram_topk, "gram": svd_gram, "gram_torch": svd_gram_torch}
@@ -257,14 +340,52 @@ def route_cache_path() -> Path:
     return Path(base) / "svd_routes.json"
 
 
+def cache_key(shape, device: str = "cpu", top: int = 64) -> str:
+    """The route cache's key of a shape: the route depends on the shape, the device and whether vectors are kept
+    (not on the thread count: routes are timed on one thread)."""
+    kept = "values" if top == 0 else ("all" if top >= min(shape) else "top")
+    return f"{shape[0]}x{shape[1]}/{device}/{kept}/v{CACHE_VERSION}"
+
+
+def cache_entry(route: str, cpu_s: dict[str, float] | None = None, measured: float | None = None) -> dict:
+    """One route cache entry: the route, each timed route's best CPU seconds, and when (Unix time)."""
+    return {"route": route, "cpu_s": dict(cpu_s or {}), "measured": time.time() if measured is None else measured}
+
+
+def read_route_cache() -> dict[str, dict]:
+    """The machine's route cache (key -> entry); empty where missing or unreadable."""
+    try:
+        table = json.loads(route_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in table.items() if isinstance(v, dict) and isinstance(v.get("route"), str)}
+
+
+def cached_routes(shapes, top: int, device: str = "cpu") -> dict[str, dict]:
+    """This machine's cached route per shape ("MxN" -> {"route", "measured", "age_s"}), for `specdyn info`."""
+    table, now, out = read_route_cache(), time.time(), {}
+    for shape in shapes:
+        entry = table.get(cache_key(shape, device, top))
+        if entry and isinstance(entry.get("measured"), int | float):
+            out[f"{shape[0]}x{shape[1]}"] = {
+                "route": entry["route"],
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(entry["measured"])),
+                "age_s": round(now - entry["measured"]),
+            }
+    return out
+
+
 @dataclass
 class SVDEngine:
     """Computes Spectra by the fastest route for each shape.
 
-    The first matrix of a shape never seen on this machine (with this many threads) is computed by every
-    candidate route, timed, and the fastest result kept; the choice is saved in `route_cache_path()`, so every
-    matrix of a shape uses one route (results are reproducible run to run) and the measurement is paid once.
-    `route="gram"` etc. pins a route instead. Routes put in `chosen` beforehand (a store's) are used as given.
+    The first matrix of a shape never seen on this machine is timed by every candidate route (CPU time on one
+    BLAS thread, interleaved rounds; see CALIBRATION_MARGIN) and the cost model's route is kept unless another is
+    clearly faster; the choice is saved in `route_cache_path()`, so every matrix of a shape uses one route
+    (results are reproducible run to run) and the measurement is paid once. A cached route whose matrices take
+    RECHECK_FACTOR times its calibration is measured again. `route="gram"` etc. pins a route instead. Routes put
+    in `chosen` beforehand (a store's) are used as given, and so are those in `fixed` (rows already written).
+    `top=0` computes singular values only (no vectors), always by the float64 Gram matrix's eigenvalues.
     """
 
     top: int = 64
@@ -273,15 +394,21 @@ class SVDEngine:
     cache: bool = True
     recalibrate: bool = False  # measure again even where the cache has a choice (e.g. it was made under load)
     chosen: dict = field(default_factory=dict)  # shape -> route
-    timings: dict = field(default_factory=dict)  # shape -> {route: seconds}, for shapes measured in this run
+    timings: dict = field(default_factory=dict)  # shape -> {route: [CPU seconds per round]}, measured in this run
+    fixed: set = field(default_factory=set)  # shapes whose route may not change (a store's rows use it)
 
     def __post_init__(self):
         if self.route not in ("auto", *ROUTES):
             raise ValueError(f"unknown SVD route {self.route!r}")
         self.candidates = ("cuda",) if self.device.startswith("cuda") else cpu_candidates()
+        self.fixed |= set(self.chosen)
+        self._expected: dict = {}  # shape -> CPU seconds its route took when calibrated (for the re-check)
+        self._slow: dict = {}  # shape -> observed seconds of its matrices this run, while they are slow
+        self._recheck: set = set()  # shapes to measure again at their next matrix
+        self._rechecked: set = set()
 
     def _key(self, shape) -> str:
-        return f"{shape[0]}x{shape[1]}/{self.device}/threads={compute_threads()}"
+        return cache_key(shape, self.device, self.top)
 
     def __call__(self, W: np.ndarray) -> Spectrum:
         """SVD of a 2-D array (computed in float32/float64); NaN/Inf input gives a NaN spectrum. A column-major
@@ -291,56 +418,112 @@ class SVDEngine:
             W = np.ascontiguousarray(W, dtype=np.float32)
         if min(W.shape) == 0:
             return nan_spectrum(W.shape, self.top)
+        if self.top == 0 and not self.device.startswith("cuda"):
+            try:
+                return svd_values(W)
+            except NonFinite:
+                return nan_spectrum(W.shape, 0)
         route = self._route(W.shape)
         if route in GRAM_ROUTES:  # their Gram matrix shows NaN/Inf: no pass over W to look for them
             try:
-                return self._run(route, W)
+                return self._timed(route, W)
             except NonFinite:
                 return nan_spectrum(W.shape, self.top)
         if not all_finite(W):
             return nan_spectrum(W.shape, self.top)
-        return self._run(route, W) if route else self._calibrate(W)
+        return self._timed(route, W) if route else self._calibrate(W)
 
     def _route(self, shape) -> str | None:
         """The route for this shape, or None where it must be measured."""
         if self.route != "auto":
             return self.route
+        if shape in self._recheck:
+            return None
+        if shape in self.chosen:
+            if shape not in self._expected:
+                self._cached(shape)
+            return self.chosen[shape]
+        cached = self._cached(shape)  # also what the route cost when calibrated, for the re-check
         # `chosen` first: a store's recorded routes (prefilled by analyze) win over this machine's candidates.
         route = self.chosen.get(shape) or (self.candidates[0] if len(self.candidates) == 1 else None)
-        route = route or self._cached(shape)
+        route = route or cached
         if route:
             self.chosen[shape] = route
         return route
 
+    def _timed(self, route: str, W: np.ndarray) -> Spectrum:
+        """_run, observed against the route's calibration where it has one (the re-check)."""
+        expected = self._expected.get(W.shape, {}).get(route) if self.route == "auto" else None
+        if expected is None or W.shape in self._rechecked:
+            return self._run(route, W)
+        one = compute_threads() == 1  # then this thread's CPU time is the whole work, as when calibrating
+        clock = calibration_clock if one else time.perf_counter
+        t0 = clock()
+        out = self._run(route, W)
+        took = clock() - t0
+        if took > RECHECK_FACTOR * expected:
+            slow = self._slow.setdefault(W.shape, [])
+            slow.append(took)
+            if len(slow) >= RECHECK_AFTER:
+                self._recheck.add(W.shape)
+        else:
+            self._slow.pop(W.shape, None)
+        return out
+
     def _calibrate(self, W: np.ndarray) -> Spectrum:
-        times, results = {}, {}
+        """Time the candidate routes on W (interleaved rounds, CPU time on one BLAS thread), keep the cost model's
+        route unless another is clearly faster, cache the choice; returns W's spectrum by the chosen route."""
+        shape = W.shape
+        prior = preferred_route(shape, self.top, self.candidates)
+        alive = list(self.candidates)
+        known = self._expected.get(shape) or {}
+        if known and min(known.values()) > 0:  # a re-check: routes far slower when calibrated are not run again
+            alive = [r for r in alive if r == prior or known.get(r, 0) <= CALIBRATION_DROP * min(known.values())]
         warm = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
-        for r in self.candidates:
-            self._run(r, warm)  # imports (scipy, torch) and first-call costs are not the route's
-            t0 = time.perf_counter()
-            results[r] = self._run(r, W)
-            times[r] = time.perf_counter() - t0
-        # The first candidate (gram_topk, the least work) is kept unless another is clearly faster: one timing
-        # on a loaded machine is noisy, and a noise-picked route would then serve every matrix of the shape.
-        best = min(times, key=times.get)
-        first = self.candidates[0]
-        if times[best] > times[first] / CALIBRATION_MARGIN:
-            best = first
-        self.timings[W.shape] = times
-        self.chosen[W.shape] = best
-        self._save(W.shape, best)
+        times: dict[str, list[float]] = {}
+        results = {}
+        best = prior
+        with one_blas_thread() as exact:
+            clock = calibration_clock if exact else time.process_time
+            for r in alive:
+                self._run(r, warm)  # imports (scipy, torch) and first-call costs are not the route's
+            for k in range(CALIBRATION_ROUNDS[1]):
+                for r in alive[k % len(alive) :] + alive[: k % len(alive)]:
+                    t0 = clock()
+                    results[r] = self._run(r, W)
+                    times.setdefault(r, []).append(clock() - t0)
+                if k == 0:  # a route far slower than the prior in the first round is not timed again
+                    alive = [r for r in alive if r == prior or times[r][0] < CALIBRATION_DROP * times[prior][0]]
+                best, settled = decide({r: times[r] for r in alive}, prior)
+                if settled and k + 1 >= CALIBRATION_ROUNDS[0]:
+                    break
+        self._rechecked.add(shape)
+        self._recheck.discard(shape)
+        self._slow.pop(shape, None)
+        self.timings[shape] = times
+        cpu = {r: min(t) for r, t in times.items()}
+        self._expected[shape] = cpu
+        self._save(shape, best, cpu)
+        if shape in self.fixed:  # a store's route stays (its rows use it); only the machine's cache learns
+            best = self.chosen[shape]
+            if best not in results:
+                results[best] = self._run(best, W)
+        self.chosen[shape] = best
         return results[best]
 
     def _cached(self, shape) -> str | None:
+        """The machine's cached route for the shape (None: measure it); notes what each route cost then."""
+        self._expected.setdefault(shape, {})
         if not self.cache or self.recalibrate:
             return None
-        try:
-            route = json.loads(route_cache_path().read_text()).get(self._key(shape))
-        except (OSError, ValueError):
+        entry = read_route_cache().get(self._key(shape))
+        if not entry or entry["route"] not in self.candidates:
             return None
-        return route if route in self.candidates else None
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            self._expected[shape] = {r: float(t) for r, t in entry.get("cpu_s", {}).items()}
+        return entry["route"]
 
-    def _save(self, shape, route: str) -> None:
+    def _save(self, shape, route: str, cpu_s: dict[str, float]) -> None:
         if not self.cache:
             return
         path = route_cache_path()
@@ -350,10 +533,14 @@ class SVDEngine:
                 table = json.loads(path.read_text())
             except (OSError, ValueError):
                 table = {}
-            table[self._key(shape)] = route
+            table[self._key(shape)] = cache_entry(route, {r: round(t, 6) for r, t in cpu_s.items()})
             atomic_write(path, json.dumps(table, indent=1, sort_keys=True))
         except (OSError, SpecdynError):
             pass  # a read-only home (or a link planted at the cache) only costs re-measuring next time
+
+    def fix(self) -> None:
+        """Keep every route chosen so far for the rest of the run (rows computed with them are being written)."""
+        self.fixed |= set(self.chosen)
 
     def batcher(self):
         """The device's batched Gram route (specdyn.spectral.gpu.BatchedGram), made once."""
@@ -376,6 +563,8 @@ class SVDEngine:
 
     def summary(self) -> dict:
         """The route used per shape, for the store's attrs and the benchmark."""
+        if self.top == 0 and not self.device.startswith("cuda"):
+            return {"all": "values"}
         if self.route != "auto":
             return {"all": self.route}
         return {f"{m}x{n}": r for (m, n), r in sorted(self.chosen.items())}

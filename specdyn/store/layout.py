@@ -123,8 +123,9 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
     pair.attrs["pairs"] = [p.to_json() for p in pairs]
     for name in METRICS:
         _array(root, name, (0, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
-    _array(root, "stability", (0, M, top), (1, max(M, 1), top), "float32", ("checkpoint", "matrix", "rank"))
-    _array(root, "alignment", (0, P, top), (1, max(P, 1), top), "float32", ("checkpoint", "pair", "rank"))
+    t = max(top, 1)  # chunk sizes: a values-only store (top 0) has zero-width vector arrays
+    _array(root, "stability", (0, M, top), (1, max(M, 1), t), "float32", ("checkpoint", "matrix", "rank"))
+    _array(root, "alignment", (0, P, top), (1, max(P, 1), t), "float32", ("checkpoint", "pair", "rank"))
     _array(root, "alignment_score", (0, P), (1, max(P, 1)), "float64", ("checkpoint", "pair"))
     for s in specs:
         g = root.require_group(matrix_group(s.name))
@@ -133,8 +134,8 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
         _array(g, "sv", (0, s.k), (1, s.k), "float64", ("checkpoint", "k"))
         # Singular vectors are float32 noise to a compressor (zstd saves 3% of them) but it doubles the cost of
         # writing them and quadruples that of reading them back: they are stored uncompressed.
-        _array(g, "U", (0, m, r), (1, m, r), "float32", ("checkpoint", "m", "top"), compressors=None)
-        _array(g, "V", (0, n, r), (1, n, r), "float32", ("checkpoint", "n", "top"), compressors=None)
+        _array(g, "U", (0, m, r), (1, m, max(r, 1)), "float32", ("checkpoint", "m", "top"), compressors=None)
+        _array(g, "V", (0, n, r), (1, n, max(r, 1)), "float32", ("checkpoint", "n", "top"), compressors=None)
 
 
 def _file_arrays(root, rows: int) -> None:

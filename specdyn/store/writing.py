@@ -248,6 +248,8 @@ class RowWriter:
 
     def matrix_values(self, name: str, spectrum) -> list[tuple[object, object]]:
         sv, U, V = self.matrices[name]
+        if U.shape[-1] == 0:  # a values-only store: nothing to write for the vectors
+            return [(sv, spectrum.s)]
         return [(sv, spectrum.s), (U, spectrum.U), (V, spectrum.V)]
 
     def write(self, i: int, step: int, relpath: str, source: int, row, fingerprint=(-1, -1)) -> None:
@@ -360,6 +362,8 @@ def derive(root) -> None:
         return U.shape[1] * U.shape[2] + V.shape[1] * V.shape[2]
 
     top = root["stability"].shape[-1]
+    if top == 0:  # a values-only store: no vectors to compare
+        done = done[:0]
     arrays = derive_stability(done, root["done"].shape[0], len(names), top, vectors, row_values)
     for name, values in arrays.items():
         root[name][:] = values
