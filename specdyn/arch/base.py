@@ -31,13 +31,15 @@ class Attention:
 @dataclass(frozen=True)
 class Stack:
     """A stack of identical blocks: `blocks` is a regex matching a block's prefix (searched after any wrapper
-    prefix), `embed` regexes of the matrices that write the stack's input."""
+    prefix), `embed` regexes of the matrices that write the stack's input. `mlp_fused`: one projection whose
+    output rows are two halves (gate and up, `chunk(2)` in the forward) that both feed `mlp_out`."""
 
     blocks: str
     attention: tuple[Attention, ...]
     mlp_in: tuple[str, ...]
     mlp_out: str
     embed: tuple[str, ...] = ()
+    mlp_fused: str = ""
 
 
 def config_heads(config: dict) -> tuple[int | None, int | None]:

@@ -3,7 +3,8 @@ to a transformer block, sequential or parallel, encoder or decoder.
 
 Per block: every matrix writing the block's input -> every reader of it (q, k, v or the fused projection; in a
 parallel block also the MLP's inputs); query-key per head; value -> output projection; attention output -> the
-MLP's inputs (sequential blocks); each MLP input -> the MLP output. The block's output writers (the MLP output;
+MLP's inputs (sequential blocks); each MLP input -> the MLP output (both halves of a fused gate/up projection,
+read through their rows). The block's output writers (the MLP output;
 in a parallel block also the attention output) feed the next block, and the last block feeds the head chain.
 Cross-attention reads the decoder stream in q and the encoder's output in k and v.
 """
@@ -107,9 +108,17 @@ def family_pairs(family: Family, config: dict, names: Names, heads: int | None) 
                     if not parallel:
                         writers = [o]
             ins = [_get(rel, n) for n in stack.mlp_in]
-            link(block_in if parallel else writers, ins)
+            fused_mlp = _get(rel, stack.mlp_fused) if stack.mlp_fused else None
+            link(block_in if parallel else writers, [*ins, fused_mlp])
             mlp_out = _get(rel, stack.mlp_out)
             link(ins, [mlp_out])
+            if fused_mlp is not None and mlp_out is not None:  # each half of [gate; up] feeds the output
+                half = fused_mlp.shape[0] // 2
+                for rows in ((0, half), (half, 2 * half)):
+                    p = chain_kind(fused_mlp, mlp_out, rows=rows)
+                    if p is None:
+                        broken.append(f"{fused_mlp.name}[{rows[0]}:{rows[1]}] -> {mlp_out.name}")
+                    add(p)
             if mlp_out is not None:
                 writers = [*out, mlp_out] if parallel else [mlp_out]
         if si == 0:

@@ -1,5 +1,6 @@
-"""GPT-2: Conv1D weights (in x out, transposed so rows are outputs); `c_attn` fuses q, k, v as column thirds
-(`split(split_size, dim=2)` in GPT2Attention.forward), so after the transpose its rows are [q; k; v] blocks."""
+"""GPT-2, OpenAI GPT-1 and ImageGPT: Conv1D weights (in x out, transposed so rows are outputs); `c_attn` fuses
+q, k, v as column thirds (`split(split_size, dim=2)` in each attention's forward), so after the transpose its
+rows are [q; k; v] blocks."""
 
 from specdyn.arch.base import Attention, Family, Stack
 
@@ -18,3 +19,20 @@ FAMILY = Family(
     heads_chains=(("lm_head",),),
     layout=lambda config: "blocks",
 )
+
+# OpenAI GPT-1 and ImageGPT: the same Conv1D `c_attn`, split in thirds (`x.split(self.split_size, dim=2)`)
+OPENAI = Family(
+    name="openai-gpt",
+    model_types=("openai-gpt",),
+    stacks=(
+        Stack(
+            blocks=r"h\.\d+\.",
+            attention=(Attention(qkv="attn.c_attn", o="attn.c_proj"),),
+            mlp_in=("mlp.c_fc",),
+            mlp_out="mlp.c_proj",
+            embed=("tokens_embed",),
+        ),
+    ),
+    heads_chains=(("lm_head",),),
+)
+IMAGEGPT = Family(name="imagegpt", model_types=("imagegpt",), stacks=FAMILY.stacks, heads_chains=FAMILY.heads_chains)

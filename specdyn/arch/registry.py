@@ -1,12 +1,22 @@
 """The architecture families specdyn knows, by Hugging Face `model_type`: adding a family is a module and a line.
 A model_type not listed gets the generic default (module types from the model, pairs by shape rules)."""
 
-from specdyn.arch import bert, bloom, gpt2, gpt_neox, llama, opt, phi, t5, vit
+from specdyn.arch import bert, bloom, codegen, gpt2, gpt_bigcode, gpt_neox, llama, mpt, opt, phi, phi3, t5, vit
 from specdyn.arch.base import Family
 
 _ALL = (
     gpt2.FAMILY,
+    gpt2.OPENAI,
+    gpt2.IMAGEGPT,
+    gpt_bigcode.FAMILY,
+    codegen.FAMILY,
     gpt_neox.FAMILY,
+    gpt_neox.JAPANESE,
+    gpt_neox.PERSIMMON,
+    mpt.MPT,
+    mpt.MODERNBERT,
+    phi3.PHI3,
+    phi3.GLM,
     llama.FAMILY,
     opt.FAMILY,
     bloom.BLOOM,

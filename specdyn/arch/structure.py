@@ -9,7 +9,7 @@ from specdyn.arch.base import Family, config_heads
 from specdyn.arch.chain import Names, family_pairs
 from specdyn.arch.registry import family_for
 from specdyn.arch.unet import TASKS
-from specdyn.spectral.matrices import MatrixSpec, classify
+from specdyn.spectral.matrices import GATE_UP, UNSPLIT, MatrixSpec, classify, looks_fused
 from specdyn.spectral.pairs import PairSpec, find_pairs
 
 GUESSED = "guessed from names and shapes"
@@ -33,6 +33,7 @@ class Structure:
     model_class: str | None = None
     broken: list[str] = field(default_factory=list)  # links the family states whose shapes do not chain
     warning: str | None = None
+    unsplit: list[str] = field(default_factory=list)  # fused projections analyzed whole: no layout is known
 
     def pairs_for(self, specs: list[MatrixSpec]) -> list[PairSpec]:
         """The pairs among `specs` (after --include/--exclude)."""
@@ -124,7 +125,7 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
             _guessed_specs(shapes), None, H, Hkv, structure, model_type=config["model_type"],
             warning=f"{why}: depth order, kinds and pairs are {structure}",
         )  # fmt: skip
-    specs, by_model, tied = [], {}, {}
+    specs, by_model, tied, unsplit = [], {}, {}, []
     fused = family.fused({**config, **({"num_attention_heads": H} if heads_opt else {})}) if family else None
     roles = _roles(family, view.order) if family else {}
     for mname in view.order:
@@ -133,10 +134,14 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
             continue
         kind, transposed = view.kinds[mname]
         role = roles.get(mname)
+        split = fused if role == "qkv" else (GATE_UP if role == "gate_up" else None)
+        if role is None and kind == "linear" and looks_fused(mname):  # no family states how it splits
+            split = (UNSPLIT, H, Hkv)
+            unsplit.append(ckpt)
         spec = MatrixSpec(
             ckpt, mshapes[ckpt],
             "attention_in_proj" if role == "qkv" else ("head" if role == "head" and kind == "linear" else kind),
-            transposed, fused if role == "qkv" else None,
+            transposed, split,
         )  # fmt: skip
         specs.append(spec)
         by_model[mname] = spec
@@ -162,12 +167,17 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
     return Structure(
         specs, pairs, H, Hkv, f"{MODEL} ({view.model_class}, transformers {view.version})", tied, refused,
         family.name if family else None, config["model_type"], view.model_class, broken,
-        warning=_warning(family, config, unknown, view.model_class),
+        warning=_warning(family, config, unknown, view.model_class, unsplit), unsplit=unsplit,
     )  # fmt: skip
 
 
-def _warning(family, config, unknown, model_class) -> str | None:
+def _warning(family, config, unknown, model_class, unsplit=()) -> str | None:
     parts = []
+    if unsplit:
+        parts.append(
+            f"{len(unsplit)} fused projections are not split into q/k/v or gate/up, for lack of a stated layout "
+            f"(e.g. {unsplit[0]!r}; recorded per matrix in `fused`): they get no query-key or value-output pairs"
+        )
     if unknown:
         parts.append(
             f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of {model_class} and are not "
@@ -187,15 +197,20 @@ def view_ckpt_name(view, model_name: str) -> str:
 
 
 def _roles(family: Family, order: list[str]) -> dict[str, str]:
-    """Model parameter name -> "qkv" (a fused projection) or "head", from the family's role names."""
+    """Model parameter name -> "qkv" (a fused projection), "gate_up" (a fused MLP input) or "head", from the
+    family's role names."""
     roles = {}
     for stack in family.stacks:
         rx = re.compile(rf"(^|\.)({stack.blocks})")
         fused = {n for att in stack.attention for n in att.qkv.split("|") if n}
+        gate_up = {n for n in stack.mlp_fused.split("|") if n}
         for name in order:
             m = rx.search(name)
-            if m and name[m.end() :].removesuffix(".weight") in fused:
+            rel = name[m.end() :].removesuffix(".weight") if m else None
+            if rel in fused:
                 roles[name] = "qkv"
+            elif rel in gate_up:
+                roles[name] = "gate_up"
     for chain in family.heads_chains:  # the last matrix of a head chain is the head (LM head, classifier)
         rx = re.compile(rf"(^|\.)({chain[-1]})\.weight$")
         roles.update({n: "head" for n in order if rx.search(n)})

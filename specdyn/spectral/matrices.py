@@ -19,7 +19,11 @@ from specdyn.errors import SpecdynError
 KINDS = ("linear", "conv", "tconv", "embedding", "attention_in_proj", "lstm", "head")
 ROWS_ARE_OUTPUTS = "rows=outputs"
 TRANSPOSED = "transposed from Conv1D (in x out)"
-FUSED_LAYOUTS = ("blocks", "per_head", "grouped")  # docs/architectures.md: how q, k, v rows are interleaved
+# docs/architectures.md: how a fused projection's rows interleave q, k, v (or gate and up); "unsplit": fused,
+# but no family states how, so it is analyzed whole and gets no head pairs
+FUSED_LAYOUTS = ("blocks", "per_head", "grouped", "codegen", "gate_up", "unsplit")
+UNSPLIT = "unsplit"
+GATE_UP = ("gate_up", 0, 0)  # [gate; up] halves, each read by the MLP's output projection (no heads)
 
 _TCONV = re.compile(r"(tconv|conv_?transpose|deconv|upconv)", re.IGNORECASE)
 _EMBED = re.compile(r"(embed|(^|\.)(wte|wpe|tok_emb|pos_emb|word_embeddings|position_embeddings)(\.|$))", re.IGNORECASE)
@@ -27,6 +31,9 @@ _HEAD = re.compile(r"(^|\.)(lm_head|embed_out)(\.weight)?$")
 _TOKENS = re.compile(r"(cls_token|dist_token|mask_token|pos_embed|position_embedding|register_tokens)", re.IGNORECASE)
 _FUSED_ATTN = re.compile(r"(in_proj_weight|(^|\.)(c_attn|qkv|query_key_value|wqkv|Wqkv)(\.|$))")
 _LSTM = re.compile(r"weight_(ih|hh)_l\d+")
+_FUSED_ANY = re.compile(
+    r"(^|\.)(c_attn|qkv|qkv_proj|query_key_value|wqkv|Wqkv|W_pack|att_proj|gate_up_proj|w12|Wi)(\.weight)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,11 @@ def classify(name: str, shape: tuple[int, ...]) -> str:
     if _EMBED.search(name):
         return "embedding"
     return "linear"
+
+
+def looks_fused(name: str) -> bool:
+    """A parameter whose name says it fuses q/k/v or gate/up (c_attn, qkv_proj, Wqkv, gate_up_proj, ...)."""
+    return bool(_FUSED_ANY.search(name) or _FUSED_ATTN.search(name))
 
 
 def matches(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:

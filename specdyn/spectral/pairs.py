@@ -29,6 +29,7 @@ from specdyn.spectral.metrics import alignment_diag
 from specdyn.spectral.svd import Spectrum, head_left_vectors
 
 PAIR_KINDS = ("plain", "embedding", "vo", "qk", "lstm_gate")
+CODEGEN_MP = 4  # CodeGenAttention.mp_num, a constant in transformers' code (not a config value)
 
 _Q = re.compile(r"(^|\.)(q_proj|query|wq|q)(\.weight)$")
 _K = re.compile(r"(^|\.)(k_proj|key|wk|k)(\.weight)$")
@@ -49,28 +50,30 @@ class PairSpec:
     kv_heads: int | None = None
     cols: tuple[int, int] | None = None
     tied_as: str | None = None
+    rows: tuple[int, int] | None = None  # prev read through its output rows [a, b) (a fused gate/up projection)
 
     @property
     def name(self) -> str:
         if self.kind == "qk" and self.prev == self.next:
             return f"{self.prev} (qk)"
         cols = f"[:, {self.cols[0]}:{self.cols[1]}]" if self.cols else ""
-        return f"{self.prev} -> {self.tied_as or self.next}{cols}"
+        rows = f"[{self.rows[0]}:{self.rows[1]}]" if self.rows else ""
+        return f"{self.prev}{rows} -> {self.tied_as or self.next}{cols}"
 
     def to_json(self) -> dict:
         out = {"name": self.name, "prev": self.prev, "next": self.next, "kind": self.kind}
-        for key in ("heads", "kv_heads", "cols", "tied_as"):
+        for key in ("heads", "kv_heads", "cols", "tied_as", "rows"):
             value = getattr(self, key)
             if value is not None:
-                out[key] = list(value) if key == "cols" else value
+                out[key] = list(value) if key in ("cols", "rows") else value
         return out
 
     @classmethod
     def from_json(cls, doc: dict) -> "PairSpec":
-        cols = doc.get("cols")
+        cols, rows = doc.get("cols"), doc.get("rows")
         return cls(
             doc["prev"], doc["next"], doc["kind"], doc.get("heads"), doc.get("kv_heads"),
-            tuple(cols) if cols else None, doc.get("tied_as"),
+            tuple(cols) if cols else None, doc.get("tied_as"), tuple(rows) if rows else None,
         )  # fmt: skip
 
 
@@ -107,6 +110,10 @@ def role_rows(spec: MatrixSpec, role: str, n_heads: int | None = None) -> np.nda
         slots = {"q": np.arange(g), "k": np.array([g]), "v": np.array([g + 1])}[role]
         base = np.arange(Hkv)[:, None] * (g + 2) + slots[None]  # (H_kv, len(slots)) head slots
         return (base.ravel()[:, None] * dh + np.arange(dh)[None]).ravel()
+    if layout == "codegen":  # rows viewed as (mp_num = 4, 3, D/4): each group's q, then v, then k
+        local = m // (3 * CODEGEN_MP)
+        slot = {"q": 0, "v": 1, "k": 2}[role]
+        return (np.arange(CODEGEN_MP)[:, None] * 3 * local + slot * local + np.arange(local)[None]).ravel()
     raise SpecdynError(f"{spec.name}: unknown fused layout {layout!r}")
 
 
@@ -118,6 +125,8 @@ def layout_fits(spec: MatrixSpec, n_heads: int | None) -> bool:
         return m % 3 == 0
     if not Hkv or H % Hkv:
         return False
+    if layout == "codegen":
+        return H == Hkv and m % (3 * CODEGEN_MP) == 0 and (m // 3) % H == 0
     parts = {"blocks": H + 2 * Hkv, "per_head": 3 * H, "grouped": Hkv * (H // Hkv + 2)}.get(layout)
     return bool(parts) and m % parts == 0 and (layout != "per_head" or H == Hkv)
 
@@ -134,16 +143,22 @@ def out_dim(spec: MatrixSpec) -> int:
 
 
 def chain_kind(
-    a: MatrixSpec, b: MatrixSpec, cols=None, heads=None, tied: bool = False, value: bool | None = None
+    a: MatrixSpec, b: MatrixSpec, cols=None, heads=None, tied: bool = False, value: bool | None = None, rows=None
 ) -> PairSpec | None:
-    """The pair a -> b (b read through input channels `cols`), or None when their shapes do not chain. `value`:
-    a is a separate value projection (default: judged by its name), which under GQA feeds an output projection
-    reading H / H_kv times as many inputs."""
+    """The pair a -> b (b read through input channels `cols`, a through its output rows `rows`), or None when
+    their shapes do not chain. `value`: a is a separate value projection (default: judged by its name), which
+    under GQA feeds an output projection reading H / H_kv times as many inputs."""
     if b.kind == "embedding" and not tied:
         return None
     width = cols[1] - cols[0] if cols else b.in_channels
     if cols and not (0 <= cols[0] < cols[1] <= b.in_channels):
         return None
+    if rows is not None:  # a row block of prev (one half of a fused gate/up projection)
+        if a.kind in ("embedding", "attention_in_proj") or not (0 <= rows[0] < rows[1] <= a.shape[0]):
+            return None
+        if rows[1] - rows[0] != width:
+            return None
+        return PairSpec(a.name, b.name, "plain", None, None, tuple(cols) if cols else None, None, tuple(rows))
 
     def pair(kind, h=None, hkv=None):
         return PairSpec(a.name, b.name, kind, h, hkv, tuple(cols) if cols else None)
@@ -260,7 +275,8 @@ def find_pairs(specs: list[MatrixSpec], n_heads: int | None) -> list[PairSpec]:
 # --- --pairs FILE --------------------------------------------------------------------------------------------
 
 _LINE = re.compile(
-    r"^(?P<a>[^\s\[]+)\s*(?:->\s*|\s+)(?P<b>[^\s\[]+)(?:\s*\[\s*(?::\s*,\s*)?(?P<lo>\d+)\s*:\s*(?P<hi>\d+)\s*\])?$"
+    r"^(?P<a>[^\s\[]+)(?:\[\s*(?P<rlo>\d+)\s*:\s*(?P<rhi>\d+)\s*\])?\s*(?:->\s*|\s+)(?P<b>[^\s\[]+)"
+    r"(?:\s*\[\s*(?::\s*,\s*)?(?P<lo>\d+)\s*:\s*(?P<hi>\d+)\s*\])?$"
 )
 
 
@@ -268,7 +284,8 @@ def read_pairs_file(
     path: Path, specs: list[MatrixSpec], n_heads: int | None, tied: dict[str, str] | None = None
 ) -> list[PairSpec]:
     """Pairs listed one per line, in the names `specdyn info` shows: `prev -> next` (or `prev next`),
-    `prev -> next[:, a:b]` (next read through input channels a..b), `name (qk)` or a name written twice (a fused
+    `prev -> next[:, a:b]` (next read through input channels a..b), `prev[a:b] -> next` (prev's output rows
+    a..b: one half of a fused gate/up projection), `name (qk)` or a name written twice (a fused
     query-key pair), `q_proj k_proj` (separate query-key); `#` starts a comment. A tied alias (`lm_head.weight`)
     names the embedding it shares. The kind (value rows, LSTM gate, heads) follows from the matrices, as for the
     automatic pairs. The whole file is checked before any work: the first bad line is a one-line error."""
@@ -292,7 +309,8 @@ def read_pairs_file(
         m = _LINE.match(line)
         if not m:
             raise SpecdynError(
-                f"{where}: expected `prev -> next`, `prev -> next[:, a:b]` or `name (qk)`, got {raw.strip()!r}"
+                f"{where}: expected `prev -> next`, `prev -> next[:, a:b]`, `prev[a:b] -> next` or `name (qk)`, "
+                f"got {raw.strip()!r}"
             )
         names = [m["a"], m["b"]]
         missing = [n for n in names if n not in by_name and n not in tied]
@@ -301,12 +319,13 @@ def read_pairs_file(
         a = by_name[tied.get(names[0], names[0])]
         b = by_name[tied.get(names[1], names[1])]
         cols = (int(m["lo"]), int(m["hi"])) if m["lo"] is not None else None
-        pairs.append(_file_pair(where, a, b, cols, n_heads, names[1] if names[1] in tied else None))
+        rows = (int(m["rlo"]), int(m["rhi"])) if m["rlo"] is not None else None
+        pairs.append(_file_pair(where, a, b, cols, n_heads, names[1] if names[1] in tied else None, rows))
     return pairs
 
 
-def _file_pair(where, a, b, cols, n_heads, tied_as) -> PairSpec:
-    if a.name == b.name or (_Q.search(a.name) and _K.search(b.name)):
+def _file_pair(where, a, b, cols, n_heads, tied_as, rows=None) -> PairSpec:
+    if rows is None and (a.name == b.name or (_Q.search(a.name) and _K.search(b.name))):
         if a.name == b.name and a.kind != "attention_in_proj":
             raise SpecdynError(f"{where}: {a.name} is not a fused q/k/v projection, so it has no query-key pair")
         if not (n_heads or a.fused):
@@ -318,14 +337,15 @@ def _file_pair(where, a, b, cols, n_heads, tied_as) -> PairSpec:
                 f"{n_heads} query heads and a whole number of key heads"
             )
         return p
-    p = chain_kind(a, b, cols, n_heads, tied=tied_as is not None)
+    p = chain_kind(a, b, cols, n_heads, tied=tied_as is not None, rows=rows)
     if p is None:
         into = f"input channels {cols[0]}:{cols[1]} of " if cols else ""
+        frm = f"rows {rows[0]}:{rows[1]} of " if rows else ""
         raise SpecdynError(
-            f"{where}: {a.name} {list(a.shape)} does not feed {into}{b.name} {list(b.original_shape)}: "
+            f"{where}: {frm}{a.name} {list(a.shape)} does not feed {into}{b.name} {list(b.original_shape)}: "
             "the previous layer's output dimension must equal the next layer's input dimension"
         )
-    return PairSpec(p.prev, p.next, p.kind, p.heads, p.kv_heads, p.cols, tied_as)
+    return PairSpec(p.prev, p.next, p.kind, p.heads, p.kv_heads, p.cols, tied_as, p.rows)
 
 
 # --- slices and diagonals -------------------------------------------------------------------------------------
@@ -343,6 +363,8 @@ def slice_needs(pairs: list[PairSpec], specs: list[MatrixSpec]) -> dict[str, set
             needs.setdefault(p.next, set()).add(("k", p.kv_heads or p.heads))
         if p.cols:
             needs.setdefault(p.next, set()).add(("cols", *p.cols))
+        if p.rows:
+            needs.setdefault(p.prev, set()).add(("rows", *p.rows))
     return needs
 
 
@@ -366,6 +388,8 @@ def slice_vectors(W: np.ndarray, spec: MatrixSpec, needs: set[tuple], n_heads: i
         elif need[0] == "cols":
             k = spec.kernel_size
             out[need] = engine(np.ascontiguousarray(W[:, need[1] * k : need[2] * k]))
+        elif need[0] == "rows":
+            out[need] = engine(np.ascontiguousarray(W[need[1] : need[2]]))
     return out
 
 
@@ -396,6 +420,8 @@ def pair_diag(pair: PairSpec, specs: dict[str, MatrixSpec], spectra: dict[str, S
     elif pair.kind == "lstm_gate":
         H = a.shape[0] // 4
         U_prev = spectra[a.name].U[2 * H : 3 * H]
+    elif pair.rows:
+        U_prev = slices[a.name][("rows", *pair.rows)].U
     else:
         U_prev = spectra[a.name].U
     if pair.cols:
