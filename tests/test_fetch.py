@@ -102,3 +102,17 @@ def test_offline_the_real_list_repo_refs_fails_in_one_line(monkeypatch, tmp_path
     monkeypatch.setattr(hf_hub.constants, "HF_HUB_OFFLINE", True)
     result = runner.invoke(app, ["fetch", REPO, "--log-spaced", "4", "--cache-dir", str(tmp_path)])
     assert result.exit_code != 0 and "could not be reached" in result.output and "Traceback" not in result.output
+
+
+def test_fetch_without_cache_dir_uses_huggingface_hubs_cache(monkeypatch, tmp_path):
+    """huggingface_hub 1.x/2.x no longer import `constants` with the package (it was an AttributeError); the
+    oldest supported release (0.23) is checked by .ci/run, which reruns this test with it."""
+    import importlib
+
+    constants = importlib.import_module("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    result = runner.invoke(app, ["fetch", REPO, "--revisions", "step0,step8", "--dry-run", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["cache_dir"] == str(tmp_path / "hf-cache") and summary["revisions"] == ["step0", "step8"]
+    assert summary["analyze"].split()[2] == str(tmp_path / "hf-cache" / "models--tiny--neox")

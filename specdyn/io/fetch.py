@@ -59,6 +59,15 @@ def hub():
     return huggingface_hub
 
 
+def default_cache() -> str:
+    """huggingface_hub's cache folder (HF_HUB_CACHE, HF_HOME/hub). `huggingface_hub.constants` is a submodule that
+    1.x and 2.x no longer import with the package, so it is imported by name (0.23 has it too)."""
+    import importlib
+
+    hub()
+    return importlib.import_module("huggingface_hub.constants").HF_HUB_CACHE
+
+
 def _hub_error(repo: str, e: Exception) -> SpecdynError:
     kind = type(e).__name__
     first = str(e).strip().splitlines()[0] if str(e).strip() else kind
@@ -131,7 +140,7 @@ def fetch(repo: str, opts: FetchOptions, show_progress: bool = True) -> dict:
 
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise SpecdynError(f"{repo!r}: give the hub repo id as org/name, e.g. EleutherAI/pythia-70m")
-    cache_dir = opts.cache_dir or hub().constants.HF_HUB_CACHE
+    cache_dir = opts.cache_dir or default_cache()
     revisions = choose(repo, opts)
     done, fetched = [], []
     if not opts.dry_run:
