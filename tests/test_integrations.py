@@ -204,3 +204,22 @@ def test_trainer_callback_series_is_the_checkpoint_series(tmp_path, one_thread):
         assert result.exit_code == 0, result.output
         full.append(json.loads(result.stdout)["full"])
     assert full[0] == full[1]
+
+
+def test_the_background_analyze_never_imports_from_the_working_folder(tmp_path, monkeypatch):
+    """A `typer.py` (a dependency's name) in the training script's working folder is not imported by the
+    background `python -m specdyn analyze` (issue 17 item 5); specdyn itself is still found."""
+    import subprocess
+
+    from specdyn.integrations.core import analyze_command, analyze_env
+
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "shadowed"
+    (work / "typer.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\nraise SystemExit(9)\n")
+    (work / "run").mkdir()  # no checkpoints yet: analyze starts, imports everything, and exits 3
+    monkeypatch.chdir(work)
+    env = analyze_env({k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    done = subprocess.run(analyze_command(work / "run", None), env=env, cwd=work, capture_output=True, timeout=120)
+    assert done.returncode == 3 and "no checkpoints" in done.stderr.decode(), done.stderr.decode()[-2000:]
+    assert not marker.exists()

@@ -62,12 +62,11 @@ def cpu_state_dict(module) -> dict:
 
 def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: dict) -> Path:
     """One checkpoint through the safetensors format's writer, written beside and renamed into place."""
+    from specdyn.files import atomic_path
     from specdyn.io.base import Saved
     from specdyn.io.registry import get_format
 
     fmt = get_format("safetensors")
-    from specdyn.files import atomic_path
-
     path = Path(run_dir) / fmt.checkpoint_name(step)
     with atomic_path(path) as tmp:
         fmt.write(tmp, Saved(state, step, task, config))
@@ -76,9 +75,27 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: d
 
 def analyze_command(run_dir: Path, store: Path | None) -> list[str]:
     """`specdyn analyze` as a separate interpreter: no pickling, and the user's training script is never
-    re-imported (as multiprocessing's spawn would do with an unguarded `__main__`)."""
-    cmd = [sys.executable, "-m", "specdyn", "analyze", str(run_dir), "--quiet"]
-    return cmd + (["--out", str(store)] if store else [])
+    re-imported (as multiprocessing's spawn would do with an unguarded `__main__`).
+
+    `-P`: the training script's working folder is not put on the child's path, so a `typer.py` (or any module)
+    lying there cannot shadow a dependency. Not `-I`, which would also drop PYTHONPATH and the user's site
+    packages, where a user's specdyn and its dependencies may be installed (`analyze_env` keeps specdyn found)."""
+    cmd = [sys.executable, "-P", "-m", "specdyn", "analyze", str(Path(run_dir).absolute()), "--quiet"]
+    return cmd + (["--out", str(Path(store).absolute())] if store else [])
+
+
+def analyze_env(environ=None) -> dict[str, str]:
+    """The background analyze's environment: one thread per BLAS, and the folder this specdyn was imported from
+    first on PYTHONPATH unless it is a site-packages folder (a source checkout then still imports under -P)."""
+    import site
+
+    env = {**(os.environ if environ is None else environ)}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    root = str(Path(__file__).resolve().parents[2])
+    sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in sites:
+        env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in [env.get("PYTHONPATH")] if p]])
+    return env
 
 
 def lower_priority(pid: int, nice: int | None) -> None:
@@ -201,9 +218,8 @@ class SeriesSaver:
         if not self._dirty or self._proc is not None:
             return
         self._dirty = False
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._errlog = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=env, stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=analyze_env(), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=self._errlog)  # fmt: skip
         lower_priority(self._proc.pid, self.nice)
 
