@@ -201,17 +201,35 @@ def best_effort():
         pass
 
 
+_REVISION_STEP = re.compile(r"(?:global_)?(?:step|iteration|iter)_?(\d+)", re.I)  # one `-`/`/` part of a name
+_STEP_WORD = re.compile(r"(?:global_)?(?:step|iteration|iter)(?![a-z])", re.I)  # a part that means to be one
+
+
+def parse_revision(revision: str) -> tuple[int | None, str | None]:
+    """(step, None) for a hub revision (branch or tag) naming a step: Pythia `step1000`, OLMo `step1000-tokens4B`
+    (or `stage1-step1000-tokens4B`), `global_step1000`, `iter_0001000`, `checkpoint-1000`, or a bare number.
+    (None, None) for a name stating no step (`main`, `v1.0`): no step is guessed. (None, why) for a name that
+    looks like a step but is not `step<digits>` (`step1e9`, `step-1`) or is out of range: it is refused."""
+    found = None
+    for part in re.split(r"[-/]", revision):
+        m = _REVISION_STEP.fullmatch(part)
+        if m:
+            found = m[1]
+        elif _STEP_WORD.match(part):
+            return None, f"revision {revision!r} is not a step name ({part!r}: a step is step<digits>, e.g. step1000)"
+    if found is None:
+        m = re.fullmatch(r"(?:checkpoint|ckpt)[-_]?(\d+)|(\d+)", revision, re.I)
+        if not m or is_hash(revision):
+            return None, None
+        found = m[1] or m[2]
+    if len(found.lstrip("0")) > 19 or int(found) > MAX_STEP:
+        return None, f"revision {revision!r} names a step out of range (at most {MAX_STEP})"
+    return int(found), None
+
+
 def revision_step(revision: str) -> int | None:
-    """The step a hub revision (branch or tag) names: Pythia `step1000`, OLMo `step1000-tokens4B` (or
-    `stage1-step1000-tokens4B`), `global_step1000`, `iter_0001000`, `checkpoint-1000`, or a bare number.
-    None for any other name (`main`, `v1.0`): no step is guessed from a revision that does not state one."""
-    found = _EXPLICIT.findall(revision)
-    if found:
-        return int(found[-1])
-    m = re.fullmatch(r"(?:checkpoint|ckpt)[-_]?(\d+)|(\d+)", revision, re.I)
-    if m and not is_hash(revision):
-        return int(m[1] or m[2])
-    return None
+    """The step a hub revision names (`parse_revision`), else None."""
+    return parse_revision(revision)[0]
 
 
 def as_step(value) -> int | None:

@@ -47,7 +47,7 @@ def discover(run_dir, order: str = "step", repo: str | None = None) -> list[Chec
         raise SpecdynError(f"{root} is a file; pass the directory that holds the checkpoint series")
     hub = hub_series(root, repo, order)
     if hub is not None:
-        return _ordered(hub, order)
+        return _ordered([c for c in hub if not c.error], order) + [c for c in hub if c.error]
     if repo is not None:
         raise SpecdynError(f"--repo {repo}: {root} is not a Hugging Face hub cache (no models--*/ folders in it)")
     itself = registry.claim_dir(root)

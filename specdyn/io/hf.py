@@ -43,7 +43,7 @@ def shard_path(folder: Path, name: str) -> Path:
 
 
 def trainer_step(folder: Path) -> int | None:
-    return as_step(read_json(folder / "trainer_state.json").get("global_step"))
+    return as_step(read_inside(folder, "trainer_state.json").get("global_step"))
 
 
 def trainer_metadata(folder: Path) -> dict:
@@ -51,8 +51,36 @@ def trainer_metadata(folder: Path) -> dict:
     return {
         key: data
         for key, name in (("config", "config.json"), ("trainer_state", "trainer_state.json"))
-        if (data := read_json(folder / name))
+        if (data := read_inside(folder, name))
     }
+
+
+def read_inside(folder: Path, name: str) -> dict:
+    """A JSON file of the folder (`read_json`), or {} when it leads outside the folder (see `allowed_roots`)."""
+    path = folder / name
+    if not path.is_file():
+        return {}
+    try:
+        check_inside(path, folder, name)
+    except CheckpointError as e:
+        from specdyn.console import warn
+
+        warn(f"{e}; not read", kind="files outside their checkpoint")
+        return {}
+    return read_json(path)
+
+
+def check_inside(path: Path, folder: Path, what: str) -> None:
+    """Refuse a file of a checkpoint folder whose symlinks lead outside `allowed_roots(folder)`."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise CheckpointError(f"{path}: {what} cannot be resolved ({e})") from None
+    if not any(target.is_relative_to(root) for root in allowed_roots(folder)):
+        raise CheckpointError(
+            f"{path}: {what} leads outside the checkpoint folder{' and its hub blobs/' if _snapshot(folder) else ''} "
+            f"(to {target}); refusing to read it"
+        )
 
 
 def read_index(index: Path, folder: Path) -> dict[str, Path]:
@@ -64,7 +92,7 @@ def read_index(index: Path, folder: Path) -> dict[str, Path]:
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f'{index}: not a shard index (needs a non-empty "weight_map" object of name: file)')
-    allowed = _allowed_roots(folder)
+    allowed = allowed_roots(folder)
     shards = {}
     for key, name in weight_map.items():
         if not isinstance(name, str) or not name or not isinstance(key, str):
@@ -82,13 +110,28 @@ def read_index(index: Path, folder: Path) -> dict[str, Path]:
     return shards
 
 
-def _allowed_roots(folder: Path) -> list[Path]:
-    """Where a checkpoint folder's files may live: the folder, and for a hub cache snapshot its repo's blobs/."""
-    roots = [folder.resolve()]
-    snapshots = folder.absolute().parent
-    if snapshots.name == "snapshots" and snapshots.parent.name.startswith(("models--", "datasets--")):
-        roots.append((snapshots.parent / "blobs").resolve())
-    return roots
+def _snapshot(folder: Path) -> bool:
+    """Whether a folder is a hub cache snapshot (`models--org--name/snapshots/<commit>`), by its path."""
+    return folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(("models--", "datasets--"))
+
+
+def allowed_roots(folder: Path) -> list[Path]:
+    """Where a checkpoint folder's files may lead: the folder; for a hub cache snapshot, its own folder in the
+    cache and its repo's blobs/ (not another repo's). A snapshot folder that is itself a link (or lies in a
+    linked snapshots/) is refused: huggingface_hub makes them real folders. A link the user made to a snapshot
+    (a run dir of `stepN` links) is that snapshot."""
+    folder = folder.absolute()
+    if _snapshot(folder):
+        repo = folder.parent.parent.resolve()
+        real = repo / "snapshots" / folder.name
+        if folder.resolve() != real:
+            raise CheckpointError(
+                f"{folder}: this hub snapshot is a symbolic link (to {folder.resolve()}); a hub cache's snapshots "
+                "are its own folders: refusing to read it"
+            )
+        return [real, repo / "blobs"]
+    resolved = folder.resolve()
+    return [resolved, resolved.parent.parent / "blobs"] if _snapshot(resolved) else [resolved]
 
 
 class HFFormat(CheckpointFormat):
@@ -122,6 +165,7 @@ class HFFormat(CheckpointFormat):
         weights = weights_file(path)
         if weights is None:
             raise CheckpointError(f"{path}: no model weights ({' or '.join(WEIGHTS)}) in this folder")
+        check_inside(weights, path, "the weights file")  # as read_index checks every shard
         if weights.name.endswith(".index.json"):
             shards = read_index(weights, path)
             if weights.name.startswith("model.safetensors"):

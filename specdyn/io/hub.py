@@ -14,10 +14,12 @@ hash. Pull-request refs (`refs/pr/N`) are not revisions of the series. A revisio
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
-from specdyn.io.base import Checkpoint, is_hash, revision_step
+from specdyn.io.base import Checkpoint, is_hash, parse_revision, revision_step
 from specdyn.io.hf import HFFormat, weights_file
 
 REPO_PREFIX = "models--"
@@ -48,20 +50,56 @@ def blobs_of(snapshot: Path) -> Path | None:
     return None
 
 
-def read_refs(repo: Path) -> dict[str, str]:
-    """revision name -> commit, from `refs/` (names may hold `/`; `refs/pr/` is skipped)."""
+REF_BYTES = 128  # a ref holds one commit hash (40 or 64 hex digits); anything longer is not one
+
+
+def read_refs(repo: Path, quiet: bool = False) -> dict[str, str]:
+    """revision name -> commit, from `refs/` (names may hold `/`; `refs/pr/` is skipped). A ref that is a link,
+    not a plain file, longer than REF_BYTES, or not a commit hash is left out with a warning (unless `quiet`);
+    links are never followed, here or in a linked refs/ folder."""
+    from specdyn.console import warn
+
     refs_dir = repo / "refs"
     out = {}
+    if refs_dir.is_symlink():
+        if not quiet:
+            warn(f"{refs_dir} is a symbolic link; a hub cache's refs are its own files: no revision read from it")
+        return out
     if not refs_dir.is_dir():
         return out
-    for f in sorted(refs_dir.rglob("*")):
-        rel = f.relative_to(refs_dir).as_posix()
-        if not f.is_file() or rel.startswith("pr/"):
-            continue
-        commit = f.read_text().strip()
-        if is_hash(commit):
-            out[rel] = commit
+    for top, dirs, files in os.walk(refs_dir):  # never into a linked folder
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(top, d))]):
+            f = Path(top) / name
+            rel = f.relative_to(refs_dir).as_posix()
+            if rel.startswith("pr/"):
+                continue
+            commit, why = _read_ref(f)
+            if why and not quiet:
+                warn(f"{f}: {why}; revision {rel} left out", kind="refs left out")
+            elif commit:
+                out[rel] = commit
     return out
+
+
+def _read_ref(f: Path) -> tuple[str | None, str | None]:
+    """(commit, None), or (None, why the ref file is refused); reads at most REF_BYTES + 1 bytes."""
+    try:
+        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        return None, "a symbolic link (a ref is a plain file holding a commit hash)" if f.is_symlink() else e.strerror
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a plain file"
+        data = os.read(fd, REF_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        commit = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None, "not a commit hash (not text)"
+    if len(data) > REF_BYTES or not is_hash(commit) or len(commit) not in (40, 64):
+        return None, f"not a commit hash ({commit[:20]!r}{'...' if len(data) > 20 else ''})"
+    return commit, None
 
 
 def _locate(path: Path, repo: str | None) -> tuple[Path, Path | None] | None:
@@ -131,6 +169,10 @@ def hub_series(path: Path, repo: str | None = None, order: str = "step") -> list
 
 
 def _checkpoint(folder: Path, name: str, snapshot: Path, revisions: list[str], order: str) -> Checkpoint:
+    refused = [why for why in (parse_revision(rev)[1] for rev in revisions) if why]
+    if refused and order == "step":  # found, but unusable: skipped with the reason (or refused with --strict)
+        return Checkpoint(snapshot, folder, None, "hub", revisions[0], name,
+                          error=f"{folder}: {refused[0]}; rename or remove it in refs/")  # fmt: skip
     stepped = {rev: revision_step(rev) for rev in revisions if revision_step(rev) is not None}
     if len(set(stepped.values())) > 1:
         listing = " and ".join(f"{r} (step {s})" for r, s in stepped.items())
@@ -159,7 +201,7 @@ class HubFormat(HFFormat):
         return path if blobs_of(path) is not None and weights_file(path) is not None else None
 
     def recorded_step(self, path: Path, run_dir: Path) -> int | None:
-        steps = [revision_step(r) for r, c in read_refs(path.parent.parent).items() if c == path.name]
+        steps = [revision_step(r) for r, c in read_refs(path.parent.parent, quiet=True).items() if c == path.name]
         steps = [s for s in steps if s is not None]
         return steps[0] if len(set(steps)) == 1 else None
 
