@@ -40,7 +40,9 @@ def train_series(base, run: Path, config, saves=(2, 4, 6), lr=0.05, seed=1) -> d
 
     model = copy.deepcopy(base)
     if config is not None:
-        model = peft.get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the adapter's initial A
+            model = peft.get_peft_model(model, config)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     merged, step = {}, 0

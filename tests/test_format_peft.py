@@ -33,10 +33,10 @@ def series(tmp_path_factory):
     out, bases = {}, {}
     for name, (kind, cfg) in CONFIGS.items():
         if kind not in bases:
-            bases[kind] = save_base(kind, root / kind)
+            bases[kind] = save_base(kind, root / f"base-{kind}")
         base = bases[kind]
         merged = train_series(base, root / name, peft.LoraConfig(**cfg), saves=(2, 4))
-        out[name] = (root / kind, root / name, merged, {k: v.clone() for k, v in base.state_dict().items()})
+        out[name] = (root / f"base-{kind}", root / name, merged, {k: v.clone() for k, v in base.state_dict().items()})
     return out
 
 
@@ -98,7 +98,7 @@ def test_refused_configs_name_the_file(series, tmp_path, edit, message):
     base, run = _copy(series, "rslora", tmp_path)
     path = _config_of(run)
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(SpecdynError) as err:
         CheckpointReader(_on_base(run, base)[0])
     assert message in err.value.message and str(path.parent) in err.value.message
 
@@ -117,3 +117,163 @@ def test_a_base_of_other_shapes_is_refused(series, tmp_path):
     llama = series["dora"][0]
     with pytest.raises(SpecdynError, match="does not hold|pass the base model"):
         CheckpointReader(_on_base(run, llama)[0])
+
+
+# --- analyze --base: stored spectra against merge_and_unload(), base-relative arrays against numpy ------------------
+
+from typer.testing import CliRunner  # noqa: E402
+
+from specdyn.cli import app  # noqa: E402
+from specdyn.store.reading import SpectralStore  # noqa: E402
+from tests.test_store import documented_tables  # noqa: E402
+
+runner = CliRunner()
+
+
+def _analyze(*args):
+    return runner.invoke(app, ["analyze", *map(str, args), "--quiet"])
+
+
+def _svd(W):
+    U, s, _ = np.linalg.svd(np.asarray(W, dtype=np.float64), full_matrices=False)
+    return U, s
+
+
+def _reference(st, j, name, W, W_base, topk=10):
+    """delta_frobenius_norm, base_overlap and intruder counts from the definitions, by numpy on the weights."""
+    spec = st.matrix_spec(name)
+    W, W_base = spec.flatten(np.asarray(W)), spec.flatten(np.asarray(W_base))
+    (U, _), (Ub, _) = _svd(W), _svd(W_base)
+    overlap = np.sum((U[:, :10].T @ Ub[:, :10]) ** 2) / min(10, U.shape[1])
+    cos = np.abs(Ub.T @ U[:, :topk]).max(axis=0)
+    counts = [(cos < e).sum() for e in st.epsilons]
+    return np.linalg.norm(W.astype(np.float64) - W_base), overlap, counts
+
+
+@pytest.mark.parametrize("name", ["dora", "gpt2"])
+def test_analyze_adapter_series_on_its_base(series, tmp_path, name):
+    base, run, merged, base_state = series[name]
+    assert _analyze(run, "--base", base, "-o", tmp_path / "s.zarr").exit_code == 0
+    st = SpectralStore.open(tmp_path / "s.zarr")
+    for array, (dims, dtype) in documented_tables()[
+        "Relative to a base model (only in stores analyzed with one)"
+    ].items():
+        assert st.root[array].metadata.dimension_names == dims and st.root[array].dtype == np.dtype(dtype), array
+    assert list(st.steps) == [2, 4] and st.base["path"] == str(base) and list(st.epsilons) == [0.5, 0.6, 0.7, 0.8, 0.9]
+    intruders, overlap, fro = st.intruders(), st.metric("base_overlap"), st.metric("delta_frobenius_norm")
+    for i, step in enumerate(st.steps):
+        for j, m in enumerate(st.matrices):
+            spec = st.matrix_spec(m)
+            W, W_base = merged[int(step)][m].numpy(), base_state[m].numpy()
+            want = np.linalg.svd(spec.flatten(W).astype(np.float64), compute_uv=False)
+            got = st.sv(m)[i]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * want[0], err_msg=m)
+            if np.array_equal(W, W_base):  # untouched: the base's own spectrum, no update, no intruders
+                assert fro[i, j] == 0 and overlap[i, j] == 1 and not intruders[i, j].any()
+                continue
+            d, o, counts = _reference(st, j, m, W, W_base)
+            assert fro[i, j] == pytest.approx(d, rel=1e-4, abs=1e-6), m
+            assert overlap[i, j] == pytest.approx(o, abs=1e-4), m
+            np.testing.assert_array_equal(intruders[i, j], counts, err_msg=m)
+
+
+def test_lora_delta_rank_is_r_and_untouched_rows_are_filled(series, tmp_path):
+    base, run, _, _ = series["rslora"]
+    args = ("--intruder-epsilon", "0.3,0.9", "--include", "*layers.0.self_attn.[qk]_proj*")
+    assert _analyze(run, "--base", base, "-o", tmp_path / "s.zarr", *args).exit_code == 0
+    st = SpectralStore.open(tmp_path / "s.zarr")
+    assert list(st.epsilons) == [0.3, 0.9] and st.intruders(0.9).shape == (2, len(st.matrices))
+    q = st.matrices.index("model.layers.0.self_attn.q_proj.weight")
+    k = st.matrices.index("model.layers.0.self_attn.k_proj.weight")
+    # a rank-4 update of a 32 x 32 matrix: its normalized stable rank is at most 4/32
+    assert 0 < st.metric("delta_stable_rank")[1, q] <= 4 / 32 + 1e-9
+    assert np.isnan(st.metric("delta_effective_rank")[:, k]).all()  # ΔW = 0: undefined (zero-matrix rule)
+    np.testing.assert_array_equal(st.sv(st.matrices[k])[0], st.sv(st.matrices[k])[1])
+
+
+def test_full_fine_tune_small_lr_has_no_intruders(series, tmp_path):
+    base_dir = series["dora"][0]
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    merged = train_series(base, tmp_path / "full", None, saves=(1, 3), lr=1e-4)
+    only = ("--include", "*layers.1.*")
+    assert _analyze(tmp_path / "full", "--base", base_dir, "-o", tmp_path / "s.zarr", *only).exit_code == 0
+    st = SpectralStore.open(tmp_path / "s.zarr")
+    assert np.nanmax(st.intruders()) == 0 and np.nanmin(st.metric("base_overlap")) > 0.9
+    base_state = base.state_dict()
+    m = "model.layers.1.mlp.down_proj.weight"
+    j = st.matrices.index(m)
+    d = np.linalg.norm(merged[3][m].numpy().astype(np.float64) - base_state[m].numpy())
+    assert st.metric("delta_frobenius_norm")[1, j] == pytest.approx(d, rel=1e-4)
+    # --base first: the series' own first checkpoint
+    assert _analyze(tmp_path / "full", "--base", "first", "-o", tmp_path / "f.zarr", *only).exit_code == 0
+    first = SpectralStore.open(tmp_path / "f.zarr")
+    assert (first.metric("delta_frobenius_norm")[0] == 0).all() and first.base["path"].endswith("checkpoint-1")
+
+
+def _refused(tmp_path, *args, match: str, env=None):
+    out = tmp_path / "bad.zarr"
+    result = runner.invoke(app, ["analyze", *map(str, args), "-o", str(out), "--quiet"], env=env)
+    assert result.exit_code != 0 and match in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "Traceback" not in result.stderr
+    assert not out.exists()
+    return lines
+
+
+def test_bad_input_is_one_line_and_writes_nothing(series, tmp_path):
+    gpt2_base, gpt2_run = series["gpt2"][0], series["gpt2"][1]
+    llama_base, llama_run = series["dora"][0], series["dora"][1]
+    _refused(tmp_path, gpt2_run, "--base", llama_base, match="pass the base model this adapter was trained on")
+    _refused(tmp_path, llama_run, "--base", tmp_path / "nowhere", match="no such file or folder")
+    empty = tmp_path / "hub"
+    empty.mkdir()
+    lines = _refused(tmp_path, llama_run, match="names no base model", env={"HF_HUB_CACHE": str(empty)})
+    assert len(lines) == 1 and "--base PATH" in lines[0]
+    run = tmp_path / "run"
+    shutil.copytree(llama_run, run)
+    for c in run.iterdir():
+        doc = json.loads((c / "adapter_config.json").read_text())
+        (c / "adapter_config.json").write_text(json.dumps({**doc, "peft_type": "IA3"}))
+    assert len(_refused(tmp_path, run, "--base", llama_base, match="PEFT type 'IA3' is not supported")) == 1
+    for c in run.iterdir():
+        (c / "adapter_config.json").write_text('{"peft_type": "LORA", "r": ')
+    _refused(tmp_path, run, "--base", llama_base, match="not valid JSON")
+    # a full fine-tune against a base of other shapes
+    full = tmp_path / "full"
+    shutil.copytree(gpt2_base, full / "checkpoint-1")
+    _refused(tmp_path, full, "--base", llama_base, match="pass the model this run started from")
+
+
+def _hub_cache(root, model_dir, repo="org/tiny", revision="main"):
+    """A hub cache holding `model_dir` as `repo` at `revision` (huggingface_hub's layout, files copied)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(model_dir, folder / "snapshots" / commit)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / revision).write_text(commit)
+    return folder
+
+
+def test_base_from_a_hub_cache(series, tmp_path):
+    base, llama_run, _, _ = series["rslora"]
+    hub = tmp_path / "hub"
+    folder = _hub_cache(hub, base)
+    run = tmp_path / "run"
+    shutil.copytree(llama_run, run)
+    for c in run.iterdir():
+        doc = json.loads((c / "adapter_config.json").read_text())
+        (c / "adapter_config.json").write_text(json.dumps({**doc, "base_model_name_or_path": "org/tiny"}))
+    only = ("--include", "*layers.0.self_attn.q_proj*")
+    result = runner.invoke(app, ["analyze", str(run), "-o", str(tmp_path / "a.zarr"), *only, "--quiet"],
+                           env={"HF_HUB_CACHE": str(hub)})  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    a = SpectralStore.open(tmp_path / "a.zarr")
+    assert a.base["repo"] == "org/tiny" and a.base["revision"] == "main" and a.base["format"] == "hub"
+    assert _analyze(run, "--base", folder, "--base-revision", "main", "-o", tmp_path / "b.zarr", *only).exit_code == 0
+    np.testing.assert_array_equal(SpectralStore.open(tmp_path / "b.zarr").intruders(), a.intruders())
+    _refused(tmp_path, run, "--base", folder, "--base-revision", "step9", *only, match="no revision 'step9'")
+    (hub / "models--org--tiny").rename(hub / "gone")
+    lines = _refused(tmp_path, run, *only, match="not in the local hub cache", env={"HF_HUB_CACHE": str(hub)})
+    assert "specdyn fetch org/tiny" in lines[-1]

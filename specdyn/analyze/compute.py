@@ -16,7 +16,7 @@ from specdyn.io import Checkpoint, CheckpointError, CheckpointReader
 from specdyn.io.buffers import POOL
 from specdyn.io.prefetch import prefetch
 from specdyn.spectral.matrices import MatrixSpec
-from specdyn.spectral.rows import RowComputer
+from specdyn.spectral.rows import MatrixResult, RowComputer
 from specdyn.spectral.svd import ROUTES, SVDEngine, all_finite
 from specdyn.store.writing import (
     RowWriter,
@@ -32,22 +32,69 @@ from specdyn.store.writing import (
 PREFETCH_BYTES = 128 << 20
 # Singular vectors a row holds in memory for its alignment pairs before further matrices are written through.
 SPILL_BYTES = 256 << 20
+# Singular vectors of unchanged matrices (an adapter series' base matrices) held for reuse; beyond this they are
+# read back from the row that first stored them.
+UNCHANGED_BYTES = 256 << 20
 
 
-def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool):
-    """Yield (spec, float32 matrix) for one checkpoint, reading tensor by tensor."""
+class Unchanged:
+    """A matrix that is its base model's as it is (an adapter leaves it alone): computed once per run, from `W`
+    the first time; later rows reuse that result and the matrix is not read again (W None)."""
+
+    def __init__(self, W):
+        self.W = W
+        self.nbytes = getattr(W, "nbytes", 0)
+
+
+class UnchangedResults:
+    """The results of an adapter series' unchanged matrices: computed in the first row that needs them, reused by
+    every later row (their spectra held up to UNCHANGED_BYTES, else read back from that first row)."""
+
+    def __init__(self, root):
+        self.root, self.results, self.rows, self.held = root, {}, {}, 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.results
+
+    def result(self, compute: RowComputer, i: int, j: int, spec: MatrixSpec, W) -> MatrixResult:
+        known = self.results.get(spec.name)
+        if known is None:
+            res = compute.matrix(j, spec, W)
+            size = res.spectrum.U.nbytes + res.spectrum.V.nbytes
+            keep = self.held + size <= UNCHANGED_BYTES
+            self.held += size if keep else 0
+            self.results[spec.name] = MatrixResult(j, res.spectrum if keep else None, res.metrics, res.slices,
+                                                   res.finite)  # fmt: skip
+            self.rows[spec.name] = i
+            return res
+        sp = known.spectrum if known.spectrum is not None else read_matrix(self.root, self.rows[spec.name], spec.name)
+        return MatrixResult(j, sp, dict(known.metrics), known.slices, known.finite)
+
+    def forget(self, i: int) -> None:
+        """Row i failed part-way: what it computed is not in the store to be read back."""
+        for name in [n for n, row in self.rows.items() if row == i]:
+            del self.results[name], self.rows[name]
+
+
+def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool, known=()):
+    """Yield (spec, float32 matrix) for one checkpoint, reading tensor by tensor; an Unchanged matrix instead
+    where the checkpoint holds its base's (read only when its result is not `known` yet)."""
     with CheckpointReader(ckpt, trust_pickle=trust_pickle) as reader:
         for spec in specs:
-            yield spec, spec.flatten(reader.array(spec.name), contiguous=False)
+            if reader.unchanged(spec.name):
+                read = spec.name not in known
+                yield spec, Unchanged(spec.flatten(reader.array(spec.name), contiguous=False) if read else None)
+            else:
+                yield spec, spec.flatten(reader.array(spec.name), contiguous=False)
 
 
-def _checkpoint_stream(todo, specs, trust_pickle):
+def _checkpoint_stream(todo, specs, trust_pickle, known=()):
     """(row, spec, matrix) for every matrix of every checkpoint to compute, in order; (row, "end", error)
     closes each checkpoint, with the CheckpointError that interrupted it, if any."""
     for i, r in todo:
         error = None
         try:
-            for spec, W in _matrices(r["ckpt"], specs, trust_pickle):
+            for spec, W in _matrices(r["ckpt"], specs, trust_pickle, known):
                 yield i, spec, W
         except CheckpointError as e:
             error = e
@@ -78,10 +125,11 @@ def routes_by_shape(routes: dict[str, str]) -> dict[tuple[int, int], str]:
     return out
 
 
-def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=None):
+def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=None, relative=None):
     """Compute and write every row in `todo`; returns the SVD engine (for its route summary) and failures.
 
-    The routes a row was computed with are recorded in the attrs before its `done` flag."""
+    The routes a row was computed with are recorded in the attrs before its `done` flag. `relative`: an
+    `analyze.relative.BaseRelative` adding each row's arrays relative to the base model."""
     engine = make_engine(opts, routes)
     failures = []
     if not todo:
@@ -98,6 +146,11 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
         else:
             rows = _serial_rows(todo, specs, compute, opts, bar, writer)
         for i, r, result in rows:
+            if relative is not None and not isinstance(result, CheckpointError):
+                try:
+                    result.base = relative.row(r["ckpt"], result, _StoredSpectra(root, i))
+                except CheckpointError as e:
+                    result = e
             if isinstance(result, CheckpointError):
                 if opts.strict:
                     raise result
@@ -133,7 +186,8 @@ def _serial_rows(todo, specs, compute, opts, bar, writer):
     """One process: the SVDs use every core's BLAS threads while a thread reads the next matrices. A row's
     spectra are held for its alignment pairs until SPILL_BYTES of them are held; later ones go to the store as
     they are computed and are read back for the pairs (on a 7B model they are 650 MB per row)."""
-    stream = prefetch(_checkpoint_stream(todo, specs, opts.trust_pickle), PREFETCH_BYTES)
+    unchanged = UnchangedResults(writer.root)
+    stream = prefetch(_checkpoint_stream(todo, specs, opts.trust_pickle, unchanged), PREFETCH_BYTES)
     matrix_task = bar.add_task("matrices", total=len(specs)) if bar else None
 
     def one_checkpoint():
@@ -150,7 +204,10 @@ def _serial_rows(todo, specs, compute, opts, bar, writer):
         results, held = [], 0
         try:
             for j, (spec, W) in enumerate(one_checkpoint()):
-                res = compute.matrix(j, spec, W)
+                if isinstance(W, Unchanged):
+                    res = unchanged.result(compute, i, j, spec, W.W)
+                else:
+                    res = compute.matrix(j, spec, W)
                 size = res.spectrum.U.nbytes + res.spectrum.V.nbytes
                 if held + size > SPILL_BYTES:
                     writer.matrix(i, spec.name, res.spectrum)
@@ -163,6 +220,7 @@ def _serial_rows(todo, specs, compute, opts, bar, writer):
             result = compute.assemble(results, _StoredSpectra(writer.root, i))
         except CheckpointError as e:
             result = e
+            unchanged.forget(i)
         yield i, r, result
     if bar:
         bar.remove_task(matrix_task)

@@ -4,13 +4,16 @@ refuse the same inputs with the same message."""
 from dataclasses import dataclass
 
 from specdyn.errors import SpecdynError
-from specdyn.options import Options, option, trust_pickle_option
+from specdyn.options import Options, fractions_option, option, trust_pickle_option
 from specdyn.spectral.svd import ROUTES
 
 SELECT = "Selecting checkpoints and tensors"
 DEFAULT_TOPK = 64
 MAX_TOPK = 1 << 20  # far above any matrix's rank; larger values are refused before anything is read
 COMPUTE = "Computing"
+BASE = "Comparing with the base model"
+INTRUDER_EPSILONS = [0.5, 0.6, 0.7, 0.8, 0.9]  # Shuttleworth et al. (arXiv 2410.21228) sweep these thresholds
+INTRUDER_TOPK = 10  # their k: the fine-tuned matrix's top singular vectors examined
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,29 @@ class AnalyzeOptions(Options):
         "size matches its header); default 0, with --watch 2.",
         panel=SELECT,
     )
+    base: str | None = option(
+        None,
+        "--base",
+        metavar="PATH|first",
+        help="The model the run started from: a model folder (config.json + weights), a checkpoint file, a hub "
+        "cache models--org--name folder, or 'first' (the series' first checkpoint). Adds the arrays relative to "
+        "it (delta_*, base_overlap, intruders). An adapter series defaults to its base_model_name_or_path in the "
+        "local hub cache.",
+        panel=BASE,
+    )
+    base_revision: str | None = option(
+        None, help="With --base a hub cache repo folder: the revision (default: main).", panel=BASE
+    )
+    intruder_epsilon: list[float] = fractions_option(
+        INTRUDER_EPSILONS,
+        "--intruder-epsilon",
+        help="Thresholds on the largest |cosine| with the base's singular vectors below which a top singular "
+        "vector is an intruder (repeatable or comma-separated).",
+        panel=BASE,
+    )
+    intruder_topk: int = option(
+        INTRUDER_TOPK, min=1, max=MAX_TOPK, help="Top singular vectors examined for intruders.", panel=BASE
+    )
     strict: bool = option(False, help="Fail on an unreadable checkpoint instead of skipping it.")
     trust_pickle: bool = trust_pickle_option()
     overwrite: bool = option(False, help="Delete an existing store first.")
@@ -73,6 +99,10 @@ class AnalyzeOptions(Options):
     def check(self) -> None:
         if self.repo is not None and (self.repo.count("/") != 1 or not all(self.repo.split("/"))):
             raise SpecdynError(f"--repo {self.repo!r}: give the hub repo id as org/name, e.g. EleutherAI/pythia-70m")
+        if not self.intruder_epsilon:
+            raise SpecdynError("--intruder-epsilon: give at least one threshold in (0, 1], e.g. 0.5,0.9")
+        if self.base_revision is not None and self.base in (None, "first"):
+            raise SpecdynError("--base-revision: needs --base, a hub cache models--org--name folder")
         if self.device.startswith("cuda"):
             import torch
 
@@ -80,6 +110,10 @@ class AnalyzeOptions(Options):
                 raise SpecdynError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
         elif self.device != "cpu":
             raise SpecdynError(f"--device {self.device!r}: use 'cpu' or 'cuda'")
+
+    def base_doc(self) -> dict:
+        """What the base-relative arrays of a store are computed with (recorded with the base, checked on rerun)."""
+        return {"epsilon": sorted(set(self.intruder_epsilon)), "intruder_topk": self.intruder_topk}
 
     def content_options(self) -> dict:
         """Options that change what a row holds: a rerun must use the same ones (store attrs keep `top`)."""

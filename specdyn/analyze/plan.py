@@ -2,7 +2,7 @@
 analyzed with one set of options."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from specdyn import console
@@ -10,6 +10,7 @@ from specdyn.analyze.options import AnalyzeOptions
 from specdyn.arch import describe
 from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader, discover, number_by_name
+from specdyn.io.basemodel import base_of_adapter, resolve_base
 from specdyn.io.discovery import fingerprint, still_written
 from specdyn.io.runmeta import recorded_task
 from specdyn.selection import subsample
@@ -41,6 +42,8 @@ class Plan:
     skipped: list[dict]
     structure: dict  # specdyn.arch.Structure.attrs() of a new store; {} for an existing one
     skipped_tensors: list[dict]  # ndim >= 2 tensors that are not floating point: {"name", "dtype", "shape"}
+    base: Checkpoint | None = None  # the base model the base-relative arrays compare with
+    base_doc: dict | None = None  # what the store records of it (attrs `base`)
 
     @property
     def in_place(self) -> bool:
@@ -60,6 +63,9 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
         bad += [c for c in ckpts if c.error]  # found, but unusable before reading (an out-of-range step)
         ckpts = [c for c in ckpts if not c.error]
         discovered += number_by_name(ckpts) if opts.order == "name" else ckpts
+    base, base_doc = _base(store, attrs, discovered, opts)
+    if base is not None:  # adapters are read on their base: their effective weights
+        discovered = [replace(c, base=base) if c.format == "peft" else c for c in discovered]
     # a checkpoint's source is the run dir it is relative to (a hub repo folder, the parent of a single folder)
     roots = list(dict.fromkeys(c.run_dir for c in discovered + bad))
     sources = _sources(store, roots, attrs)
@@ -87,7 +93,65 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     ]
     rows.sort(key=lambda r: (r["step"], r["source"], r["checkpoint"]))
     _check_topk(specs, opts)
-    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped, structure, other)
+    if base is not None and not any(c.format == "peft" for c in discovered):
+        _check_base(base, specs, opts)
+    return Plan(existing, attrs, sources, specs, pairs, heads, rows, skipped, structure, other, base, base_doc)
+
+
+def _base(store: Path, attrs: dict, discovered: list[Checkpoint], opts: AnalyzeOptions):
+    """(the base checkpoint, its store record) from --base, the store's record, or an adapter's config; (None,
+    None) for a series without one. A store keeps the base it was made with."""
+    adapters = [c for c in discovered if c.format == "peft"]
+    stored = attrs.get("base")
+    if opts.base == "first":
+        if adapters:
+            raise SpecdynError(
+                f"--base first: {adapters[0].run_dir} is a PEFT adapter series; its base is the model the adapters "
+                "adapt: pass --base PATH"
+            )
+        if not discovered:
+            return None, None
+        base = min(discovered, key=lambda c: (c.step is None, c.step or 0))
+    elif opts.base is not None:
+        base = resolve_base(opts.base, opts.base_revision)
+    elif stored:
+        base = Checkpoint(Path(stored["path"]), Path(stored["path"]).parent, None, stored["format"],
+                          stored.get("revision"), stored.get("repo"))  # fmt: skip
+        if not base.path.exists():
+            raise SpecdynError(f"{store}: its base model {base.path} is gone; pass --base PATH (the same model)")
+        opts = opts.replace(intruder_epsilon=stored["epsilon"], intruder_topk=stored["intruder_topk"])
+    elif adapters:
+        base = base_of_adapter(adapters[0].path, opts.base_revision)
+    else:
+        return None, None
+    doc = {"path": str(base.path), "format": base.format, "revision": base.revision, "repo": base.repo,
+           **opts.base_doc()}  # fmt: skip
+    if attrs:  # an existing store: one base, one set of intruder options
+        if not stored:
+            raise SpecdynError(
+                f"{store}: made without a base model; analyze into a new --out, or rerun with --overwrite"
+            )
+        if stored != doc:
+            what = next(k for k in doc if stored.get(k) != doc[k])
+            raise SpecdynError(
+                f"{store}: made with base {stored['path']} ({what} {stored.get(what)!r}), now {doc[what]!r}; use the "
+                "same base and intruder options, a new --out, or --overwrite"
+            )
+    return base, doc
+
+
+def _check_base(base: Checkpoint, specs: list[MatrixSpec], opts: AnalyzeOptions) -> None:
+    """A full fine-tune's base must hold every analyzed matrix with the same shape."""
+    with CheckpointReader(base, trust_pickle=opts.trust_pickle) as reader:
+        shapes = {n: tuple(reader.shape(n)) for n in reader.names()}
+    for spec in specs:
+        have = shapes.get(spec.name)
+        if have != tuple(spec.original_shape):
+            found = "has no such tensor" if have is None else f"holds it as {list(have)}"
+            raise SpecdynError(
+                f"--base {base.path}: the series' {spec.name!r} is {list(spec.original_shape)}, the base {found}; "
+                "pass the model this run started from"
+            )
 
 
 def _unusable(bad: list, opts: AnalyzeOptions) -> list[dict]:

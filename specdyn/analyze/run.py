@@ -10,15 +10,18 @@ partial files) happens under the lock, so a second run can never undo the first 
 
 import errno
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from specdyn import console
 from specdyn.analyze.compute import compute_rows
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.analyze.plan import plan
+from specdyn.analyze.relative import BaseRelative
 from specdyn.errors import SpecdynError
 from specdyn.io.discovery import resolve_path
 from specdyn.store import default_store, is_store, locked
+from specdyn.store.layout import add_base_arrays
 from specdyn.store.locking import READ_ONLY, read_only_error
 from specdyn.store.writing import (
     clear_leftovers,
@@ -123,9 +126,12 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
             "pairs_file": opts.pairs_file,
             "skipped_tensors": p.skipped_tensors,
             **p.structure,
+            **({"base": p.base_doc} if p.base is not None else {}),
         }
         create_store(store, p.specs, p.pairs, opts.topk, attrs)
     with write_session(store, lock=False) as root:
+        if p.base is not None:
+            add_base_arrays(root, p.base_doc["epsilon"])
         if not p.in_place:
             root = rebuild(store, root, p.rows, p.specs, p.pairs, opts.topk)
         resize_rows(root, len(p.rows))
@@ -137,7 +143,8 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
             write_identity(root, i, r["step"], r["checkpoint"], r["source"])
         routes = p.attrs.get("svd_routes", {})
-        engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes)
+        with BaseRelative(p.base, p.specs, p.base_doc, opts.trust_pickle) if p.base else nullcontext() as rel:
+            engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes, rel)
         skipped = p.skipped + failures
         if todo or not p.in_place or p.attrs.get("derived") != derived_marker(root):
             derive(root)

@@ -46,9 +46,12 @@ def layer_rows(st, indices) -> list[dict]:
     import numpy as np
 
     from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS, WW_COLUMNS
+    from specdyn.store.layout import BASE_METRICS
 
     steps = st.steps
-    values = {name: st.metric(name) for name in (*HEAVY_TAIL_METRICS, *SPECDYN_COLUMNS)}
+    base = BASE_METRICS if st.has_base else ()  # stores analyzed against a base model (docs/method.md §11)
+    values = {name: st.metric(name) for name in (*HEAVY_TAIL_METRICS, *SPECDYN_COLUMNS, *base)}
+    intruders = st.intruders() if base else None
     num = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
     specs = [st.matrix_spec(name) for name in st.matrices]
     svs = [st.sv(name) for name in st.matrices]
@@ -68,7 +71,9 @@ def layer_rows(st, indices) -> list[dict]:
                 spectral_norm=lam_max,
                 sv_max=float(s[0]) if len(s) else math.nan,
             )
-            row.update({m: float(values[m][i, j]) for m in SPECDYN_COLUMNS})
+            row.update({m: float(values[m][i, j]) for m in (*SPECDYN_COLUMNS, *base)})
+            if intruders is not None:
+                row.update({f"intruders_eps{e:g}": float(intruders[i, j, k]) for k, e in enumerate(st.epsilons)})
             rows.append({k: num(v) for k, v in row.items()})
     return rows
 

@@ -87,13 +87,13 @@ def read_config(folder: Path) -> LoraConfig:
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: not a PEFT adapter config (a JSON object with peft_type)")
     kind = doc.get("peft_type")
-    if kind != "LORA":
-        raise CheckpointError(
+    if kind != "LORA":  # not damage: a whole series specdyn cannot read, refused rather than skipped
+        raise SpecdynError(
             f"{path}: PEFT type {kind!r} is not supported; specdyn reads LoRA adapters (LoRA, rsLoRA, DoRA)"
         )
     for key in UNSUPPORTED:
         if doc.get(key):
-            raise CheckpointError(f"{path}: LoRA option {key}={doc[key]!r} is not supported by specdyn")
+            raise SpecdynError(f"{path}: LoRA option {key}={doc[key]!r} is not supported by specdyn")
     try:
         return LoraConfig(
             path,
@@ -230,7 +230,7 @@ class AdapterSource:
         found = [k for k in base_keys if k.endswith("." + name) or name.endswith("." + k)]
         if len(found) == 1:
             return found[0]
-        raise CheckpointError(
+        raise SpecdynError(  # the wrong base for the whole series, not a damaged checkpoint
             f"{self.folder}: the adapter changes {name!r}, which the base model does not hold; pass the base model "
             "this adapter was trained on (--base)"
         )
@@ -264,7 +264,7 @@ class AdapterSource:
         out_in = (b[0], a[1])
         want = out_in[::-1] if self._transposed(key, parts) else out_in
         if shape != want:
-            raise CheckpointError(
+            raise SpecdynError(
                 f"{self.folder}: the adapter of {module!r} is for a {list(want)} weight, but the base model's "
                 f"{key!r} is {list(shape)}; pass the base model this adapter was trained on (--base)"
             )

@@ -92,7 +92,8 @@ class Metric:
     # how it is computed: "spectrum": `fn` of one matrix's singular values (descending, float64), when a row is
     # written and, for stores made before it existed, by `specdyn derive` from the stored ones; "heavy_tail":
     # WeightWatcher's fit of the stored singular values (spectral.heavy_tail, by derive); "derived": against
-    # other checkpoints' vectors (spectral.rows.derive_stability, by derive)
+    # other checkpoints' vectors (spectral.rows.derive_stability, by derive); "base": against a base model
+    # (spectral.relative, by analyze --base; NaN in stores analyzed without one)
     source: str = "spectrum"
     fn: Callable[[np.ndarray], np.ndarray] | None = None
     axis: str = "matrix"  # the store's second dimension: "matrix", or "pair" (alignment)
@@ -102,6 +103,7 @@ class Metric:
 _M = "method.md#"
 _WW = _M + "101-the-power-law-fit-alpha-pl_xmin-pl_ks_distance-num_pl_spikes"
 _WW_NORMS = _M + "102-norms-entropy-and-rank"
+_BASE = _M  # §11, relative to a base model
 _DECLARED = (
     Metric("effective_rank", "normalized effective rank", "[1/k, 1]",
            _M + "12-normalized-effective-rank-effective_rank", unit=True, fn=effective_rank),
@@ -129,6 +131,15 @@ _DECLARED = (
     Metric("num_pl_spikes", "eigenvalues in the power-law tail", "[0, k]", _WW, source="heavy_tail"),
     Metric("pl_xmin", "power-law xmin", "> 0", _WW, source="heavy_tail", column="xmin"),
     Metric("pl_ks_distance", "power-law KS distance", "[0, 1]", _WW, source="heavy_tail", column="D"),
+    Metric("delta_frobenius_norm", "‖ΔW‖_F (vs base)", "≥ 0", _BASE + "111-spectrum-of-the-update-delta_",
+           source="base"),
+    Metric("delta_spectral_norm", "‖ΔW‖₂ (vs base)", "≥ 0", _BASE + "111-spectrum-of-the-update-delta_", source="base"),
+    Metric("delta_effective_rank", "normalized effective rank of ΔW", "[1/k, 1]",
+           _BASE + "111-spectrum-of-the-update-delta_", unit=True, source="base"),
+    Metric("delta_stable_rank", "normalized stable rank of ΔW", "[1/k, 1]", _BASE + "111-spectrum-of-the-update-delta_",
+           unit=True, source="base"),
+    Metric("base_overlap", "top-10 subspace overlap (vs base)", "[0, 1]",
+           _BASE + "112-overlap-with-the-base-base_overlap", unit=True, source="base"),
     Metric("alignment_score", "alignment score", "[0, 1]", _M + "16-alignment-between-neighbouring-layers",
            unit=True, source="derived", axis="pair"),
 )  # fmt: skip

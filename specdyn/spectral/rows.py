@@ -27,6 +27,7 @@ class RowResult:
     alignment: np.ndarray  # (P, top), NaN-padded
     alignment_score: np.ndarray  # (P,)
     nonfinite: list[str]  # matrices holding NaN/Inf (their metrics are NaN)
+    base: dict[str, np.ndarray] | None = None  # the arrays relative to a base model (store.layout.BASE_ARRAYS)
 
 
 @dataclass

@@ -25,6 +25,10 @@ DERIVED_METRICS = metrics_of("derived")  # against other checkpoints
 # WeightWatcher's columns (docs/method.md §10), computed from the stored singular values by `derive`.
 HEAVY_METRICS = metrics_of("heavy_tail")
 METRICS = metrics_of()
+# Arrays relative to a base model (docs/method.md §11), only in stores analyzed with one (attrs `base`):
+# (checkpoint, matrix) metrics, and `intruders` (checkpoint, matrix, epsilon) over the `epsilon` thresholds.
+BASE_METRICS = metrics_of("base")
+BASE_ARRAYS = (*BASE_METRICS, "intruders")
 IDENTITY = ("step", "checkpoint", "source")  # what names a row
 # Size and modification time of each row's checkpoint when it was read (-1: unknown, stores made before these
 # arrays existed): a rerun recomputes a row whose file changed since. Optional, so older stores still read.
@@ -122,7 +126,8 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
         pair[:] = np.array([p.name for p in pairs], dtype=object)
     pair.attrs["pairs"] = [p.to_json() for p in pairs]
     for name in METRICS:
-        _array(root, name, (0, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+        if name not in BASE_METRICS:  # those only with a base model (add_base_arrays)
+            _array(root, name, (0, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
     t = max(top, 1)  # chunk sizes: a values-only store (top 0) has zero-width vector arrays
     _array(root, "stability", (0, M, top), (1, max(M, 1), t), "float32", ("checkpoint", "matrix", "rank"))
     _array(root, "alignment", (0, P, top), (1, max(P, 1), t), "float32", ("checkpoint", "pair", "rank"))
@@ -218,7 +223,21 @@ def checkpoint_arrays(root):
         g = root[matrix_group(name)]
         out += [g["sv"], g["U"], g["V"]]
     out += [root[name] for name in FILE_ARRAYS if name in have]
+    out += [root[name] for name in BASE_ARRAYS if name in have]
     return out + [root[name] for name in HEAVY_METRICS if name in have]
+
+
+def add_base_arrays(root, epsilons) -> None:
+    """Create the base-relative arrays (NaN, as many rows as the store) and the `epsilon` thresholds, unless the
+    store holds them."""
+    rows, M, E = root["done"].shape[0], len(matrix_names(root)), len(epsilons)
+    if "epsilon" in array_names(root):
+        return
+    eps = _array(root, "epsilon", (E,), (E,), "float64", ("epsilon",), long_name="intruder threshold on |cos|")
+    eps[:] = np.asarray(epsilons, dtype=np.float64)
+    for name in BASE_METRICS:
+        _array(root, name, (rows, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+    _array(root, "intruders", (rows, M, E), (1, max(M, 1), E), "float64", ("checkpoint", "matrix", "epsilon"))
 
 
 def add_heavy_arrays(root) -> list[str]:

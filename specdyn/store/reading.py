@@ -12,6 +12,7 @@ from specdyn.names import close_names, resolve
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store.layout import (
+    BASE_METRICS,
     HEAVY_METRICS,
     METRICS,
     SCHEMA_VERSION,
@@ -137,7 +138,37 @@ class SpectralStore:
             raise SpecdynError(f"{self.path}: unknown metric {name!r}; known: {', '.join(METRICS)}")
         if name in HEAVY_METRICS and name not in self.root:
             return self._heavy_on_the_fly()[name]
+        if name in BASE_METRICS and not self.has_base:  # analyzed without a base model: undefined
+            return np.full((len(self.rows), len(self.matrices)), np.nan)
         return self.root[name][:][self.rows]
+
+    @property
+    def has_base(self) -> bool:
+        """Whether the store was analyzed against a base model (`analyze --base`): the base-relative arrays."""
+        return "intruders" in self.root
+
+    @property
+    def base(self) -> dict | None:
+        """What the store records of its base model: path, format, revision, repo, epsilon, intruder_topk."""
+        return self.attrs.get("base")
+
+    @property
+    def epsilons(self) -> np.ndarray:
+        """The intruder thresholds ε of `intruders` (empty without a base model)."""
+        return self.root["epsilon"][:] if self.has_base else np.zeros(0)
+
+    def intruders(self, epsilon: float | None = None) -> np.ndarray:
+        """Intruder counts (docs/method.md §11.3): (checkpoint, matrix, epsilon), or (checkpoint, matrix) at one ε."""
+        if not self.has_base:
+            raise SpecdynError(f"{self.path}: analyzed without a base model; rerun `specdyn analyze --base PATH`")
+        data = self.root["intruders"][:][self.rows]
+        if epsilon is None:
+            return data
+        hit = np.flatnonzero(np.isclose(self.epsilons, float(epsilon)))
+        if not len(hit):
+            have = ", ".join(f"{e:g}" for e in self.epsilons)
+            raise SpecdynError(f"{self.path}: no intruder threshold {epsilon:g}; it holds {have}")
+        return data[:, :, int(hit[0])]
 
     def has_heavy_tail(self) -> bool:
         """Whether the store holds the heavy-tail arrays (older stores get them from `specdyn derive`)."""

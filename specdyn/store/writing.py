@@ -28,11 +28,13 @@ from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store import faults
 from specdyn.store.layout import (
+    BASE_ARRAYS,
     FILE_ARRAYS,
     HEAVY_METRICS,
     IDENTITY,
     LOCK_NAME,
     ROW_METRICS,
+    add_base_arrays,
     add_heavy_arrays,
     array_names,
     checkpoint_arrays,
@@ -236,6 +238,8 @@ class RowWriter:
         self.root, self.specs = root, specs
         self.arrays = {name: root[name] for name in names}
         self.matrices = {s.name: tuple(root[f"{matrix_group(s.name)}/{a}"] for a in ("sv", "U", "V")) for s in specs}
+        have = array_names(root)
+        self.base = {name: root[name] for name in BASE_ARRAYS if name in have}  # stores with a base model
 
     def _set(self, i: int, values: list[tuple[object, object]]) -> None:
         """arrays[i] = value for every (array, value), concurrently (each a chunk of its own)."""
@@ -263,6 +267,8 @@ class RowWriter:
         self._set(i, [(a["step"], step), (a["checkpoint"], relpath), (a["source"], source)])
         faults.point("identity")
         self._set(i, [(a[name], row.metrics[name]) for name in ROW_METRICS])
+        if self.base and row.base is not None:
+            self._set(i, [(arr, row.base[name]) for name, arr in self.base.items()])
         faults.point("row:metrics")
         top = a["alignment"].shape[-1]
         self._set(i, [(a["alignment"], row.alignment[:, :top]), (a["alignment_score"], row.alignment_score)])
@@ -450,6 +456,8 @@ def rebuild(store: Path, root, rows: list[dict], specs: list[MatrixSpec], pairs:
     new = zarr.open_group(str(tmp), mode="w-")
     create_layout(new, specs, pairs, top, {})
     new.attrs["specdyn"] = read_attrs(root)
+    if "epsilon" in array_names(root):
+        add_base_arrays(new, root["epsilon"][:])
     ensure_file_arrays(root)
     resize_rows(new, len(rows))
     old_arrays = {a.path: a for a in checkpoint_arrays(root)}
