@@ -79,6 +79,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from specdyn.console import cli_mode, err_console
+        from specdyn.files import name_text
 
         try:
             with cli_mode():  # warnings as one line each on stderr, not Python warnings too
@@ -86,7 +87,7 @@ def user_errors(fn):
         except SpecdynError as e:
             from rich.text import Text
 
-            err_console().print(Text.assemble(("error:", "red"), " ", e.message), soft_wrap=True)
+            err_console().print(Text.assemble(("error:", "red"), " ", name_text(e.message)), soft_wrap=True)
             raise typer.Exit(e.code) from None
         except OSError as e:
             message = os_error_message(e)
@@ -94,7 +95,7 @@ def user_errors(fn):
                 raise
             from rich.text import Text
 
-            err_console().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+            err_console().print(Text.assemble(("error:", "red"), " ", name_text(message)), soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console().print("interrupted")

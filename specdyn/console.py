@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from specdyn.files import name_text
+
 
 def err_console() -> Console:
     # Built per call so that typer's CliRunner, which swaps sys.stderr, captures it.
@@ -84,6 +86,7 @@ def warn(message: str, kind: str = "warnings") -> None:
 
 
 def _emit(message: str) -> None:
+    message = name_text(message)  # a file name that is not UTF-8 shows as \xHH, as the store records it
     if _cli.get():
         from rich.text import Text
 
@@ -93,7 +96,7 @@ def _emit(message: str) -> None:
 
 
 def info(message: str) -> None:
-    err_console().print(message, soft_wrap=True)
+    err_console().print(name_text(message), soft_wrap=True)
 
 
 def print_json(obj) -> None:

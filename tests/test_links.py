@@ -225,3 +225,33 @@ def test_plot_writes_through_a_link_the_user_named(analyzed, tmp_path):
     assert result.exit_code == 0, result.output
     assert target.read_bytes().startswith(b"\x89PNG") and (tmp_path / "fig.png").is_symlink()
     assert Path(os.readlink(tmp_path / "fig.png")) == target
+
+
+# --- item 16: file names that are not UTF-8 ------------------------------------------------------------------
+
+
+def test_a_run_with_file_names_that_are_not_utf8(tmp_path):
+    import json
+
+    from specdyn import open_store
+    from specdyn.files import name_path, name_text
+
+    run = tmp_path / "run"
+    write_series(run, steps=(0, 10))
+    odd = os.fsdecode(b"step_10\xff.safetensors")
+    os.rename(run / "step_10.safetensors", run / odd)
+    (run / os.fsdecode(b"step_20\xfe.safetensors")).write_bytes(b"garbage")  # skipped, and named in the warning
+    (run / os.fsdecode(b"notes\xff.txt")).write_text("x")
+    result = runner.invoke(app, ["analyze", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "step_20\\xfe.safetensors" in result.stderr and "\\udc" not in result.stderr
+    st = open_store(run)
+    assert list(st.checkpoints) == ["step_0.safetensors", "step_10\\xff.safetensors"]
+    assert st.checkpoint_paths()[1] == run / odd and name_path(run, name_text(odd)) == run / odd
+    again = runner.invoke(app, ["analyze", str(run), "--json", "-q"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["computed"] == 0, again.output
+    for args in (["info", str(run), "--json"], ["export", str(run), "-o", "-"], ["info", str(run)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    skipped = json.loads(again.stdout)["skipped"]
+    assert [s["checkpoint"] for s in skipped] == ["step_20\\xfe.safetensors"] and "\\xfe" in skipped[0]["reason"]

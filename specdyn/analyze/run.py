@@ -19,6 +19,7 @@ from specdyn.analyze.options import AnalyzeOptions
 from specdyn.analyze.plan import plan
 from specdyn.analyze.relative import BaseRelative
 from specdyn.errors import SpecdynError
+from specdyn.files import name_text
 from specdyn.io.discovery import resolve_path
 from specdyn.store import default_store, is_store, locked
 from specdyn.store.layout import add_base_arrays
@@ -145,7 +146,8 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
         routes = p.attrs.get("svd_routes", {})
         with BaseRelative(p.base, p.specs, p.base_doc, opts.trust_pickle) if p.base else nullcontext() as rel:
             engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes, rel)
-        skipped = p.skipped + failures
+        # reasons name files; one that is not UTF-8 is stored (and printed as JSON) with \xHH, as its name is
+        skipped = [{**s, "reason": name_text(s["reason"])} for s in p.skipped + failures]
         if todo or not p.in_place or p.attrs.get("derived") != derived_marker(root):
             derive(root)
         now_done = done_keys(root)

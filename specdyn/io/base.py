@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from specdyn.errors import CheckpointError, SpecdynError
-from specdyn.files import atomic_write
+from specdyn.files import atomic_write, name_text
 from specdyn.io.safeload import unreadable
 
 if TYPE_CHECKING:  # annotations only: torch is imported where tensors are read
@@ -43,7 +43,9 @@ class Checkpoint:
 
     @property
     def relpath(self) -> str:
-        return self.path.relative_to(self.run_dir).as_posix()
+        """The path under the run dir as UTF-8 text (a name that is not UTF-8 keeps its bytes as `\\xHH`:
+        specdyn.files.name_text), as the store records it."""
+        return name_text(self.path.relative_to(self.run_dir).as_posix())
 
     @property
     def name(self) -> str:

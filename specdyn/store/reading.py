@@ -8,6 +8,7 @@ import numpy as np
 import zarr
 
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
+from specdyn.files import name_path
 from specdyn.names import close_names, resolve
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
@@ -96,7 +97,7 @@ class SpectralStore:
     def checkpoint_paths(self) -> list[Path]:
         """The checkpoint file or folder of every completed row, resolved against its run dir."""
         run_dirs = self.run_dirs
-        return [run_dirs[int(s)] / c for s, c in zip(self.source_index, self.checkpoints)]
+        return [name_path(run_dirs[int(s)], c) for s, c in zip(self.source_index, self.checkpoints)]
 
     @property
     def run_dirs(self) -> list[Path]:
