@@ -16,9 +16,7 @@ from specdyn.io.runmeta import recorded_task
 from specdyn.selection import subsample
 from specdyn.spectral.matrices import MatrixSpec, matches, select_matrices
 from specdyn.spectral.pairs import read_pairs_file
-from specdyn.store import is_store
-from specdyn.store.layout import pairs_of, read_attrs, specs_of
-from specdyn.store.writing import open_root, stored_rows
+from specdyn.store.handle import Store
 
 _noted_waiting: set[str] = set()  # checkpoints already reported as still being written (one line each, --watch)
 
@@ -51,10 +49,11 @@ class Plan:
         return all(r["row"] == i for i, r in enumerate(self.rows) if r["done"])
 
 
-def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
-    """The rows of `store` after this run: the ones it holds and the checkpoints newly selected, by step."""
-    existing = is_store(store)
-    attrs = read_attrs(open_root(store)) if existing else {}
+def plan(st: Store, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
+    """The rows of the store after this run: the ones it holds and the checkpoints newly selected, by step."""
+    store = st.path
+    existing = st.is_specdyn
+    attrs = st.attrs
     if existing:
         _check_options(store, attrs, opts)
     discovered, bad = [], []
@@ -75,7 +74,7 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     selected = subsample(by_step, opts.every, opts.log_spaced, opts.steps, key=lambda sc: sc[1].step)
     _check_duplicate_steps([c for _, c in selected])
 
-    stored = stored_rows(open_root(store)) if existing else []
+    stored = st.rows()
     stored = _changed_since(stored, {(src, c.relpath): c for src, c in found}, opts.settle or 0)
     again = [(r["source"], r.pop("ckpt")) for r in stored if r.get("changed")]
     stored_done = {(r["source"], r["checkpoint"]) for r in stored if r["done"] or r.get("changed")}
@@ -84,7 +83,7 @@ def plan(store: Path, run_dirs: list[Path], opts: AnalyzeOptions) -> Plan:
     new = [sc for sc in new if sc not in waiting]
     if waiting and not new and not again and not existing:
         raise NothingReady(f"{store}: no checkpoint is ready yet ({len(waiting)} still being written)")
-    specs, pairs, heads, valid, failed, structure, other = _validate(store, again + new, attrs, opts, existing)
+    specs, pairs, heads, valid, failed, structure, other = _validate(st, again + new, attrs, opts)
     skipped += failed
     rows = [r for r in stored if r["done"]]
     rows += [
@@ -298,16 +297,15 @@ def _describe(reader: CheckpointReader, c: Checkpoint, opts: AnalyzeOptions):
     return specs, pairs, structure
 
 
-def _validate(store, new, attrs, opts, existing):
+def _validate(st: Store, new, attrs, opts):
     """Open every new checkpoint's header: skip unreadable ones, and refuse a change of architecture."""
     skipped, valid = [], []
     specs = pairs = heads = None
     structure = {}
     other = list(attrs.get("skipped_tensors", []))
     ignored = set(attrs.get("tied") or {}) | set(attrs.get("refused") or {})
-    if existing:
-        root = open_root(store)
-        specs, pairs = specs_of(root), pairs_of(root)
+    if st.is_specdyn:
+        specs, pairs = st.specs(), st.pairs()
         heads = attrs.get("heads")
     for src, c in new:
         try:
@@ -331,7 +329,7 @@ def _validate(store, new, attrs, opts, existing):
         valid.append((src, c, fp))
     if specs is None:
         raise SpecdynError(
-            f"{store}: no readable checkpoint to analyze"
+            f"{st.path}: no readable checkpoint to analyze"
             + (f" ({len(skipped)} skipped, see the warnings above)" if skipped else ""),
             code=EXIT_NO_CHECKPOINTS,
         )

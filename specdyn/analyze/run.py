@@ -21,21 +21,17 @@ from specdyn.analyze.relative import BaseRelative
 from specdyn.errors import SpecdynError
 from specdyn.files import name_text
 from specdyn.io.discovery import resolve_path
-from specdyn.store import default_store, is_store, locked
-from specdyn.store.layout import add_base_arrays
+from specdyn.store import default_store, locked
+from specdyn.store.layout import add_base_arrays, read_attrs
 from specdyn.store.locking import READ_ONLY, read_only_error
 from specdyn.store.writing import (
-    clear_leftovers,
     create_store,
     derive,
     derived_marker,
     done_keys,
+    open_for_writing,
     open_root,
-    own_files_only,
     rebuild,
-    recover,
-    refuse_newer,
-    remove_store,
     resize_rows,
     source_docs,
     update_attrs,
@@ -55,16 +51,10 @@ def analyze(
     store = _store_path(Path(out) if out else default_store(run_dirs[0]))
     t0 = time.perf_counter()
     with console.warning_budget(), locked(store):
-        recover(store)  # finish or undo a killed swap, drop partial chunk files: only under the lock
-        if opts.overwrite:
-            remove_store(store)
-        elif store.exists() and not is_store(store) and not own_files_only(store):
-            raise SpecdynError(f"{store}: exists and is not a specdyn store; choose another --out")
-        clear_leftovers(store)  # a creation killed part-way (older versions) holds no row: start afresh
-        refuse_newer(store)
         progress = {}
         try:
-            return _analyze_locked(run_dirs, store, opts, show_progress, t0, progress)
+            st = open_for_writing(store, overwrite=opts.overwrite)  # repairs happen here, only under the lock
+            return _analyze_locked(run_dirs, st, opts, show_progress, t0, progress)
         except OSError as e:
             if e.errno in NO_SPACE:
                 raise SpecdynError(_no_space(store, progress)) from None
@@ -116,8 +106,9 @@ def _row_bytes(p, top: int) -> int:
     return per_matrix + len(p.specs) * (12 * 8 + top * 4) + len(p.pairs) * (top * 4 + 8) + 64
 
 
-def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
-    p = plan(store, run_dirs, opts)
+def _analyze_locked(run_dirs, st, opts, show_progress, t0, progress) -> dict:
+    store = st.path
+    p = plan(st, run_dirs, opts)
     _check_routes(store, p, opts)
     progress.update(rows=len(p.rows), row_bytes=_row_bytes(p, opts.topk))
     if not p.existing:
@@ -129,8 +120,8 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
             **p.structure,
             **({"base": p.base_doc} if p.base is not None else {}),
         }
-        create_store(store, p.specs, p.pairs, opts.topk, attrs)
-    with write_session(store, lock=False) as root:
+        st = create_store(store, p.specs, p.pairs, opts.topk, attrs)
+    with write_session(st, lock=False) as root:
         if p.base is not None:
             add_base_arrays(root, p.base_doc["epsilon"])
         if not p.in_place:
@@ -148,7 +139,8 @@ def _analyze_locked(run_dirs, store, opts, show_progress, t0, progress) -> dict:
             engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes, rel)
         # reasons name files; one that is not UTF-8 is stored (and printed as JSON) with \xHH, as its name is
         skipped = [{**s, "reason": name_text(s["reason"])} for s in p.skipped + failures]
-        if todo or not p.in_place or p.attrs.get("derived") != derived_marker(root):
+        stale = p.attrs.get("derived") != derived_marker(root) or read_attrs(root).get("unfilled")
+        if todo or not p.in_place or stale:
             derive(root)
         now_done = done_keys(root)
         previous = [

@@ -15,14 +15,14 @@ def derive_store(store: Path, recompute: bool = False) -> dict:
 
     from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
     from specdyn.store import is_store, resolve_store, write_session
-    from specdyn.store.writing import derive, fill_heavy_tail, recover
+    from specdyn.store.writing import derive, fill_from_sv, recover
 
     store = resolve_store(Path(store))
     recover(store)
     if not is_store(store):
         raise SpecdynError(f"{store}: no specdyn store here; run `specdyn analyze RUN_DIR` first", code=EXIT_NOT_FOUND)
     with write_session(store, "derive") as root:
-        cells = fill_heavy_tail(root, recompute=recompute)
+        cells = fill_from_sv(root, recompute=recompute)
         derive(root)  # stability arrays, and the marker that tells analyze nothing is left to derive
         rows = int(np.count_nonzero(root["done"][:]))
     return {"store": str(store), "rows": rows, "heavy_tail_cells": cells}

@@ -152,16 +152,17 @@ def metrics_of(source: str | None = None, axis: str = "matrix") -> tuple[str, ..
     return tuple(m.name for m in METRICS.values() if m.axis == axis and source in (None, m.source))
 
 
-# Per-matrix scalar metrics of one spectrum, stored as (checkpoint, matrix) arrays, in the store's order.
+# Per-matrix scalar metrics of one spectrum (name -> fn of s), as declared at import, in the store's order.
 SPECTRUM_METRICS = {m.name: m.fn for m in METRICS.values() if m.source == "spectrum"}
 
 
 def spectrum_metrics(s: np.ndarray) -> dict[str, float]:
     """All per-matrix scalar metrics of one spectrum; NaN everywhere if s holds a NaN or Inf."""
     s = np.asarray(s, dtype=np.float64)
+    declared = [m for m in METRICS.values() if m.source == "spectrum"]
     if s.size == 0 or not np.all(np.isfinite(s)):
-        return {name: math.nan for name in SPECTRUM_METRICS}
-    return {name: float(fn(s)) for name, fn in SPECTRUM_METRICS.items()}
+        return {m.name: math.nan for m in declared}
+    return {m.name: float(m.fn(s)) for m in declared}
 
 
 def sva(Ux, Vx, Uy, Vy) -> np.ndarray:

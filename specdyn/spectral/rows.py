@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specdyn.spectral.matrices import MatrixSpec
-from specdyn.spectral.metrics import SPECTRUM_METRICS, score, spectrum_metrics, subspace_overlap, sva_diag
+from specdyn.spectral.metrics import metrics_of, score, spectrum_metrics, subspace_overlap, sva_diag
 from specdyn.spectral.pairs import PairSpec, pair_diag, slice_needs, slice_vectors
 from specdyn.spectral.svd import Spectrum, SVDEngine
 
@@ -73,7 +73,7 @@ class RowComputer:
         result no longer carries one (written to the store by a worker), for the alignment pairs."""
         results = sorted(results, key=lambda r: r.index)
         assert [r.index for r in results] == list(range(len(self.specs))), "a row needs every matrix once"
-        per_metric = {name: np.full(len(self.specs), np.nan) for name in SPECTRUM_METRICS}
+        per_metric = {name: np.full(len(self.specs), np.nan) for name in metrics_of("spectrum")}
         nonfinite, slices = [], {}
         for r in results:
             name = self.specs[r.index].name

@@ -29,6 +29,7 @@ METRICS = metrics_of()
 # (checkpoint, matrix) metrics, and `intruders` (checkpoint, matrix, epsilon) over the `epsilon` thresholds.
 BASE_METRICS = metrics_of("base")
 BASE_ARRAYS = (*BASE_METRICS, "intruders")
+STORED_METRICS = tuple(m for m in METRICS if m not in BASE_METRICS)  # in every store (the migration adds them)
 IDENTITY = ("step", "checkpoint", "source")  # what names a row
 # Size and modification time of each row's checkpoint when it was read (-1: unknown, stores made before these
 # arrays existed): a rerun recomputes a row whose file changed since. Optional, so older stores still read.
@@ -64,27 +65,6 @@ def is_store(path: Path) -> bool:
         return False
 
 
-def schema_version(path: Path) -> int | None:
-    """The schema_version a store records (None if it records none)."""
-    try:
-        doc = json.loads((Path(path) / "zarr.json").read_text())
-        v = doc.get("attributes", {}).get("specdyn", {}).get("schema_version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return v if isinstance(v, int) else None
-
-
-def newer_schema(path: Path) -> str | None:
-    """A one-line explanation when the store was written by a newer specdyn than this one, else None."""
-    v = schema_version(path)
-    if v is not None and v > SCHEMA_VERSION:
-        return (
-            f"{path}: written by a newer specdyn (store schema {v}; specdyn {__version__} knows schema "
-            f"{SCHEMA_VERSION}); upgrade specdyn (pip install -U specdyn)"
-        )
-    return None
-
-
 # Chunk files named c.0.0.0 beside the array's zarr.json instead of in nested c/0/0/ folders: one folder per
 # array rather than per chunk, which a row's hundreds of writes would otherwise each create (ext4's mkdir was 3%
 # of analyze). Readers follow the encoding recorded in each array's metadata; older stores keep theirs.
@@ -109,7 +89,8 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
     _array(root, "checkpoint", (0,), (1,), str, ("checkpoint",), fill="", long_name="path relative to its run dir")
     _array(root, "source", (0,), (1,), "int16", ("checkpoint",), fill=-1, long_name="index into attrs sources")
     _array(root, "done", (0,), (1,), "bool", ("checkpoint",), fill=False, long_name="row complete")
-    _file_arrays(root, 0)
+    for name in FILE_ARRAYS:
+        file_array(root, name, 0)
     mat = _array(root, "matrix", (M,), (max(M, 1),), str, ("matrix",), fill="")
     mat[:] = np.array([s.name for s in specs], dtype=object)
     mat.attrs.update(
@@ -127,7 +108,7 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
     pair.attrs["pairs"] = [p.to_json() for p in pairs]
     for name in METRICS:
         if name not in BASE_METRICS:  # those only with a base model (add_base_arrays)
-            _array(root, name, (0, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+            metric_array(root, name, 0, M)
     t = max(top, 1)  # chunk sizes: a values-only store (top 0) has zero-width vector arrays
     _array(root, "stability", (0, M, top), (1, max(M, 1), t), "float32", ("checkpoint", "matrix", "rank"))
     _array(root, "alignment", (0, P, top), (1, max(P, 1), t), "float32", ("checkpoint", "pair", "rank"))
@@ -143,9 +124,16 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
         _array(g, "V", (0, n, r), (1, n, max(r, 1)), "float32", ("checkpoint", "n", "top"), compressors=None)
 
 
-def _file_arrays(root, rows: int) -> None:
-    _array(root, "file_bytes", (rows,), (1,), "int64", ("checkpoint",), fill=-1, long_name="checkpoint size (bytes)")
-    _array(root, "file_mtime_ns", (rows,), (1,), "int64", ("checkpoint",), fill=-1, long_name="checkpoint mtime (ns)")
+def metric_array(root, name: str, rows: int, M: int):
+    """A (checkpoint, matrix) metric array of NaN, one checkpoint per chunk."""
+    return _array(root, name, (rows, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
+
+
+_FILE_LABELS = {"file_bytes": "checkpoint size (bytes)", "file_mtime_ns": "checkpoint mtime (ns)"}
+
+
+def file_array(root, name: str, rows: int):
+    return _array(root, name, (rows,), (1,), "int64", ("checkpoint",), fill=-1, long_name=_FILE_LABELS[name])
 
 
 def array_names(group) -> set[str]:
@@ -158,15 +146,9 @@ def array_names(group) -> set[str]:
         return set(group.array_keys())
 
 
-def ensure_file_arrays(root) -> None:
-    """Add the file size/mtime arrays to a store made before they existed (rows unknown: -1)."""
-    if "file_bytes" not in array_names(root):
-        _file_arrays(root, root["done"].shape[0])
-
-
-def missing_arrays(root) -> list[str]:
+def missing_arrays(root, have: set[str] | None = None) -> list[str]:
     """The arrays a schema-1 store must have that this one lacks (a creation killed part-way, in old versions)."""
-    have = array_names(root)
+    have = array_names(root) if have is None else have
     missing = [n for n in SCHEMA1_ROOT if n not in have]
     if "matrix" in have:
         for name in matrix_names(root):
@@ -214,17 +196,15 @@ def pairs_of(root) -> list[PairSpec]:
 
 
 def checkpoint_arrays(root):
-    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first. The optional
-    arrays (file identity, heavy-tail metrics) come last and only where present."""
+    """Every array with a leading checkpoint axis (the ones `resize_rows` grows); `done` first. Arrays a store
+    opened without migration lacks (older stores: file identity, metrics declared since) are left out."""
     have = array_names(root)
-    out = [root[name] for name in ("done", *IDENTITY, *ROW_METRICS, *DERIVED_METRICS)]
-    out += [root["stability"], root["alignment"], root["alignment_score"]]
+    out = [root[name] for name in ("done", *IDENTITY)]
+    out += [root[name] for name in ("stability", "alignment", "alignment_score")]
     for name in matrix_names(root):
         g = root[matrix_group(name)]
         out += [g["sv"], g["U"], g["V"]]
-    out += [root[name] for name in FILE_ARRAYS if name in have]
-    out += [root[name] for name in BASE_ARRAYS if name in have]
-    return out + [root[name] for name in HEAVY_METRICS if name in have]
+    return out + [root[name] for name in (*FILE_ARRAYS, *STORED_METRICS, *BASE_ARRAYS) if name in have]
 
 
 def add_base_arrays(root, epsilons) -> None:
@@ -238,18 +218,6 @@ def add_base_arrays(root, epsilons) -> None:
     for name in BASE_METRICS:
         _array(root, name, (rows, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
     _array(root, "intruders", (rows, M, E), (1, max(M, 1), E), "float64", ("checkpoint", "matrix", "epsilon"))
-
-
-def add_heavy_arrays(root) -> list[str]:
-    """Create the heavy-tail metric arrays a store made before them lacks (NaN, as many rows as the store);
-    returns the names created."""
-    rows, M = root["done"].shape[0], len(matrix_names(root))
-    made = []
-    for name in HEAVY_METRICS:
-        if name not in root:
-            _array(root, name, (rows, M), (1, max(M, 1)), "float64", ("checkpoint", "matrix"))
-            made.append(name)
-    return made
 
 
 def read_attrs(root) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
 from specdyn.files import name_path
 from specdyn.names import close_names, resolve
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
+from specdyn.store.handle import Store
 from specdyn.store.layout import (
     BASE_METRICS,
     HEAVY_METRICS,
@@ -20,8 +20,6 @@ from specdyn.store.layout import (
     is_store,
     matrix_group,
     matrix_names,
-    missing_arrays,
-    newer_schema,
     pair_docs,
     read_attrs,
     resolve_store,
@@ -39,33 +37,34 @@ class SpectralStore:
     >>> st.steps, st.matrices[:2], st.metric("effective_rank").shape   # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, root):
+    def __init__(self, path: Path, root, handle: Store | None = None):
         self.path = Path(path)
         self.root = root
         self.attrs = read_attrs(root)
+        self._arrays = handle.arrays if handle is not None else None
         done = root["done"][:]
         self.rows = np.flatnonzero(done)  # physical rows of completed checkpoints
 
     @classmethod
     def open(cls, path) -> SpectralStore:
         path = Path(path)
-        if not is_store(path):
+        st = Store(path)  # the store's metadata is read once, here
+        if not st.is_specdyn:
             hint = "run `specdyn analyze RUN_DIR` first" if not path.exists() else "it is not a specdyn store"
             raise SpecdynError(f"{path}: no specdyn store here; {hint}", code=EXIT_NOT_FOUND)
-        root = zarr.open_group(str(path), mode="r")
-        missing = missing_arrays(root)
+        missing = st.missing()
         if missing:
             raise SpecdynError(
                 f"{path}: incomplete store (no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): its "
                 "creation was interrupted; rerun `specdyn analyze` on its run dir to repair it"
             )
-        newer = newer_schema(path)
+        newer = st.newer()
         if newer and str(path.resolve()) not in _warned_newer:
             from specdyn import console
 
             _warned_newer.add(str(path.resolve()))
             console.warn(f"{newer}; read here as schema {SCHEMA_VERSION}, some of it may be misread")
-        return cls(path, root)
+        return cls(path, st.root, st)
 
     # -- axes
     @property
@@ -134,14 +133,21 @@ class SpectralStore:
 
     # -- data
     def metric(self, name: str) -> np.ndarray:
-        """A (checkpoint, matrix) metric such as effective_rank, stable_rank, stability_score."""
+        """A (checkpoint, matrix) metric such as effective_rank, stable_rank, stability_score. One a store lacks
+        (made before the metric was declared, not yet migrated by `specdyn derive`) is computed from the stored
+        singular values where it is a function of them, else read as NaN with a one-line warning."""
         if name not in METRICS:
             raise SpecdynError(f"{self.path}: unknown metric {name!r}; known: {', '.join(METRICS)}")
-        if name in HEAVY_METRICS and name not in self.root:
-            return self._heavy_on_the_fly()[name]
         if name in BASE_METRICS and not self.has_base:  # analyzed without a base model: undefined
             return np.full((len(self.rows), len(self.matrices)), np.nan)
-        return self.root[name][:][self.rows]
+        if self._stored(name):
+            return self.root[name][:][self.rows]
+        return self._missing_metric(name)
+
+    def _stored(self, name: str) -> bool:
+        if self._arrays is None:
+            self._arrays = set(self.root.array_keys())
+        return name in self._arrays and name not in (self.attrs.get("unfilled") or ())
 
     @property
     def has_base(self) -> bool:
@@ -173,20 +179,38 @@ class SpectralStore:
 
     def has_heavy_tail(self) -> bool:
         """Whether the store holds the heavy-tail arrays (older stores get them from `specdyn derive`)."""
-        return all(name in self.root for name in HEAVY_METRICS)
+        return all(self._stored(name) for name in HEAVY_METRICS)
 
-    def _heavy_on_the_fly(self) -> dict[str, np.ndarray]:
-        """Heavy-tail metrics of a store made before they were stored, computed from its singular values (not
-        written: reading never writes; `specdyn derive STORE` stores them)."""
-        if getattr(self, "_heavy", None) is None:
+    def _missing_metric(self, name: str) -> np.ndarray:
+        """A metric the store does not hold (yet): computed here, never written (reading never writes; `specdyn
+        derive STORE` stores it)."""
+        from specdyn.spectral.metrics import METRICS as DECLARED
+
+        cache = self.__dict__.setdefault("_computed", {})
+        if name in cache:
+            return cache[name]
+        out = np.full((len(self.rows), len(self.matrices)), np.nan)
+        source = DECLARED[name].source
+        if source in ("spectrum", "heavy_tail"):
             from specdyn.spectral.heavy_tail import heavy_tail_table
+            from specdyn.spectral.metrics import spectrum_metrics
 
-            out = {name: np.full((len(self.rows), len(self.matrices)), np.nan) for name in HEAVY_METRICS}
-            for j, name in enumerate(self.matrices):
-                for k, v in heavy_tail_table(self.sv(name), max(self.matrix_spec(name).shape)).items():
-                    out[k][:, j] = v
-            self._heavy = out
-        return self._heavy
+            names = HEAVY_METRICS if source == "heavy_tail" else (name,)
+            table = {n: out.copy() for n in names}
+            for j, matrix in enumerate(self.matrices):
+                sv = self.sv(matrix)
+                if source == "heavy_tail":
+                    for k, v in heavy_tail_table(sv, max(self.matrix_spec(matrix).shape)).items():
+                        table[k][:, j] = v
+                else:
+                    table[name][:, j] = [spectrum_metrics(s)[name] for s in sv]
+            cache.update(table)
+            return cache[name]
+        from specdyn import console
+
+        console.warn(f"{self.path}: holds no {name} yet (made before it existed); run `specdyn derive {self.path}`")
+        cache[name] = out
+        return out
 
     def sv(self, matrix: str) -> np.ndarray:
         """All singular values of a matrix, (checkpoint, k)."""

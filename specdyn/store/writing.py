@@ -27,28 +27,24 @@ from specdyn.files import atomic_write
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store import faults
+from specdyn.store.handle import Store
 from specdyn.store.layout import (
     BASE_ARRAYS,
     FILE_ARRAYS,
     HEAVY_METRICS,
     IDENTITY,
-    LOCK_NAME,
     ROW_METRICS,
     add_base_arrays,
-    add_heavy_arrays,
     array_names,
     checkpoint_arrays,
     create_layout,
-    ensure_file_arrays,
-    is_store,
     matrix_group,
     matrix_names,
-    missing_arrays,
-    newer_schema,
     read_attrs,
     specs_of,
 )
 from specdyn.store.locking import locked
+from specdyn.store.migrate import mark_filled, migrate
 from specdyn.store.swap import Swap
 
 
@@ -74,77 +70,79 @@ def consolidate(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def write_session(path: Path, purpose: str = "analyze", lock: bool = True):
-    """Lock the store (unless the caller holds the lock), drop stale consolidated metadata, yield the root group;
-    consolidate on a clean exit."""
+def write_session(store: Path | Store, purpose: str = "analyze", lock: bool = True):
+    """Lock the store (unless the caller holds the lock and passes the `Store` it opened under it), refuse a newer
+    schema, drop stale consolidated metadata, migrate a specdyn store to this version's layout, and yield the root
+    group; consolidate on a clean exit."""
+    path = store.path if isinstance(store, Store) else Path(store)
     with locked(path, purpose) if lock else contextlib.nullcontext():
-        refuse_newer(path)
+        st = store if isinstance(store, Store) and not lock and store.mode != "r" else Store(path, "a")
+        refuse_newer(st)
         drop_consolidated(path)
-        root = open_root(path, "a")
+        if st.root is not None:
+            migrate(st)
+        root = st.root if st.root is not None else open_root(path, "a")
         yield root
         consolidate(path)
         faults.point("consolidated")
 
 
-def refuse_newer(path: Path) -> None:
+def refuse_newer(st: Store) -> None:
     """A store of a newer schema is never written (this version cannot know what it would break)."""
-    why = newer_schema(path)
+    why = st.newer()
     if why:
         raise SpecdynError(f"{why} to write it; this version only reads it")
 
 
-def own_files_only(path: Path) -> bool:
-    """Whether a folder holds nothing but what specdyn itself leaves (an old in-store lock, zarr's partial
-    writes): what a failed first run of an older version left behind."""
-    return all(p.name in (LOCK_NAME, "zarr.json") or p.name.endswith(".partial") for p in Path(path).iterdir()) and (
-        _empty_group(Path(path) / "zarr.json")
-    )
-
-
-def _empty_group(meta: Path) -> bool:
-    """No zarr.json, or one of a group without attributes (what a first write session opened and nothing more)."""
-    if not meta.exists():
-        return True
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return False
-    return doc.get("node_type") == "group" and not doc.get("attributes")
-
-
-def has_done_rows(path: Path) -> bool:
-    try:
-        return bool(np.any(open_root(path)["done"][:]))
-    except (KeyError, OSError, ValueError):
-        return False
+def open_for_writing(path: Path, overwrite: bool = False) -> Store:
+    """Under the lock, before any work: finish or undo a killed swap, drop zarr's partial files, delete the store
+    (`overwrite`) or what a failed creation left, refuse what is not a specdyn store or is of a newer schema, and
+    return the store opened once for writing (root None where there is none yet)."""
+    path = Path(path)
+    recover(path)
+    st = Store(path, "a")
+    if overwrite and st.exists:
+        remove_store(st)
+        st = Store(path, "a")
+    elif st.exists and not st.is_specdyn and not st.own_files_only():
+        raise SpecdynError(f"{path}: exists and is not a specdyn store; choose another --out")
+    st = clear_leftovers(st)  # a creation killed part-way (older versions) holds no row: start afresh
+    refuse_newer(st)
+    return st
 
 
 def verify_store(path: Path) -> bool:
     """A whole store: specdyn's attributes and every schema-1 array (what a swap or a creation may put live)."""
-    if not is_store(path):
-        return False
     try:
-        return not missing_arrays(open_root(path))
+        st = Store(path)
+        return st.is_specdyn and not st.missing()
     except (KeyError, OSError, ValueError):
         return False
 
 
-def clear_leftovers(path: Path) -> None:
-    """Under the lock: delete what a killed or failed earlier run left at `path` that holds no row, so the store is
-    created afresh: a folder of specdyn's own files only, or a layout whose creation was killed part-way (older
+def clear_leftovers(st: Store) -> Store:
+    """Under the lock: delete what a killed or failed earlier run left at the path that holds no row, so the store
+    is created afresh: a folder of specdyn's own files only, or a layout whose creation was killed part-way (older
     versions created stores in place). A damaged store that holds rows is refused, never deleted."""
-    path = Path(path)
-    if not path.is_dir() or verify_store(path):
-        return
-    if own_files_only(path):
-        shutil.rmtree(path)
-    elif is_store(path):
-        if has_done_rows(path):
-            missing = missing_arrays(open_root(path))
+    if not st.path.is_dir():
+        return st
+    try:
+        missing = st.missing() if st.is_specdyn else None
+    except (KeyError, OSError, ValueError):
+        missing = ["matrix"]
+    if missing == []:
+        return st
+    if st.own_files_only():
+        shutil.rmtree(st.path)
+    elif st.is_specdyn:
+        if st.has_done_rows():
             raise SpecdynError(
-                f"{path}: damaged store (missing {', '.join(missing[:3])}); rerun with --overwrite to start afresh"
+                f"{st.path}: damaged store (missing {', '.join(missing[:3])}); rerun with --overwrite to start afresh"
             )
-        shutil.rmtree(path)
+        shutil.rmtree(st.path)
+    else:
+        return st
+    return Store(st.path, "a")
 
 
 def remove_partials(path: Path) -> int:
@@ -158,46 +156,31 @@ def remove_partials(path: Path) -> int:
     return n
 
 
-def remove_store(path: Path) -> None:
+def remove_store(st: Store) -> None:
     """Delete a store (for --overwrite; the caller holds its lock); refuses on anything that is not a specdyn
     store or a folder of specdyn's own leftovers."""
-    path = Path(path)
+    path = st.path
     if not path.exists():
         return
-    if not path.is_dir() or not (is_store(path) or own_files_only(path)):
+    if not path.is_dir() or not (st.is_specdyn or st.own_files_only()):
         raise SpecdynError(f"{path}: exists and is not a specdyn store; refusing to delete it, choose another --out")
     shutil.rmtree(path)
 
 
-def create_store(path: Path, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, attrs: dict) -> None:
+def create_store(path: Path, specs: list[MatrixSpec], pairs: list[PairSpec], top: int, attrs: dict) -> Store:
     """Create an empty store: the whole layout is built beside `path`, verified, and renamed into place, so a
-    kill at any moment leaves either no store or a complete one (the caller holds the lock)."""
-    clear_leftovers(path)
+    kill at any moment leaves either no store or a complete one (the caller holds the lock and cleared leftovers
+    with `open_for_writing`). Returns it opened for writing."""
     swap = Swap(path, verify=verify_store)
     tmp = swap.begin()
     create_layout(zarr.open_group(str(tmp), mode="w-"), specs, pairs, top, attrs)
     faults.point("create:built")
     swap.commit()
-
-
-def stored_rows(root) -> list[dict]:
-    """Every physical row: {"row", "done", "step", "checkpoint", "source", "file_bytes", "file_mtime_ns"}
-    (the file fields -1 where unknown)."""
-    done = root["done"][:]
-    steps, names, sources = root["step"][:], root["checkpoint"][:], root["source"][:]
-    have = array_names(root)
-    sizes = root["file_bytes"][:] if "file_bytes" in have else np.full(len(done), -1)
-    mtimes = root["file_mtime_ns"][:] if "file_mtime_ns" in have else np.full(len(done), -1)
-    return [
-        {"row": i, "done": bool(d), "step": int(s), "checkpoint": str(n), "source": int(src),
-         "file_bytes": int(b), "file_mtime_ns": int(t)}
-        for i, (d, s, n, src, b, t) in enumerate(zip(done, steps, names, sources, sizes, mtimes))
-    ]  # fmt: skip
+    return Store(path, "a")
 
 
 def resize_rows(root, n: int) -> None:
     """Give every checkpoint-axis array n rows; `done` first, so a kill part-way leaves only rows marked undone."""
-    ensure_file_arrays(root)
     arrays = [arr for arr in checkpoint_arrays(root) if arr.shape[0] != n]
     for j, arr in enumerate(arrays):
         arr.resize((n, *arr.shape[1:]))
@@ -374,32 +357,48 @@ def derive(root) -> None:
     for name, values in arrays.items():
         root[name][:] = values
         faults.point("derive")
-    fill_heavy_tail(root)
+    mark_filled(root, tuple(arrays))
+    fill_from_sv(root)
     update_attrs(root, derived=derived_marker(root))
 
 
-def fill_heavy_tail(root, recompute: bool = False) -> int:
-    """Compute the heavy-tail metrics (docs/method.md §10) of every completed row that lacks them (all rows with
-    `recompute`) from its stored singular values, adding the arrays to an older store first. Returns the number
-    of (row, matrix) cells computed. Rows are marked by `matrix_rank`, which is finite for any finite spectrum."""
+def fill_from_sv(root, recompute: bool = False) -> int:
+    """Compute, from the stored singular values, the metrics that are functions of them: the heavy-tail metrics
+    (docs/method.md §10) of every completed row that lacks them (all rows with `recompute`), and the spectrum
+    metrics a migration added to a store that had rows (attrs `unfilled`). Returns the number of (row, matrix)
+    cells whose heavy-tail metrics were computed. Heavy-tail rows are marked by `matrix_rank`, which is finite
+    for any finite spectrum."""
     from specdyn.spectral.heavy_tail import heavy_tail_metrics
+    from specdyn.spectral.metrics import spectrum_metrics
 
-    add_heavy_arrays(root)
+    unfilled = [n for n in read_attrs(root).get("unfilled", []) if n in ROW_METRICS]
     done = root["done"][:]
-    values = {name: root[name][:] for name in HEAVY_METRICS}
+    heavy = {name: root[name][:] for name in HEAVY_METRICS}
+    spectral = {name: root[name][:] for name in unfilled}
     count = 0
     for j, spec in enumerate(specs_of(root)):
-        todo = np.flatnonzero(done & (recompute | np.isnan(values["matrix_rank"][:, j])))
+        want_heavy = done & (recompute | np.isnan(heavy["matrix_rank"][:, j]))
+        todo = np.flatnonzero(want_heavy | (done & bool(unfilled)))
         if not len(todo):
             continue
         sv = root[matrix_group(spec.name)]["sv"].get_orthogonal_selection((todo, slice(None)))
         for i, s in zip(todo, sv):
-            for name, v in heavy_tail_metrics(s, max(spec.shape)).items():
-                values[name][i, j] = v
-            count += 1
-    if count:
-        for name in HEAVY_METRICS:
-            root[name][:] = values[name]
+            if want_heavy[i]:
+                for name, v in heavy_tail_metrics(s, max(spec.shape)).items():
+                    heavy[name][i, j] = v
+                count += 1
+            if unfilled:
+                values = spectrum_metrics(s)
+                for name in unfilled:
+                    spectral[name][i, j] = values[name]
+    if count:  # `matrix_rank` last: it marks the rows done, so a kill before it leaves them to the next run
+        for name in sorted(HEAVY_METRICS, key=lambda n: n == "matrix_rank"):
+            root[name][:] = heavy[name]
+    for name in unfilled:
+        root[name][:] = spectral[name]
+    if count or unfilled:
+        faults.point("derive")
+    mark_filled(root, (*unfilled, *HEAVY_METRICS))
     return count
 
 
@@ -458,7 +457,6 @@ def rebuild(store: Path, root, rows: list[dict], specs: list[MatrixSpec], pairs:
     new.attrs["specdyn"] = read_attrs(root)
     if "epsilon" in array_names(root):
         add_base_arrays(new, root["epsilon"][:])
-    ensure_file_arrays(root)
     resize_rows(new, len(rows))
     old_arrays = {a.path: a for a in checkpoint_arrays(root)}
     # by name: an older store may lack optional arrays (filled afterwards by derive); `done` is written last

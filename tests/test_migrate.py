@@ -1,0 +1,58 @@
+"""The one store migration: a metric declared once in spectral/metrics.py reaches an existing store (read from the
+stored singular values before `derive`, stored by it, then written with every new row), never a KeyError."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_schema1 import schema1_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The whole recipe of docs/architecture.md "Add a metric of a spectrum", step 1: one Metric in METRICS. Done here
+# before anything else imports the registry, as an edit of spectral/metrics.py would be.
+SCRIPT = """
+import json, sys
+import numpy as np
+from specdyn.spectral import metrics as m
+
+m.METRICS["top2_ratio"] = m.Metric(
+    "top2_ratio", "σ₂ / σ₁", "[0, 1]", m.METRICS["spectral_norm"].doc, unit=True, fn=lambda s: s[..., 1] / s[..., 0]
+)
+
+import specdyn, zarr
+from specdyn.analyze import AnalyzeOptions, analyze
+from specdyn.commands.derive import derive_store
+
+run = sys.argv[1]
+expect = lambda st: np.array([[st.sv(n)[i, 1] / st.sv(n)[i, 0] for n in st.matrices] for i in range(len(st))])
+old = specdyn.open_store(run)
+out = {"read_before": bool(np.allclose(old.metric("top2_ratio"), expect(old)))}
+out["stored_before"] = "top2_ratio" in zarr.open_group(run + "/specdyn.zarr", mode="r")
+derive_store(run)
+root = zarr.open_group(run + "/specdyn.zarr", mode="r")
+new = specdyn.open_store(run)
+out["stored_after"] = bool(np.allclose(root["top2_ratio"][:], expect(new)))
+out["unfilled"] = root.attrs["specdyn"].get("unfilled")
+summary = analyze([run], options=AnalyzeOptions(topk=12, overwrite=True), show_progress=False)
+again = specdyn.open_store(run)
+out["written_with_rows"] = bool(np.allclose(again.metric("top2_ratio"), expect(again))) and summary["computed"] == 3
+print(json.dumps(out))
+"""
+
+
+def test_a_metric_declared_once_reaches_an_old_store(tmp_path):
+    run = schema1_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(run)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {
+        "read_before": True,
+        "stored_before": False,
+        "stored_after": True,
+        "unfilled": [],
+        "written_with_rows": True,
+    }
