@@ -171,7 +171,7 @@ def fresh_rows(workdir: Path) -> list[dict]:
     for name, args in COMMANDS.items():
         out = workdir / name
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "specdyn", "train", *args, "--out", str(out), "--no-progress"],
+        subprocess.run([sys.executable, "-m", "specdyn", "train", *args, "--out", str(out), "--quiet"],
                        check=True, cwd=ROOT)  # fmt: skip
         row = summarize(name, out)
         row["seconds"] = time.perf_counter() - t0

@@ -18,7 +18,6 @@ _API = {
     "analyze": "specdyn.analyze",
     "AnalyzeOptions": "specdyn.analyze",
     "SpectralStore": "specdyn.store",
-    "to_dataframe": "specdyn.store.frames",
     "discover": "specdyn.io",
     "open_checkpoint": "specdyn.io",
     "CheckpointReader": "specdyn.io",
@@ -34,6 +33,14 @@ def open_store(path):
     return SpectralStore.open(resolve_store(path))
 
 
+def to_dataframe(stores, metrics=None, steps=None, matrices=None):
+    """Several stores (or run dirs) as one long pandas table, with a `store` column; a dict {group: stores}
+    adds a `group` column. One store: `SpectralStore.to_dataframe`, whose arguments these are."""
+    from specdyn.store.frames import combined
+
+    return combined(stores, open_store, metrics, steps, matrices)
+
+
 def __getattr__(name: str):
     if name == "analyze":  # the package itself, callable as the function (specdyn/analyze/__init__.py)
         return importlib.import_module("specdyn.analyze")
@@ -42,4 +49,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'specdyn' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "open_store", *_API]
+__all__ = ["__version__", "open_store", "to_dataframe", *_API]

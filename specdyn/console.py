@@ -25,7 +25,7 @@ def err_console() -> Console:
     return Console(file=sys.stderr, highlight=False)
 
 
-def progress(transient: bool = False) -> Progress:
+def progress(transient: bool = False, disable: bool = False) -> Progress:
     """A progress bar on stderr; on a non-TTY it prints one final line (good for CI logs)."""
     return Progress(
         SpinnerColumn(),
@@ -36,6 +36,7 @@ def progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=err_console(),
         transient=transient,
+        disable=disable,
     )
 
 
@@ -50,13 +51,18 @@ _budget = contextvars.ContextVar("specdyn_warning_budget", default=None)
 WARNING_LIMIT = 10  # warnings of one kind shown per run before they are counted into one summary line
 
 
+_quiet = contextvars.ContextVar("specdyn_quiet", default=False)
+
+
 @contextlib.contextmanager
-def cli_mode():
-    token = _cli.set(True)
+def cli_mode(quiet: bool = False):
+    """A command's output: warnings as one line each on stderr; with `quiet` (--quiet), no `info` lines."""
+    token, quiet_token = _cli.set(True), _quiet.set(quiet)
     try:
         yield
     finally:
         _cli.reset(token)
+        _quiet.reset(quiet_token)
 
 
 @contextlib.contextmanager
@@ -96,7 +102,15 @@ def _emit(message: str) -> None:
 
 
 def info(message: str) -> None:
-    err_console().print(name_text(message), soft_wrap=True)
+    """A progress or result message on stderr (none under --quiet)."""
+    if not _quiet.get():
+        err_console().print(name_text(message), soft_wrap=True)
+
+
+def show(renderable) -> None:
+    """A table or other rich renderable on stderr (none under --quiet)."""
+    if not _quiet.get():
+        err_console().print(renderable)
 
 
 def print_json(obj) -> None:

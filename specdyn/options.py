@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from specdyn.errors import EXIT_ERROR, SpecdynError
+from specdyn.errors import EXIT_ERROR, EXIT_USAGE, SpecdynError
 
 _MISSING = dataclasses.MISSING
 
@@ -34,11 +34,14 @@ def option(
     hidden: bool = False,
     cli: bool = True,
     parse: Callable | None = None,
+    old: str | None = None,
 ):
     """A dataclass field with its CLI flag(s) (default `--field-name`), help, and the checks every caller gets.
-    `parse` turns the CLI's strings into the field's value (e.g. "0.1,0.5" into fractions)."""
+    `parse` turns the CLI's strings into the field's value (e.g. "0.1,0.5" into fractions); `old` is a former
+    spelling of the flag that keeps working, with a one-line deprecation note."""
     meta = {
         "parse": parse,
+        "old": old,
         "flags": flags,
         "help": help,
         "min": min,
@@ -64,7 +67,7 @@ def flag_of(f: dataclasses.Field) -> str:
 class Options:
     """Base of the option dataclasses: checks every field's declared bounds and choices, then `check()`."""
 
-    error_code: ClassVar[int] = EXIT_ERROR  # the exit code of a refused option
+    error_code: ClassVar[int] = EXIT_USAGE  # a refused option is a usage error (click's convention)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -74,7 +77,12 @@ class Options:
                     _check_field(f, getattr(self, f.name), meta)
                 except SpecdynError as e:
                     raise SpecdynError(e.message, code=self.error_code) from None
-        self.check()
+        try:
+            self.check()
+        except SpecdynError as e:
+            if e.code != EXIT_ERROR:  # a check that names its own exit code keeps it
+                raise
+            raise SpecdynError(e.message, code=self.error_code) from None
 
     def check(self) -> None:
         """Checks across fields; subclasses raise SpecdynError naming the flag."""
@@ -113,22 +121,20 @@ def parse_fractions(values, flag: str) -> list[float]:
             try:
                 f = float(part)
             except ValueError:
-                raise SpecdynError(f"{flag} {part!r}: expected a number such as 0.5") from None
+                raise SpecdynError(f"{flag} {part!r}: expected a number such as 0.5", code=EXIT_USAGE) from None
             if not 0.0 < f <= 1.0:
-                raise SpecdynError(f"{flag} {f:g}: must be in (0, 1]")
+                raise SpecdynError(f"{flag} {f:g}: must be in (0, 1]", code=EXIT_USAGE)
             out.append(f)
     return out
 
 
-def parse_key_values(items, flag: str, example: str, code: int | None = None) -> dict[str, str]:
+def parse_key_values(items, flag: str, example: str, code: int = EXIT_USAGE) -> dict[str, str]:
     """`key=value` strings (repeated options) as a dict; values stay strings for the config to convert."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SpecdynError(
-                f"{flag} {item!r}: expected KEY=VALUE (e.g. {flag} {example})", **({"code": code} if code else {})
-            )
+            raise SpecdynError(f"{flag} {item!r}: expected KEY=VALUE (e.g. {flag} {example})", code=code)
         out[key.strip().replace("-", "_")] = value.strip()
     return out
 
@@ -150,7 +156,7 @@ TASK_HELP = (
     "Task that builds the model and data: a built-in name, path/to/file.py:object or package.module:object. "
     "Default: the task recorded in the checkpoints by `specdyn train`."
 )
-CONFIG_HELP = "Override a built-in task's config key (repeatable), e.g. --config data_frac=0.3."
+CONFIG_HELP = "Override a task config key (repeatable), e.g. --set data_frac=0.3 (see specdyn train --show-config)."
 
 
 def task_option():
@@ -169,11 +175,13 @@ def data_option():
 def config_option():
     return option(
         None,
-        "--config",
+        "--set",
+        "-s",
         factory=dict,
         metavar="KEY=VALUE",
         help=CONFIG_HELP,
-        parse=lambda v: parse_key_values(v, "--config", "data_frac=0.3"),
+        parse=lambda v: parse_key_values(v, "--set", "data_frac=0.3"),
+        old="--config",
     )
 
 

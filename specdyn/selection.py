@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 
 
 def log_spaced_indices(n: int, count: int) -> list[int]:
@@ -21,7 +21,8 @@ def parse_steps(spec: str) -> tuple[int | None, int | None]:
         return (int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
     except ValueError:
         raise SpecdynError(
-            f"--steps {spec!r}: expected `a:b` with integer steps, e.g. `--steps 1000:5000` or `--steps :200`"
+            f"--steps {spec!r}: expected `a:b` with integer steps, e.g. `--steps 1000:5000` or `--steps :200`",
+            code=EXIT_USAGE,
         ) from None
 
 
@@ -32,11 +33,11 @@ def subsample(ckpts: list, every=None, log_spaced=None, steps=None, key=lambda c
         ckpts = [c for c in ckpts if (lo is None or key(c) >= lo) and (hi is None or key(c) <= hi)]
     if every:
         if every < 1:
-            raise SpecdynError(f"--every {every}: must be a positive integer")
+            raise SpecdynError(f"--every {every}: must be a positive integer", code=EXIT_USAGE)
         keep = set(range(0, len(ckpts), every)) | ({len(ckpts) - 1} if ckpts else set())
         ckpts = [c for i, c in enumerate(ckpts) if i in keep]
     if log_spaced:
         if log_spaced < 2:
-            raise SpecdynError(f"--log-spaced {log_spaced}: must be at least 2")
+            raise SpecdynError(f"--log-spaced {log_spaced}: must be at least 2", code=EXIT_USAGE)
         ckpts = [ckpts[i] for i in log_spaced_indices(len(ckpts), log_spaced)]
     return ckpts

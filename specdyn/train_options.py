@@ -24,7 +24,9 @@ class TrainOptions(Options):
     error_code = EXIT_USAGE
 
     # Task config overrides (None: the task's default, or the trunk's for a branch).
-    steps: int | None = option(None, min=1, help="Total optimizer steps (a branch continues to this step).")
+    steps: int | None = option(
+        None, "--max-steps", min=1, help="Total optimizer steps (a branch continues to this step).", old="--steps"
+    )
     lr: float | None = option(None, help="Peak learning rate.")
     weight_decay: float | None = option(None, help="Weight decay (AdamW decoupled, SGD coupled).")
     batch_size: int | None = option(None, min=0, help="Batch size (0 = full batch).")

@@ -295,7 +295,7 @@ def test_cli_json_exit_codes_and_info(series, tmp_path):
         (["analyze", str(tmp_path / "nope")], 1),
         (["analyze", str(tmp_path), "-q"], 3),  # a dir with no checkpoints
         (["info", str(tmp_path / "nope")], 6),
-        (["analyze", str(run), "--steps", "x"], 1),
+        (["analyze", str(run), "--steps", "x"], 2),  # a usage error
     ):
         r = runner.invoke(app, args)
         assert r.exit_code == code, (args, r.stderr)

@@ -527,7 +527,7 @@ def test_pairs_file_round_trip_and_errors(tmp_path, one_thread, capsys):
         "model.layers.0.self_attn.k_proj.weight -> model.layers.0.mlp.down_proj.weight\n"
     )
     out = tmp_path / "bad.zarr"
-    res = CliRunner().invoke(app, ["analyze", str(run), "--out", str(out), "--pairs", str(pairs)])
+    res = CliRunner().invoke(app, ["analyze", str(run), "--out", str(out), "--alignment-pairs", str(pairs)])
     assert res.exit_code == 1
     assert f"{pairs}:2:" in res.output and "does not feed" in res.output and "Traceback" not in res.output
     assert not out.exists()

@@ -8,6 +8,7 @@ import specdyn
 from specdyn.errors import SpecdynError
 from specdyn.plots import PLOTS
 from specdyn.plots.esd import pick_rows
+from tests.figure_checks import check_figure
 from tests.synthetic_store import transformer_shapes, write_store
 
 
@@ -30,7 +31,7 @@ def test_esd_draws_density_and_fit(store):
     ax = fig.axes[0]
     steps = store.steps[pick_rows(len(store), 3)]
     density = [l for l in ax.lines if l.get_label().startswith("step ")]
-    assert [l.get_label() for l in density] == [f"step {s}" for s in steps]
+    assert [l.get_label().split("  α=")[0] for l in density] == [f"step {s}" for s in steps]
     evs = [store.sv(name)[list(store.steps).index(s)] ** 2 for s in steps]
     edges = np.geomspace(min(e.min() for e in evs), max(e.max() for e in evs) * (1 + 1e-9), 41)
     for line, ev in zip(density, evs):
@@ -38,10 +39,11 @@ def test_esd_draws_density_and_fit(store):
         centres = np.sqrt(edges[:-1] * edges[1:])
         np.testing.assert_allclose(line.get_xdata(), centres[counts > 0])
         np.testing.assert_allclose(line.get_ydata(), (counts / (len(ev) * np.diff(edges)))[counts > 0])
-    labels = sorted(t.get_text() for t in ax.texts)
+    labels = [line.get_label().split("  ")[1] for line in density]  # α in the legend, not beside the curves
     j = store.matrices.index(name)
     rows = [list(store.steps).index(s) for s in steps]
-    assert labels == sorted(f"α={a:.2f}" for a in store.metric("alpha")[rows, j])
+    assert labels == [f"α={a:.2f}" for a in store.metric("alpha")[rows, j]]
+    check_figure(PLOTS["esd"]([store], matrix=name))  # labels in the figure, none overlapping (α did)
     with pytest.raises(SpecdynError, match="--checkpoints 0"):
         PLOTS["esd"]([store], matrix=name, checkpoints=0)
 

@@ -24,7 +24,7 @@ TINY = ["--set", "width=16", "--set", "in_dim=8", "--set", "n_train=64", "--set"
 def seeds(tmp_path_factory):
     """Three tiny seeds of one condition, trained with `specdyn train --seeds 0,1,2` and analyzed."""
     base = tmp_path_factory.mktemp("groups")
-    args = ["train", "mlp", "-o", str(base / "wd1"), "--steps", "8", "--save-every", "2", "--no-progress",
+    args = ["train", "mlp", "-o", str(base / "wd1"), "--max-steps", "8", "--save-every", "2", "-q",
             "--seeds", "0,1,2", "--threads", "1", "--json", *TINY]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

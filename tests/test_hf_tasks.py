@@ -85,7 +85,7 @@ def hf_reference(folder, ids: np.ndarray, split: str):
 def test_prune_eval_matches_transformers_on_every_family(family, tmp_path, ids_file):
     run = series(tmp_path / family, FAMILIES[family])
     assert runner.invoke(app, ["analyze", str(run), "-q"]).exit_code == 0
-    args = ["prune-eval", str(run), "--task", "hf-causal-lm", "--data", str(ids_file), "--config", f"seq_len={SEQ}"]
+    args = ["prune-eval", str(run), "--task", "hf-causal-lm", "--data", str(ids_file), "--set", f"seq_len={SEQ}"]
     result = runner.invoke(app, [*args, "--keep", "0.5,1", "--json", "-q"])
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
@@ -104,7 +104,7 @@ def test_interpolate_on_an_hf_pair_starts_and_ends_at_the_endpoints(tmp_path, id
     run = series(tmp_path / "gpt2", gpt2)
     a, b = run / "checkpoint-1", run / "checkpoint-2"
     out = tmp_path / "interp.zarr"
-    args = ["interpolate", str(a), str(b), "--task", "hf-causal-lm", "--data", str(ids_file), "--config",
+    args = ["interpolate", str(a), str(b), "--task", "hf-causal-lm", "--data", str(ids_file), "--set",
             f"seq_len={SEQ}", "--points", "3", "--out", str(out), "--json", "-q"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -199,7 +199,7 @@ def test_architecture_mismatch_fails_before_any_work(tmp_path):
     assert res.exit_code == 1 and "different architectures" in res.output
     assert not out.exists()
     res = CliRunner().invoke(app, ["interpolate", str(tmp_path / "a" / "step_0.safetensors")])
-    assert res.exit_code == 1 and "expected two checkpoints" in res.output
+    assert res.exit_code == 2 and "expected two checkpoints" in res.output
 
 
 def test_cli_default_output_and_figure(tmp_path):

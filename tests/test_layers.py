@@ -105,3 +105,48 @@ def test_an_import_that_runs_back_up_fails(src, dst):
 def test_every_module_is_on_a_layer():
     for module in import_graph():
         layer_of(module)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import circles between modules (lazy imports included): the strongly connected components of size > 1."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    graph = {m: {t for t in targets if t != m and t != "specdyn"} for m, targets in import_graph().items()}
+    assert cycles(graph) == []
+
+
+def test_an_import_circle_fails():
+    graph = import_graph()
+    graph["specdyn.spectral.metrics"] = graph["specdyn.spectral.metrics"] | {"specdyn.spectral.heavy_tail"}
+    graph["specdyn.spectral.heavy_tail"] = graph["specdyn.spectral.heavy_tail"] | {"specdyn.spectral.metrics"}
+    assert ["specdyn.spectral.heavy_tail", "specdyn.spectral.metrics"] in cycles(graph)

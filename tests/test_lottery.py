@@ -105,4 +105,4 @@ def test_cli(dense):
     s = json.loads(res.stdout)
     assert [d["density"] for d in s["densities"]] == [0.1, 0.2]
     res = CliRunner().invoke(app, ["lottery", str(store.parent), "--zip", "sideways"])
-    assert res.exit_code == 1 and "--zip" in res.output
+    assert res.exit_code == 2 and "--zip" in res.output

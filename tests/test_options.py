@@ -53,7 +53,10 @@ def test_api_and_cli_refuse_the_same_input_with_the_same_message(cls, kwargs, ar
                                           (InterpOptions, "interpolate"), (LotteryOptions, "lottery"),
                                           (TrainOptions, "train"), (PlotOptions, "plot")])  # fmt: skip
 def test_every_field_is_a_flag_of_its_command(cls, command):
-    text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+    from specdyn.plots.registry import KINDS
+
+    argvs = [[command, kind, "--help"] for kind in KINDS] if command == "plot" else [[command, "--help"]]
+    text = "".join(runner.invoke(app, argv, env={"COLUMNS": "200"}).output for argv in argvs)
     for f in dataclasses.fields(cls):
         assert flag_of(f) in text, f"{command}: {f.name} has no {flag_of(f)} in --help"
 

@@ -252,7 +252,7 @@ def test_cli_json_and_user_errors(tmp_path):
     assert "does not match the checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (other / "evals").exists()
     res = runner.invoke(app, ["prune-eval", str(other), "--task", spec("mlp_task"), "--keep", "1.5"])
-    assert res.exit_code == 1 and "must be in (0, 1]" in res.output
+    assert res.exit_code == 2 and "must be in (0, 1]" in res.output
     res = runner.invoke(app, ["prune-eval", str(other), "--task", "nosuch.py:task"])
     assert res.exit_code == 1 and "does not exist" in res.output
     res = runner.invoke(app, ["prune-eval", str(tmp_path / "nothing")])

@@ -140,7 +140,7 @@ def test_cli_report(stores, tmp_path):
     assert doc["written"] == [str(out)] and doc["figures"] == count_figures(stores[:1])
     assert out.read_text().startswith("<!DOCTYPE html>")
     r = runner.invoke(app, ["report", str(stores[0].path), "-o", str(tmp_path / "r.pdf")])
-    assert r.exit_code == 1 and "*.html" in r.stderr
+    assert r.exit_code == 2 and "*.html" in r.stderr
     r = runner.invoke(app, ["report", str(tmp_path / "none"), "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 6 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 

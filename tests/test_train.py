@@ -255,8 +255,8 @@ def _sets(name, skip=()):
 
 def test_cli_trains_and_prints_a_json_summary(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "modadd", "-o", str(out), "--steps", "2", "--save-every", "1", "--weight-decay", "0",
-            "--data-frac", "0.4", "--no-progress", "--json", *_sets("modadd", skip=["data_frac"])]  # fmt: skip
+    args = ["train", "modadd", "-o", str(out), "--max-steps", "2", "--save-every", "1", "--weight-decay", "0",
+            "--data-frac", "0.4", "-q", "--json", *_sets("modadd", skip=["data_frac"])]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -270,12 +270,12 @@ def test_cli_trains_and_prints_a_json_summary(tmp_path):
 
 def test_cli_branch_from_a_checkpoint(tmp_path):
     trunk = tmp_path / "trunk"
-    assert runner.invoke(app, ["train", "mlp", "-o", str(trunk), "--steps", "4", "--save-every", "2", "--no-progress",
+    assert runner.invoke(app, ["train", "mlp", "-o", str(trunk), "--max-steps", "4", "--save-every", "2", "-q",
                                *_sets("mlp")]).exit_code == 0  # fmt: skip
     ckpt = trunk / "step_000002.safetensors"
     res = runner.invoke(app, ["train", "mlp", "-o", str(tmp_path / "b"), "--init-from", str(ckpt), "--seed", "3",
                               "--perturb-scale", "0.5", "--mask-from", str(trunk / "step_000004.safetensors"),
-                              "--density", "0.3", "--mask-type", "random", "--save-every", "2", "--no-progress"])  # fmt: skip
+                              "--density", "0.3", "--mask-type", "random", "--save-every", "2", "-q"])  # fmt: skip
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["config"]["seed"] == 3 and run["config"]["in_dim"] == 8  # the trunk's config, with the branch seed
@@ -298,7 +298,7 @@ def test_cli_show_config(tmp_path):
         (["train", "mlp", "--set", "widht=3"], EXIT_USAGE, "no config key 'widht'"),
         (["train", "mlp", "--set", "width"], EXIT_USAGE, "KEY=VALUE"),
         (["train", "mlp", "--data-frac", "0.5"], EXIT_USAGE, "data_frac"),
-        (["train", "mlp", "--steps", "5", "--set", "steps=6"], EXIT_USAGE, "given twice"),
+        (["train", "mlp", "--max-steps", "5", "--set", "steps=6"], EXIT_USAGE, "given twice"),
         (["train", "mlp", "--density", "0.1"], EXIT_USAGE, "--mask-from"),
         (["train", "mlp", "--save-every", "2", "--save-log", "3"], EXIT_USAGE, "not both"),
         (["train", "mlp", "--format", "zip"], 2, "zip"),

@@ -41,7 +41,13 @@ class AnalyzeOptions(Options):
         metavar="ORG/NAME",
         panel=SELECT,
     )
-    pairs_file: str | None = option(None, "--pairs", help="File of alignment pairs, one `prev next` per line.")
+    pairs_file: str | None = option(
+        None,
+        "--alignment-pairs",
+        metavar="FILE",
+        help="File of alignment pairs, one `prev next` per line.",
+        old="--pairs",
+    )
     heads: int | None = option(None, min=1, help="Attention heads (default: from checkpoint config).")
     device: str = option("cpu", help="'cpu' or 'cuda' (GPU SVDs).", panel=COMPUTE)
     svd_route: str = option(

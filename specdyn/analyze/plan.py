@@ -245,7 +245,7 @@ def _check_options(store: Path, attrs: dict, opts: AnalyzeOptions) -> None:
     before = attrs.get("options", {})
     now = opts.content_options()
     diff = [k for k in now if k in before and before[k] != now[k]]
-    # --pairs and --heads may be left out on a rerun (the store keeps them), but not changed
+    # --alignment-pairs and --heads may be left out on a rerun (the store keeps them), but not changed
     given = {"pairs_file": opts.pairs_file, "heads": opts.heads}
     diff += [k for k, v in given.items() if v is not None and attrs.get(k) != v]
     before = {**before, **{k: attrs.get(k) for k in given}}

@@ -76,6 +76,6 @@ def _poll(dirs, store, opts, quiet: bool, watch: bool) -> dict | None:
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("analyze")(user_errors(cli_command(analyze_command, AnalyzeOptions)))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from specdyn.commands.common import JsonFlag
+from specdyn.commands.common import JsonFlag, QuietFlag
 
 
 def derive_store(store: Path, recompute: bool = False) -> dict:
@@ -36,6 +36,7 @@ def derive_command(
         bool, typer.Option("--recompute", help="Recompute the heavy-tail metrics of every row, not only missing ones.")
     ] = False,
     json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ):
     """Add derived arrays to an existing store (heavy-tail metrics, stability) from its stored SVDs."""
     from specdyn import console
@@ -50,6 +51,6 @@ def derive_command(
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("derive")(user_errors(derive_command))

@@ -172,6 +172,6 @@ def export_command(
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("export")(user_errors(export_command))

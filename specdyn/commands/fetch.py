@@ -39,6 +39,6 @@ def fetch_command(
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("fetch")(user_errors(cli_command(fetch_command, FetchOptions)))

@@ -6,6 +6,12 @@ from typing import Annotated
 
 import typer
 
+from specdyn.commands.common import JsonFlag, QuietFlag
+
+# The per-matrix metrics info shows. At the last checkpoint `stability_score` (against the final checkpoint) is 1
+# by definition, so the table shows the stability against the previous checkpoint instead.
+INFO_METRICS = ("effective_rank", "stable_rank", "spectral_norm", "stability_score", "stability_prev_score")
+
 
 def store_summary(st, step: int | None = None) -> dict:
     """A JSON-able summary of a store: the `--json` document of `specdyn info`; its "layers" are the
@@ -13,11 +19,15 @@ def store_summary(st, step: int | None = None) -> dict:
     import numpy as np
 
     last = {}
+    at = None
     if len(st):
+        from specdyn.commands.export import _step_index
         from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS  # WeightWatcher's columns (docs/method.md §10)
 
-        for name in ("effective_rank", "stable_rank", "spectral_norm", "stability_score", *HEAVY_TAIL_METRICS):
-            last[name] = st.metric(name)[-1]
+        i = _step_index(st, step)
+        at = int(st.steps[i])
+        for name in INFO_METRICS + tuple(HEAVY_TAIL_METRICS):
+            last[name] = st.metric(name)[i]
     matrices = []
     for j, name in enumerate(st.matrices):
         spec = st.matrix_spec(name)
@@ -40,6 +50,7 @@ def store_summary(st, step: int | None = None) -> dict:
         "sources": [str(d) for d in st.run_dirs],
         "checkpoints": len(st),
         "steps": [int(s) for s in steps],
+        "step": at,  # the checkpoint whose metrics `matrices` and `layers` hold
         "rows": [
             {"step": int(step), "checkpoint": ck, "revision": rev, "repo": st.sources[int(src)].get("repo")}
             for step, ck, rev, src in zip(steps, st.checkpoints, st.revisions, st.source_index)
@@ -88,10 +99,11 @@ def info_command(
     store: Annotated[
         Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
     ],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    json_out: JsonFlag = False,
     step: Annotated[
-        int | None, typer.Option("--step", help="--json: the step of the per-layer table (default: the last).")
+        int | None, typer.Option("--step", help="The checkpoint whose metrics are shown (default: the last).")
     ] = None,
+    quiet: QuietFlag = False,
 ):
     """Summarize a store: sources, checkpoints, matrices with shapes, latest metrics."""
     from rich.console import Console
@@ -132,11 +144,13 @@ def info_command(
         out.print(f"  [yellow]skipped[/yellow] {s['checkpoint']}: {s['reason']}", markup=True, highlight=False)
     for t in summary["skipped_tensors"]:
         out.print(f"  not analyzed (not floating point): {t['name']} {t['dtype']} {'×'.join(map(str, t['shape']))}")
-    table = Table(title="matrices (latest checkpoint)", title_justify="left")
+    last = summary["step"] == (steps[-1] if steps else None)
+    title = f"matrices at step {summary['step']}" + (" (the last checkpoint)" if last else "")
+    table = Table(title=title, title_justify="left")
     table.add_column("matrix", overflow="fold", ratio=3)
     table.add_column("kind", overflow="fold", ratio=1)
     table.add_column("rows", no_wrap=True)
-    for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability"):
+    for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability vs prev."):
         table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
     for m in summary["matrices"]:
@@ -148,7 +162,7 @@ def info_command(
             fmt(m.get("effective_rank")),
             fmt(m.get("stable_rank")),
             fmt(m.get("spectral_norm")),
-            fmt(m.get("stability_score")),
+            fmt(m.get("stability_prev_score")),
         )
     out.print(table)
     if any(m["orientation"] != "rows=outputs" for m in summary["matrices"]):
@@ -183,6 +197,6 @@ def _print_routes(out, summary: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("info")(user_errors(info_command))

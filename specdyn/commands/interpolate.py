@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from specdyn.commands.common import JsonFlag, QuietFlag, cli_command
-from specdyn.errors import SpecdynError
+from specdyn.commands.common import JsonFlag, QuietFlag, cli_command, deprecated, plain
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.evals.options import InterpOptions
 
 
@@ -19,10 +19,14 @@ def interpolate_command(
     pairs_file: Annotated[
         Optional[Path],
         typer.Option(
-            "--pairs",
-            help="File of pairs, one `CKPT_A CKPT_B [SPLIT_STEP [LABEL]]` per line (paths relative to the file).",
+            "--checkpoint-pairs",
+            metavar="FILE",
+            help=plain(
+                "File of pairs, one `CKPT_A CKPT_B [SPLIT_STEP [LABEL]]` per line (paths relative to the file)."
+            ),
         ),
     ] = None,
+    pairs_old: Annotated[Optional[Path], typer.Option("--pairs", hidden=True)] = None,
     branches: Annotated[
         bool,
         typer.Option(
@@ -59,6 +63,9 @@ def interpolate_command(
     from specdyn import console
     from specdyn.evals.interpolate import interpolate
 
+    if pairs_old is not None:
+        deprecated("--pairs", "--checkpoint-pairs")
+        pairs_file = pairs_file or pairs_old
     pairs = _pairs(list(paths or []), pairs_file, branches, at_step)
     summary = interpolate(pairs, out, opts, show_progress=not quiet)
     if json_out:
@@ -72,18 +79,23 @@ def _pairs(paths: list[Path], pairs_file: Path | None, branches: bool, at_step: 
     from specdyn.evals.interpolate import Pair, branch_pairs, read_checkpoint_pairs
 
     if pairs_file is not None and (paths or branches):
-        raise SpecdynError("--pairs takes the pairs from its file; pass no CKPT arguments and no --branches with it")
+        raise SpecdynError(
+            "--checkpoint-pairs takes the pairs from its file; pass no CKPT arguments and no --branches with it",
+            code=EXIT_USAGE,
+        )
     if pairs_file is not None:
         return read_checkpoint_pairs(pairs_file)
     if branches:
         if len(paths) < 2:
-            raise SpecdynError("--branches needs two or more branch run dirs")
+            raise SpecdynError("--branches needs two or more branch run dirs", code=EXIT_USAGE)
         return branch_pairs(paths, at_step)
     if at_step is not None:
-        raise SpecdynError("--at-step applies to --branches only")
+        raise SpecdynError("--at-step applies to --branches only", code=EXIT_USAGE)
     if len(paths) != 2:
         raise SpecdynError(
-            f"expected two checkpoints CKPT_A CKPT_B, got {len(paths)}; for many pairs use --pairs FILE or --branches"
+            f"expected two checkpoints CKPT_A CKPT_B, got {len(paths)}; for many pairs use --checkpoint-pairs FILE or "
+            "--branches",
+            code=EXIT_USAGE,
         )
     for p in paths:
         if not p.exists():
@@ -112,11 +124,11 @@ def print_summary(s: dict) -> None:
         table.add_row(
             name, str(g["full_train_loss_barrier"]["pairs"]), cell("full"), cell("top_kept"), cell("bottom_kept")
         )
-    console.err_console().print(table)
+    console.show(table)
     console.info(f"draw it: specdyn plot interp {s['store']} -o interp.png")
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("interpolate")(user_errors(cli_command(interpolate_command, InterpOptions)))

@@ -38,7 +38,7 @@ def lottery_command(
             table.add_column(f"d={d['density']:g} {t}", justify="right")
     for m in s["matrices"]:
         table.add_row(m, *[f"{d[t]['sva_score'][m]:.3f}" for d in s["densities"] for t in ("magnitude", "random")])
-    console.err_console().print(table)
+    console.show(table)
     for r in s["runs"]:
         scores = r["mean_sva_score"]
         console.info(
@@ -48,6 +48,6 @@ def lottery_command(
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("lottery")(user_errors(cli_command(lottery_command, LotteryOptions)))

@@ -58,11 +58,11 @@ def print_summary(s: dict) -> None:
     for f in s["keep"]:
         table.add_row(f"top {f:g} kept", *cells(s["top_kept"][str(f)]))
         table.add_row(f"bottom {1 - f:g} kept", *cells(s["bottom_kept"][str(f)]))
-    console.err_console().print(table)
+    console.show(table)
     console.info(f"draw it: specdyn plot prune {s['store']} -o prune.png")
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("prune-eval")(user_errors(cli_command(prune_eval_command, PruneOptions)))

@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from specdyn.commands.common import QuietFlag, plain
+
 
 def report_command(
     out: Annotated[
@@ -29,22 +31,23 @@ def report_command(
         bool, typer.Option("--interpolate-steps", help="Interpolate seeds whose step grids differ.")
     ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help='Print {"written": [path], "figures": n} on stdout.')
+        bool, typer.Option("--json", help=plain('Print {"written": [path], "figures": n} on stdout.'))
     ] = False,
+    quiet: QuietFlag = False,
 ):
     """Write one self-contained HTML report: summary tables, every figure kind, the most interesting matrices,
     comparisons across stores."""
     from specdyn import console
-    from specdyn.errors import SpecdynError
+    from specdyn.errors import EXIT_USAGE, SpecdynError
     from specdyn.files import atomic_write, output_path
     from specdyn.plots.dispatch import open_stores
     from specdyn.report import build_report, count_figures
 
     named, out = out is not None, out or Path("report.html")  # a link at a path the user named is followed
     if out.suffix.lower() not in (".html", ".htm"):
-        raise SpecdynError(f"{out}: the report is an HTML file; name it *.html")
+        raise SpecdynError(f"{out}: the report is an HTML file; name it *.html", code=EXIT_USAGE)
     if dpi < 50:
-        raise SpecdynError(f"--dpi {dpi}: too small for readable figures; use 80 or more")
+        raise SpecdynError(f"--dpi {dpi}: too small for readable figures; use 80 or more", code=EXIT_USAGE)
     target = output_path(out, named, create=False)  # before any drawing: a bad path is one line at once
     opened = open_stores(stores or [])
     conditions = None
@@ -53,7 +56,7 @@ def report_command(
 
         conditions = conditions_from_args(group, groups_file)
     done = 0
-    with console.progress(transient=True) as bar:
+    with console.progress(transient=True, disable=quiet) as bar:
         task = bar.add_task("figures", total=count_figures(opened, conditions))
 
         def step(job):
@@ -72,6 +75,6 @@ def report_command(
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("report")(user_errors(report_command))

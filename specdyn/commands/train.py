@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from specdyn.commands.common import JsonFlag, cli_command
+from specdyn.commands.common import JsonFlag, QuietFlag, cli_command, deprecated
 from specdyn.tasks import TASKS
 from specdyn.train_options import TrainOptions
 
@@ -14,7 +14,8 @@ def train_command(
     task: Annotated[str, typer.Argument(help=f"Built-in task: {', '.join(TASKS)}.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.", show_default="runs/TASK")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the full config as JSON and exit.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    quiet: QuietFlag = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", hidden=True)] = False,
     seeds: Annotated[
         str | None, typer.Option(help="Train once per seed (e.g. 0,1,2), into OUT-s0, OUT-s1, ... (a condition).")
     ] = None,
@@ -27,6 +28,10 @@ def train_command(
     Every save evaluates the full train and val splits. Branches start from --init-from with their own --seed;
     --perturb-scale and --mask-from/--density edit the branch start as in the paper.
     """
+    if no_progress:
+        deprecated("--no-progress", "--quiet")
+        quiet = True
+    progress = not quiet
     if seeds is not None:
         return _train_seeds(task, out, show_config, progress, seeds, json_out, opts)
     import time
@@ -84,7 +89,14 @@ def _train_seeds(task, out, show_config, progress, seeds: str, json_out: bool, o
     base = out if out is not None else Path("runs") / task
     summaries = [
         train_command(
-            task, base.with_name(f"{base.name}-s{s}"), show_config, progress, None, False, opts=opts.replace(seed=s)
+            task,
+            base.with_name(f"{base.name}-s{s}"),
+            show_config,
+            not progress,
+            False,
+            None,
+            False,
+            opts=opts.replace(seed=s),
         )
         for s in seed_list
     ]
@@ -124,6 +136,6 @@ def _branch_and_config(task: str, opts: TrainOptions):
 
 
 def register(app: typer.Typer) -> None:
-    from specdyn.cli import user_errors
+    from specdyn.commands.common import user_errors
 
     app.command("train")(user_errors(cli_command(train_command, TrainOptions)))

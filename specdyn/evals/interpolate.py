@@ -127,7 +127,7 @@ def branch_pairs(branch_dirs: list[Path], at_step: int | None = None) -> list[Pa
         if not isinstance(init, Mapping) or "step" not in init:
             raise SpecdynError(
                 f"{d}: not a branch (its run.json has no init_from); make branches with "
-                "`specdyn train --init-from CKPT`, or list pairs with --pairs FILE"
+                "`specdyn train --init-from CKPT`, or list pairs with --checkpoint-pairs FILE"
             )
         ckpts = discover(d)
         if at_step is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.io import CheckpointReader
 
 
@@ -106,7 +106,9 @@ def resolve_task(spec: str | None, where: Path, overrides: Mapping | None = None
         task, config = make_hf_task(spec, where, dict(overrides or {}))
         return task, {"spec": spec, "name": spec, "config": config}
     if overrides and "data" in overrides:
-        raise SpecdynError(f"--data is the data of the {', '.join(HF_TASKS)} tasks; pass one with --task")
+        raise SpecdynError(
+            f"--data is the data of the {', '.join(HF_TASKS)} tasks; pass one with --task", code=EXIT_USAGE
+        )
     meta_task, meta_config = (None, None) if spec is not None and is_user_spec(spec) else trained_task(where)
     if spec is None:
         if meta_task is None:

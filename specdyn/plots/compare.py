@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.plots import draw, select, style
 from specdyn.plots import groups as grouping
 from specdyn.plots.metrics import LINE_METRICS, series
@@ -101,7 +101,9 @@ def _panels(metric_list: list[str], run, matrices, per_matrix: bool):
         return (panels, *style.grid(len(panels)))
     bad = [m for m in metric_list if m not in METRICS]
     if bad:
-        raise SpecdynError(f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)")
+        raise SpecdynError(
+            f"--per-matrix draws per-matrix metrics; {', '.join(bad)} is not one (drop --per-matrix)", code=EXIT_USAGE
+        )
     names = select.matrices(run, matrices)
     panels = [(m, n) for m in metric_list for n in names]
     select.check_panels(len(panels), "compare --per-matrix")

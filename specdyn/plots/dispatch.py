@@ -8,7 +8,7 @@ import difflib
 import inspect
 from pathlib import Path
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.plots.options import flags
 from specdyn.plots.registry import KINDS, PLOTS
 
@@ -19,7 +19,7 @@ def check_kind(kind: str) -> str:
     if kind not in KINDS:
         near = difflib.get_close_matches(kind, KINDS, n=2, cutoff=0.5)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
-        raise SpecdynError(f"unknown plot kind {kind!r}; {hint}known: {', '.join(KINDS)}")
+        raise SpecdynError(f"unknown plot kind {kind!r}; {hint}known: {', '.join(KINDS)}", code=EXIT_USAGE)
     return kind
 
 
@@ -29,7 +29,7 @@ def call_options(kind: str, fn, given: dict) -> dict:
     for name in given:
         if name not in params:
             takes = " ".join(FLAGS[p] for p in params if p in FLAGS)
-            raise SpecdynError(f"{FLAGS[name]} does not apply to `{kind}`; it takes: {takes}")
+            raise SpecdynError(f"{FLAGS[name]} does not apply to `{kind}`; it takes: {takes}", code=EXIT_USAGE)
     return given
 
 

@@ -97,9 +97,10 @@ def sv_fan(ax, axis: style.XAxis, x, sv, *, normalize: bool = False):
     return lc
 
 
-def lines(ax, axis: style.XAxis, x, ys, labels: list[str], *, legend_max: int = 8, depth_label="depth"):
-    """A family of lines (columns of ys): Okabe-Ito colours with a legend up to legend_max lines, beyond that
-    coloured by position (depth) and returned as a ScalarMappable for a colour bar."""
+def lines(ax, axis: style.XAxis, x, ys, labels: list[str], *, legend_max: int = 8, depth_label="depth", kinds=None):
+    """A family of lines (columns of ys): Okabe-Ito colours with a legend up to legend_max lines; beyond that,
+    with `kinds` of at most legend_max kinds, one colour per kind (legend `kind (n)`, lighter = earlier in
+    depth), else coloured by position (depth) and returned as a ScalarMappable for a colour bar."""
     ys = np.asarray(ys, dtype=float)
     axis.apply(ax)
     n = ys.shape[1]
@@ -107,6 +108,17 @@ def lines(ax, axis: style.XAxis, x, ys, labels: list[str], *, legend_max: int = 
     if n <= legend_max:
         for j in range(n):
             ax.plot(x, ys[:, j], color=style.CATEGORICAL[j % len(style.CATEGORICAL)], label=labels[j])
+    elif kinds is not None and len(set(kinds)) <= legend_max:
+        order = list(dict.fromkeys(kinds))
+        count = {k: kinds.count(k) for k in order}
+        seen = dict.fromkeys(order, 0)
+        for j, kind in enumerate(kinds):
+            base = np.array(mpl.colors.to_rgb(style.CATEGORICAL[order.index(kind) % len(style.CATEGORICAL)]))
+            shade = 0.55 * (1 - seen[kind] / max(count[kind] - 1, 1))  # first of a kind lightest, last full
+            first = seen[kind] == 0
+            seen[kind] += 1
+            ax.plot(x, ys[:, j], color=base + (1 - base) * shade, lw=1.0,
+                    label=f"{kind} ({count[kind]})" if first else "_" + labels[j])  # fmt: skip
     else:
         cm = style.cmap("depth")
         norm = Normalize(0, n - 1)
@@ -153,6 +165,27 @@ def log_y(ax, values) -> bool:
         ax.set_yscale("log")
         return True
     return False
+
+
+def log_axis(axis, lo: float, hi: float) -> None:
+    """A log scale whose tick labels never collide: labels on whole decades when the data span one or more,
+    else on 1, 2 and 5 times a power of ten; minor ticks stay unlabelled."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    if decades >= 1:
+        step = max(1, int(np.ceil(decades / 6)))  # at most about six labels
+        axis.set_major_locator(LogLocator(base=10.0**step))
+    else:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_beside(ax, **kw):
+    """A legend to the right of its panel, outside the data (constrained layout makes room for it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kw)
 
 
 def note(ax, text: str) -> None:

@@ -53,14 +53,16 @@ def plot(
 ):
     count = DEFAULT_CHECKPOINTS if checkpoints is None else checkpoints
     if count < 1:
-        from specdyn.errors import SpecdynError
+        from specdyn.errors import EXIT_USAGE, SpecdynError
 
-        raise SpecdynError(f"--checkpoints {count}: must be a positive number of checkpoints to overlay")
+        raise SpecdynError(
+            f"--checkpoints {count}: must be a positive number of checkpoints to overlay", code=EXIT_USAGE
+        )
     runs, _ = select.prepare(stores, steps)
     panels = [(run, name) for run in runs for name in chosen_matrices(run, _as_list(matrix), matrices)]
     select.check_panels(len(panels), "esd")
     nrows, ncols = style.grid(len(panels))
-    fig = style.figure(nrows, ncols, panel_w=style.PANEL_W + 0.4)
+    fig = style.figure(nrows, ncols, panel_w=style.PANEL_W + 1.3)  # the legend sits beside each panel
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     cm = style.cmap("sv").reversed()  # light early, dark late
     for ax, (run, name) in zip(axes, panels):
@@ -77,23 +79,24 @@ def plot(
         for c, ev in enumerate(all_ev):
             colour = cm(norm(c))
             x, d = density(ev[ev > 0], edges)
-            ax.plot(x, d, color=colour, lw=1.2, marker="o", ms=2, label=f"step {steps_shown[c]}")
             fit = power_law_fit(ev)
-            if np.isfinite(fit["alpha"]):
+            fitted = np.isfinite(fit["alpha"])
+            # α goes into the legend: labels at the curves' ends overlap once tails end close together
+            label = f"step {steps_shown[c]}" + (f"  α={fit['alpha']:.2f}" if fitted else "")
+            ax.plot(x, d, color=colour, lw=1.2, marker="o", ms=2, label=label)
+            if fitted:
                 lx, ly = fit_line(ev, fit)
                 ax.plot(lx, ly, color=colour, lw=1.0, ls="--")
                 ax.axvline(fit["xmin"], color=colour, lw=0.6, ls=":")
-                ax.annotate(f"α={fit['alpha']:.2f}", (lx[-1], ly[-1]), fontsize=6, color=colour,
-                            xytext=(2, 0), textcoords="offset points")  # fmt: skip
         ax.plot([], [], color="0.4", lw=1.0, ls="--", label="power-law fit")
         ax.plot([], [], color="0.4", lw=0.6, ls=":", label="its xmin")
-        ax.set_xscale("log")
+        draw.log_axis(ax.xaxis, edges[0], edges[-1])
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue λ = σ²")
         ax.set_ylabel("density")
         short = dict(zip(run.store.matrices, style.shorten_names(run.store.matrices)))[name]
         ax.set_title(short if len(runs) == 1 else f"{run.label}: {short}")
-        ax.legend(fontsize=6, frameon=False, loc="lower left")
+        draw.legend_beside(ax, fontsize=6)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:

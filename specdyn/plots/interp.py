@@ -9,7 +9,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.colors import Normalize
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.plots import draw, select, style
 from specdyn.plots.prune import COLOURS, one_metric
 
@@ -69,10 +69,11 @@ def plot(
 ):
     metric = one_metric(metric)
     if curve not in CURVE_LABELS:
-        raise SpecdynError(f"--curve {curve!r}: one of {', '.join(CURVE_LABELS)}")
+        raise SpecdynError(f"--curve {curve!r}: one of {', '.join(CURVE_LABELS)}", code=EXIT_USAGE)
     if split not in ("train", "val"):
-        raise SpecdynError(f"--split {split!r}: train or val")
+        raise SpecdynError(f"--split {split!r}: train or val", code=EXIT_USAGE)
     data = [_results(st) for st in stores]
+    legend = {}
     fig = style.figure(len(stores), 2, extra_w=0.6)
     axes = fig.subplots(len(stores), 2, squeeze=False)
     for (ax_b, ax_a), st, r in zip(axes, stores, data):
@@ -100,7 +101,10 @@ def plot(
         if mappable is not None:
             draw.colorbar(fig, mappable, ax_a, "split step", shrink=1.0, aspect=25)
         else:
-            ax_a.legend(loc="best")
+            draw.legend_beside(ax_a)
+        for h, lab in zip(*ax_b.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    draw.legend_below(fig, legend)  # the models' legend under the panels: inside, it covered the bars
     if title:
         fig.suptitle(title)
     return fig
@@ -141,7 +145,6 @@ def _barriers(ax, r, groups, keys, si: int, mi: int, x: str, log_x: str, ylabel:
         )
     ax.axhline(0, color="0.5", lw=0.6, zorder=0)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="best")
 
 
 def _paths(ax, r, groups, keys, curve: str, si: int, mi: int):

@@ -24,6 +24,13 @@ def series(run, metric: str, matrices, pairs) -> tuple[np.ndarray, list[str]]:
     return run.metric(metric)[:, [st.matrices.index(n) for n in names]], [short[n] for n in names]
 
 
+def kinds_of(run, metric: str, matrices) -> list[str] | None:
+    """The matrix kind of each line (None for pair lines): many lines are told apart by kind."""
+    if metric == "alignment_score":
+        return None
+    return [run.store.matrix_spec(n).kind for n in select.matrices(run, matrices)]
+
+
 @style.styled
 def plot(
     stores,
@@ -54,7 +61,7 @@ def plot(
         for c, run in enumerate(runs):
             ax = axes[r, c]
             ys, labels = series(run, m, matrices, pairs)
-            mappable = draw.lines(ax, axis, run.x, ys, labels)
+            mappable = draw.lines(ax, axis, run.x, ys, labels, kinds=kinds_of(run, m, matrices))
             depth = mappable or depth
             ax.set_ylabel(style.metric_label(m))
             if log_y:

@@ -6,7 +6,7 @@ it gets a one-line error saying which command to run first."""
 
 import numpy as np
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.plots import draw, select, style
 from specdyn.plots.runlog import read_run_log, run_labels
 
@@ -15,11 +15,21 @@ MISSING = "no prune-eval results; run `specdyn prune-eval RUN_DIR` first"
 COLOURS = {"full": "#D55E00", "top_kept": "#0072B2", "bottom_kept": "#009E73"}
 
 
+def line_style(curve: str, n_points: int) -> dict:
+    """The full model as a wide pale band under the pruned models' lines: where keeping the top directions
+    matches the full model (the paper's point) both stay visible."""
+    if curve == "full":
+        return {"color": COLOURS[curve], "lw": 4.0, "alpha": 0.45, "zorder": 1.5, "solid_capstyle": "round"}
+    return {"color": COLOURS[curve], "lw": 1.3, "zorder": 2.5, "marker": "o" if n_points < 12 else None, "ms": 3}
+
+
 def one_metric(metric) -> str:
     """`--metric` arrives as a list from the plot command; these figures show one metric (loss by default)."""
     if isinstance(metric, (list, tuple)):
         if len(metric) != 1:
-            raise SpecdynError(f"--metric: this figure shows one metric (loss, err, ...), got {len(metric)}")
+            raise SpecdynError(
+                f"--metric: this figure shows one metric (loss, err, ...), got {len(metric)}", code=EXIT_USAGE
+            )
         metric = metric[0]
     return str(metric)
 
@@ -105,6 +115,7 @@ def plot(
     labels = run_labels(stores, [read_run_log(s) for s in stores])
     xs_all = []
     rows = []
+    legend = {}
     for st, r in zip(stores, data):
         sel = np.ones(len(r["step"]), bool)
         if lo is not None:
@@ -132,17 +143,18 @@ def plot(
                 "bottom_kept": (np.where(ok, r["bottom_kept"][sel, j, si, mi], np.nan), f"bottom {1 - f:g} of σ kept"),
             }
             for name, (y, lab) in curves.items():
-                ax.plot(xs, y, color=COLOURS[name], label=lab, marker="o" if len(xs) < 12 else None, ms=3)
+                ax.plot(xs, y, label=lab, **line_style(name, len(xs)))
             axis.apply(ax)
             ax.margins(x=0.02)
             if metric == "loss":
                 draw.log_y(ax, np.concatenate([c[0] for c in curves.values()]))
             ax.set_ylabel(f"{'train' if split == 'train' else 'validation'} {style.metric_label(metric)}")
             ax.set_title(f"{label}: {split}" if len(stores) > 1 else ("train" if split == "train" else "validation"))
-            if si == 0:
-                ax.legend(loc="best")
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(lab, h)
         if sweep:
             _sweep(row_axes[2], st, r, mi, metric)
+    draw.legend_below(fig, legend)  # under the panels: inside, it covered the curves
     if title:
         fig.suptitle(title)
     return fig
@@ -180,4 +192,4 @@ def _sweep(ax, st, r, mi: int, metric: str) -> None:
     ax.set_xlabel("fraction of singular directions kept")
     ax.set_ylabel(style.metric_label(metric))
     ax.set_title(f"sweep at step {int(r['step'][i])}")
-    ax.legend(loc="best", fontsize=6.5)
+    draw.legend_beside(ax, fontsize=6.5)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 from specdyn.plots import style
 from specdyn.plots.runlog import RunLog, read_run_log, run_labels
 from specdyn.selection import parse_steps
@@ -180,7 +180,7 @@ def check_metric(name: str, allowed=METRICS) -> str:
     if name not in allowed:
         near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
         hint = ("did you mean " + ", ".join(near) + "? ") if near else ""
-        raise SpecdynError(f"unknown metric {name!r}; {hint}known: {', '.join(allowed)}")
+        raise SpecdynError(f"unknown metric {name!r}; {hint}known: {', '.join(allowed)}", code=EXIT_USAGE)
     return name
 
 
@@ -196,14 +196,14 @@ def single(value, flag: str, kind: str):
     """The one value of a repeatable option that this figure kind takes once."""
     if isinstance(value, (list, tuple)):
         if len(value) > 1:
-            raise SpecdynError(f"{flag}: `{kind}` shows one; got {len(value)} ({', '.join(value)})")
+            raise SpecdynError(f"{flag}: `{kind}` shows one; got {len(value)} ({', '.join(value)})", code=EXIT_USAGE)
         return value[0] if value else None
     return value
 
 
 def check_top(top: int | None) -> None:
     if top is not None and top < 1:
-        raise SpecdynError(f"--top {top}: must be a positive number of singular values")
+        raise SpecdynError(f"--top {top}: must be a positive number of singular values", code=EXIT_USAGE)
 
 
 # ------------------------------------------------------------------------------------------- evaluation results

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator
 
 from specdyn import names
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 
 # ------------------------------------------------------------------------------------------- sizes and fonts
 
@@ -225,9 +225,9 @@ class XAxis:
     @classmethod
     def build(cls, steps: list[np.ndarray], mode: str = "step", log_x: str = "auto") -> "XAxis":
         if mode not in ("step", "index"):
-            raise SpecdynError(f"--x {mode!r}: expected `step` or `index`")
+            raise SpecdynError(f"--x {mode!r}: expected `step` or `index`", code=EXIT_USAGE)
         if log_x not in ("auto", "on", "off"):
-            raise SpecdynError(f"--log-x {log_x!r}: expected `auto`, `on` or `off`")
+            raise SpecdynError(f"--log-x {log_x!r}: expected `auto`, `on` or `off`", code=EXIT_USAGE)
         log = use_log_x(steps, mode, log_x)
         pos = [float(np.min(np.asarray(s)[np.asarray(s) > 0])) for s in steps if np.any(np.asarray(s) > 0)]
         return cls(mode, log, min(pos) if pos else 1.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specdyn.spectral.svd import GRAM_MIN_RATIO, Spectrum, sign_normalize
+from specdyn.spectral.spectrum import GRAM_MIN_RATIO, Spectrum, sign_normalize
 
 DEFAULT_MAX_BYTES = 4 << 30  # per batch working set when the device cannot tell its free memory
 

@@ -14,7 +14,7 @@ chain (prev's output dimension equals next's input dimension), with the conventi
 - an LSTM weight (4H x in) feeds an H-input matrix through its cell-candidate gate g (rows [2H:3H]); the paper's
   LSTM pairs (ih_l -> hh_l, ih_l -> ih_{l+1}, hh_l -> ih_{l+1}, last layer -> the next matrix) read a
   bidirectional next through its own direction's half of the 2H input (`cols`, one extra SVD of that slice).
-`--pairs FILE` lists pairs explicitly, in the names `specdyn info` shows (`read_pairs_file`).
+`--alignment-pairs FILE` lists pairs explicitly, in the names `specdyn info` shows (`read_pairs_file`).
 """
 
 import re
@@ -272,7 +272,7 @@ def find_pairs(specs: list[MatrixSpec], n_heads: int | None) -> list[PairSpec]:
     return pairs
 
 
-# --- --pairs FILE --------------------------------------------------------------------------------------------
+# --- --alignment-pairs FILE ----------------------------------------------------------------------------------
 
 _LINE = re.compile(
     r"^(?P<a>[^\s\[]+)(?:\[\s*(?P<rlo>\d+)\s*:\s*(?P<rhi>\d+)\s*\])?\s*(?:->\s*|\s+)(?P<b>[^\s\[]+)"

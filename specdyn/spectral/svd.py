@@ -25,12 +25,10 @@ import numpy as np
 
 from specdyn.errors import SpecdynError
 from specdyn.files import atomic_write
+from specdyn.spectral.spectrum import GRAM_MIN_RATIO, Spectrum, sign_normalize  # noqa: F401 - re-exported
 
 # torch is imported inside the functions that use it, so that reading a store does not pay its import time.
 
-# The Gram route recovers the large side's vectors as W v / s; below this ratio s_i / s_1 that division loses
-# accuracy (and is undefined for exact zeros), so such matrices go to LAPACK instead.
-GRAM_MIN_RATIO = 1e-3
 # Row blocks for the float64 Gram product keep the float64 copy of a tall matrix small (50257 x 768 embeddings).
 # 16 MiB: under glibc's largest mmap threshold (32 MiB), so every block after the first reuses freed heap memory
 # instead of mapping (and page-faulting) fresh pages.
@@ -46,29 +44,6 @@ def all_finite(W: np.ndarray) -> bool:
     sum of float32 values cannot overflow, and any NaN or Inf makes it NaN or Inf."""
     with np.errstate(invalid="ignore", over="ignore"):  # inf + (-inf) is NaN: the answer, not a problem
         return bool(np.isfinite(W.sum(dtype=np.float64)))
-
-
-@dataclass
-class Spectrum:
-    """s: all k singular values (descending, float64); U (m, r), V (n, r): top-r vectors, sign-normalized."""
-
-    s: np.ndarray
-    U: np.ndarray
-    V: np.ndarray
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.s)))
-
-
-def sign_normalize(U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip each pair (u_i, v_i) so that the largest-magnitude entry of u_i is positive (deterministic signs)."""
-    if U.shape[-1] == 0:
-        return U, V
-    idx = np.argmax(np.abs(U), axis=-2)
-    picked = np.take_along_axis(U, idx[..., None, :], axis=-2)[..., 0, :]
-    signs = np.where(picked < 0, -1.0, 1.0).astype(U.dtype)
-    return U * signs[..., None, :], V * signs[..., None, :]
 
 
 def _gram64(W: np.ndarray, wide: bool) -> np.ndarray:

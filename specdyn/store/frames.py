@@ -99,16 +99,12 @@ def _labelled(stores) -> list[tuple[str | None, object]]:
     return [(None, s) for s in stores]
 
 
-def to_dataframe(stores, metrics=None, steps=None, matrices=None):
+def combined(stores, open_store, metrics=None, steps=None, matrices=None):
     """Several stores in one long table: a `store` column (the run dir's name, or the store's path where names
-    repeat), and a `group` column when `stores` maps group names to stores (conditions of seeds)."""
-    from specdyn.store.layout import resolve_store
-    from specdyn.store.reading import SpectralStore
-
+    repeat), and a `group` column when `stores` maps group names to stores (conditions of seeds). Paths are
+    opened with `open_store`."""
     pd = _pandas()
-    pairs = [
-        (g, s if hasattr(s, "metric") else SpectralStore.open(resolve_store(Path(s)))) for g, s in _labelled(stores)
-    ]
+    pairs = [(g, s if hasattr(s, "metric") else open_store(s)) for g, s in _labelled(stores)]
     names = [s.path.parent.name for _, s in pairs]
     if len(set(names)) < len(names):
         names = [str(s.path) for _, s in pairs]

@@ -50,8 +50,7 @@ class SpectralStore:
         path = Path(path)
         st = Store(path)  # the store's metadata is read once, here
         if not st.is_specdyn:
-            hint = "run `specdyn analyze RUN_DIR` first" if not path.exists() else "it is not a specdyn store"
-            raise SpecdynError(f"{path}: no specdyn store here; {hint}", code=EXIT_NOT_FOUND)
+            raise SpecdynError(f"{path}: {_not_a_store(path)}", code=EXIT_NOT_FOUND)
         missing = st.missing()
         if missing:
             raise SpecdynError(
@@ -292,3 +291,14 @@ def open_any(path, results_name: str | None = None):
     if results_name and (Path(path) / results_name / "zarr.json").exists():
         return ResultsStore(Path(path) / results_name)
     return SpectralStore.open(p)  # raises the usual "no specdyn store here"
+
+
+def _not_a_store(path: Path) -> str:
+    """Why `path` is not a store, and what to do: a run folder needs `specdyn analyze` first."""
+    if (path / "zarr.json").exists():
+        return "a zarr folder, but not a specdyn store; give a store written by `specdyn analyze` (or its run dir)"
+    if path.is_dir():
+        return f"no specdyn store here; run `specdyn analyze {path}` first"
+    if path.exists():
+        return "not a specdyn store (a store is a folder); give a run dir or its specdyn.zarr"
+    return "no specdyn store here; run `specdyn analyze RUN_DIR` first"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_USAGE, SpecdynError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".csv", "")
@@ -52,9 +52,11 @@ class HFLanguageModelTask:
     def __init__(self, config: HFLMConfig | None = None):
         self.config = config or HFLMConfig()
         if not self.config.data:
-            raise SpecdynError(f"--task {self.name} needs --data FILE (text, or token ids as .npy/.pt)")
+            raise SpecdynError(
+                f"--task {self.name} needs --data FILE (text, or token ids as .npy/.pt)", code=EXIT_USAGE
+            )
         if not 0 < self.config.val_frac < 1:
-            raise SpecdynError(f"--config val_frac={self.config.val_frac}: must be between 0 and 1")
+            raise SpecdynError(f"--set val_frac={self.config.val_frac}: must be between 0 and 1", code=EXIT_USAGE)
         self._blocks: dict[str, torch.Tensor] | None = None
         self._hf_config = None
 
