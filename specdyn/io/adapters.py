@@ -326,11 +326,9 @@ class AdapterFormat(CheckpointFormat):
             f"{path}: a PEFT adapter; its weights are read on its base model: pass --base PATH (specdyn analyze)"
         )
 
-    def open_on(self, path: Path, base: Checkpoint, trust_pickle: bool) -> AdapterSource:
-        """The adapter's effective weights on `base` (a checkpoint of another format)."""
-        from specdyn.io.registry import FORMATS
-
-        fmt = FORMATS[base.format]
+    def open_on(self, path: Path, base: Checkpoint, fmt: CheckpointFormat, trust_pickle: bool) -> AdapterSource:
+        """The adapter's effective weights on `base`, a checkpoint of another format `fmt` (the caller looks it up
+        in the registry, which imports this module)."""
         if fmt.name == self.name:
             raise SpecdynError(f"{base.path}: the base model is itself an adapter; pass the model it adapts")
         source = fmt.open(base.path, trust_pickle)

@@ -21,7 +21,7 @@ class CheckpointReader:
         self.trust_pickle = trust_pickle
         self._format = FORMATS[ckpt.format]
         if ckpt.base is not None and hasattr(self._format, "open_on"):
-            self._source = self._format.open_on(ckpt.path, ckpt.base, trust_pickle)
+            self._source = self._format.open_on(ckpt.path, ckpt.base, FORMATS[ckpt.base.format], trust_pickle)
         else:
             self._source = self._format.open(ckpt.path, trust_pickle)
         self._raw = self._index()  # stripped name -> the source's key, in depth order
