@@ -13,7 +13,7 @@ from specdyn.analyze import analyze
 from specdyn.cli import app
 from specdyn.errors import SpecdynError
 from specdyn.files import atomic_open, atomic_path, atomic_write, open_private, output_path
-from specdyn.store.locking import acquire_lock, lock_path, locked
+from specdyn.store.locking import _same_file, acquire_lock, lock_path, locked, release_lock
 from tests.link_attacks import plant_hard_link, plant_link, untouched, victim
 from tests.series import write_series
 
@@ -121,19 +121,29 @@ def test_a_hard_link_at_the_lock_path_is_refused(tmp_path):
     assert untouched(v)
 
 
-def test_the_lock_file_is_created_exclusively_and_reused(tmp_path):
+def test_the_lock_file_is_created_exclusively_and_removed_by_its_holder(tmp_path):
     store = tmp_path / "specdyn.zarr"
     with locked(store):
         assert "pid" in lock_path(store).read_text()
-    with locked(store, "derive"):
-        assert "derive" in lock_path(store).read_text()
-    fd = open_private(lock_path(store))
-    os.close(fd)
+    assert not lock_path(store).exists()
+    os.close(open_private(lock_path(store)))  # one left by an older specdyn is reused
+    a = acquire_lock(store, "derive")
+    assert "derive" in lock_path(store).read_text()
+    late = open(lock_path(store))  # opened just before the holder lets go: no longer the lock once it has
+    release_lock(a)
+    assert not lock_path(store).exists() and not _same_file(late, lock_path(store))
+    late.close()
+    with locked(store, "analyze"):
+        with pytest.raises(SpecdynError, match="in use by specdyn analyze"):
+            acquire_lock(store)
+
+
+def test_no_lock_file_is_left_in_the_run_folder(analyzed):
+    assert not lock_path(analyzed / "specdyn.zarr").exists()
 
 
 def test_analyze_and_derive_refuse_a_planted_lock_link(analyzed, tmp_path):
     lock = lock_path(analyzed / "specdyn.zarr")
-    lock.unlink(missing_ok=True)  # the lock analyze left; the attacker replaces it by a link
     v = plant_link(lock, victim(tmp_path))
     try:
         for args in (["analyze", str(analyzed), "-q"], ["derive", str(analyzed)]):

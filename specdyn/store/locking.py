@@ -4,6 +4,10 @@ flock (released by the OS if the process dies).
 The lock lives beside the store, not inside it, so that it exists before the store does (creation is a rename
 of a complete layout into place), survives the store being swapped for a rebuilt one, and leaves no folder
 behind when a first run fails. Stores written before this kept `.specdyn.lock` inside; it is ignored.
+
+The holder removes the file before it lets go, so no lock file is left in the run folder. A process that opened
+the file just before it was removed gets the lock on a file no longer at that name: it checks the name still
+leads to its file after locking, and otherwise starts over.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ def acquire_lock(path: Path, purpose: str = "analyze"):
     link or a hard link planted at its name is refused, never written through."""
     path = Path(path)
     lock = lock_path(path)
+    for _ in range(100):  # a new attempt only when a holder removed the file between our open and our lock
+        f = _try_lock(path, lock, purpose)
+        if f is not None:
+            return f
+    raise SpecdynError(f"{lock}: the lock file keeps being replaced; stop the other specdyn processes and rerun")
+
+
+def _same_file(f, lock: Path) -> bool:
+    try:
+        st, now = os.fstat(f.fileno()), os.lstat(lock)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _try_lock(path: Path, lock: Path, purpose: str):
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         f = os.fdopen(open_private(lock), "r+")
@@ -55,6 +75,10 @@ def acquire_lock(path: Path, purpose: str = "analyze"):
             f"{path}: the store is in use by {holder}; wait for it to finish (or stop it) and rerun",
             code=EXIT_STORE_BUSY,
         ) from None
+    if not _same_file(f, lock):  # the holder we waited on removed it: lock the file now at that name
+        f.close()
+        return None
+    f.lock_name = lock
     with contextlib.suppress(OSError):  # who holds it is only information; a full disk must not stop here
         f.seek(0)
         f.truncate()
@@ -64,6 +88,10 @@ def acquire_lock(path: Path, purpose: str = "analyze"):
 
 
 def release_lock(f) -> None:
+    """Remove the lock file (while still holding it, so no one else holds it yet) and let go."""
+    with contextlib.suppress(OSError):  # a read-only folder keeps its lock file; nothing else is lost
+        if _same_file(f, f.lock_name):
+            os.unlink(f.lock_name)
     fcntl.flock(f, fcntl.LOCK_UN)
     f.close()
 
