@@ -195,12 +195,11 @@ class SeriesSaver:
         self.write_text(name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
-        """A file beside the series, written beside and renamed into place (a reader never sees half of it)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / name
-        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        """A file beside the series, written beside and renamed into place (a reader never sees half of it; a
+        link planted at its name is refused)."""
+        from specdyn.files import atomic_write
+
+        atomic_write(self.run_dir / name, text)
 
     def save(self, step: int, module) -> Path:
         """Write the checkpoint of `step` now; the analysis, if any, is started in the background."""

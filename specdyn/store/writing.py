@@ -288,7 +288,7 @@ def shared_marker(store: Path):
         stale.unlink(missing_ok=True)
     token = uuid.uuid4().hex
     marker = Path(store) / (SHARED_MARKER + token)
-    marker.write_text(f"analyze (pid {os.getpid()}) workers may write matrices into this store\n")
+    atomic_write(marker, f"analyze (pid {os.getpid()}) workers may write matrices into this store\n")
     try:
         yield token
     finally:
