@@ -129,6 +129,14 @@ def _run_jobs(st, sec: str) -> list[FigureJob]:
         sv = "The largest drops of effective rank and the least stable matrices (see the table)."
         jobs.append(FigureJob(sec, "Singular values of the most interesting matrices", sv, "sv", [st],
                               {"matrix": shown}))  # fmt: skip
+    if st.has_base:
+        base = f"Against the base model {st.base['path']} (docs/method.md §11)."
+        jobs += [
+            FigureJob(sec, "Intruder dimensions", base + " Top singular vectors nearly orthogonal to every singular "
+                      "vector of the base (Shuttleworth et al.), per matrix kind, at the smallest ε.", "intruders", [st]),
+            FigureJob(sec, "Overlap with the base", base, "base-overlap", [st]),
+            FigureJob(sec, "Effective rank of the update", base + " ΔW = W − W_base.", "delta-rank", [st]),
+        ]  # fmt: skip
     if prune.has_results(st):
         jobs.append(FigureJob(sec, "Low-rank pruning", "From `specdyn prune-eval`.", "prune", [st]))
     if interp.has_results(st):

@@ -277,3 +277,65 @@ def test_base_from_a_hub_cache(series, tmp_path):
     (hub / "models--org--tiny").rename(hub / "gone")
     lines = _refused(tmp_path, run, *only, match="not in the local hub cache", env={"HF_HUB_CACHE": str(hub)})
     assert "specdyn fetch org/tiny" in lines[-1]
+
+
+def test_planted_rank1_update_is_an_intruder(tmp_path):
+    """A rank-1 update along a random unit direction, its singular value above the base's largest: W's top
+    singular vector is nearly orthogonal to every base singular vector, so it is an intruder at every ε above its
+    largest |cosine| and at none below; the counts equal numpy's from the definition."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((96, 64)).astype(np.float32) / 8
+    u, v = rng.standard_normal(96), rng.standard_normal(64)
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    s1 = np.linalg.svd(base, compute_uv=False)[0]
+    save_file({"w": base}, str(tmp_path / "base.safetensors"))
+    (tmp_path / "run").mkdir()
+    for step, scale in ((1, 1.5), (2, 3.0)):
+        W = (base + scale * s1 * np.outer(u, v)).astype(np.float32)
+        save_file({"w": W}, str(tmp_path / "run" / f"step_{step}.safetensors"))
+    eps = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+    args = ("--base", tmp_path / "base.safetensors", "--intruder-epsilon", eps, "--intruder-topk", "1")
+    assert _analyze(tmp_path / "run", *args, "-o", tmp_path / "s.zarr").exit_code == 0
+    st = SpectralStore.open(tmp_path / "s.zarr")
+    Ub = np.linalg.svd(base.astype(np.float64), full_matrices=False)[0]
+    for i, scale in enumerate((1.5, 3.0)):
+        U = np.linalg.svd((base + scale * s1 * np.outer(u, v)).astype(np.float64), full_matrices=False)[0]
+        cos = np.abs(Ub.T @ U[:, 0]).max()
+        assert abs(U[:, 0] @ u) > 0.9 and cos < 0.5  # the planted direction leads, spread over the base's vectors
+        want = (cos < st.epsilons).astype(float)
+        assert want.sum() >= 5
+        np.testing.assert_array_equal(st.intruders()[i, 0], want)
+        assert st.metric("delta_spectral_norm")[i, 0] == pytest.approx(scale * s1, rel=1e-5)
+        assert st.metric("delta_effective_rank")[i, 0] == pytest.approx(1 / 64, rel=1e-4)  # rank 1 of k = 64
+
+
+def test_figures_of_a_lora_and_a_full_fine_tune(series, tmp_path):
+    from specdyn.plots.dispatch import make_figure
+
+    base_dir, lora_run = series["dora"][0], series["dora"][1]
+    from transformers import AutoModelForCausalLM
+
+    train_series(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "full", None, saves=(1, 2), lr=3e-3)
+    only = ("--include", "*layers.0.*")
+    for run, out in ((lora_run, "lora.zarr"), (tmp_path / "full", "full.zarr")):
+        assert _analyze(run, "--base", base_dir, "-o", tmp_path / out, *only).exit_code == 0
+    lora, full = (SpectralStore.open(tmp_path / n) for n in ("lora.zarr", "full.zarr"))
+    fig = make_figure("intruders", [lora, full], epsilon=0.9, by="kind")
+    ax = fig.axes[0]
+    drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    assert set(drawn) == {"model.layers.*.self_attn.q_proj", "model.layers.*.self_attn.v_proj"}  # only adapted
+    q = lora.matrices.index("model.layers.0.self_attn.q_proj.weight")
+    np.testing.assert_array_equal(drawn["model.layers.*.self_attn.q_proj"], lora.intruders(0.9)[:, q])
+    assert len(fig.axes[1].get_lines()) == len(full.matrices)  # every matrix of a full fine-tune changed
+    for kind, metric in (("base-overlap", "base_overlap"), ("delta-rank", "delta_effective_rank")):
+        mesh = make_figure(kind, [lora, full]).axes[0].collections[0]
+        got = np.ma.filled(mesh.get_array(), np.nan).reshape(len(lora.matrices), -1)
+        np.testing.assert_array_equal(got[:, -1], lora.metric(metric)[-1])
+    fig = make_figure("compare", [lora, full], metric=["base_overlap", "delta_frobenius_norm"])
+    assert len(fig.axes) >= 2
+    from specdyn.report import figure_jobs
+
+    kinds = [job.kind for job in figure_jobs([lora], ["lora"])]
+    assert {"intruders", "base-overlap", "delta-rank"} <= set(kinds)

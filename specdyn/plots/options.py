@@ -43,6 +43,10 @@ class PlotOptions(Options):
     groups_file: str | None = option(None, "--groups", help='compare: a TOML/JSON file naming conditions: '
                                      '{"groups": {"wd1": ["runs/wd1-s*"]}}.')  # fmt: skip
     interpolate_steps: bool = option(False, help="compare with groups: interpolate seeds whose step grids differ.")
+    epsilon: float | None = option(None, min=0, max=1, help="intruders: the threshold ε drawn (default: the "
+                                   "smallest the store holds).")  # fmt: skip
+    by: str = option("kind", choices=("kind", "layer"), help="intruders: sum the counts per matrix kind or per "
+                     "layer.")  # fmt: skip
 
     def given(self) -> dict:
         """The figure keywords the user set (those that differ from their defaults); dpi is for saving. `--group`

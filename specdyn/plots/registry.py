@@ -18,6 +18,9 @@ _MODULES = {
     "prune": "prune",
     "interp": "interp",
     "esd": "esd",
+    "intruders": "intruders",
+    "base-overlap": "base_overlap",
+    "delta-rank": "delta_rank",
 }
 
 

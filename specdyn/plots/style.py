@@ -116,6 +116,9 @@ def cmap(role: str):
 
 # Metrics bounded in [0, 1]: drawn on one fixed [0, 1] colour scale so runs and models compare.
 UNIT_METRICS = {
+    "base_overlap",
+    "delta_effective_rank",
+    "delta_stable_rank",
     "effective_rank",
     "count90",
     "stable_rank",
