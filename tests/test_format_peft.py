@@ -150,11 +150,37 @@ def _reference(st, j, name, W, W_base, topk=10):
     return np.linalg.norm(W.astype(np.float64) - W_base), overlap, counts
 
 
+@pytest.fixture(scope="module")
+def analyzed(series, tmp_path_factory):
+    """name -> the store of that adapter series analyzed on its base (every matrix), made once."""
+    root, made = tmp_path_factory.mktemp("stores"), {}
+
+    def store(name):
+        if name not in made:
+            base, run = series[name][:2]
+            assert _analyze(run, "--base", base, "-o", root / f"{name}.zarr").exit_code == 0
+            made[name] = SpectralStore.open(root / f"{name}.zarr")
+        return made[name]
+
+    return store
+
+
+@pytest.fixture(scope="module")
+def full_ft(series, tmp_path_factory):
+    """A full fine-tune (Adam, lr 1e-4) of the tiny Llama base, analyzed against it: (store, merged, base state)."""
+    from transformers import AutoModelForCausalLM
+
+    root, base_dir = tmp_path_factory.mktemp("full"), series["dora"][0]
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    merged = train_series(base, root / "run", None, saves=(1, 3), lr=1e-4)
+    assert _analyze(root / "run", "--base", base_dir, "-o", root / "s.zarr", "--include", "*layers.1.*").exit_code == 0
+    return SpectralStore.open(root / "s.zarr"), merged, base.state_dict(), root / "run"
+
+
 @pytest.mark.parametrize("name", ["dora", "gpt2"])
-def test_analyze_adapter_series_on_its_base(series, tmp_path, name):
+def test_analyze_adapter_series_on_its_base(series, analyzed, name):
     base, run, merged, base_state = series[name]
-    assert _analyze(run, "--base", base, "-o", tmp_path / "s.zarr").exit_code == 0
-    st = SpectralStore.open(tmp_path / "s.zarr")
+    st = analyzed(name)
     for array, (dims, dtype) in documented_tables()[
         "Relative to a base model (only in stores analyzed with one)"
     ].items():
@@ -191,23 +217,16 @@ def test_lora_delta_rank_is_r_and_untouched_rows_are_filled(series, tmp_path):
     np.testing.assert_array_equal(st.sv(st.matrices[k])[0], st.sv(st.matrices[k])[1])
 
 
-def test_full_fine_tune_small_lr_has_no_intruders(series, tmp_path):
-    base_dir = series["dora"][0]
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    merged = train_series(base, tmp_path / "full", None, saves=(1, 3), lr=1e-4)
-    only = ("--include", "*layers.1.*")
-    assert _analyze(tmp_path / "full", "--base", base_dir, "-o", tmp_path / "s.zarr", *only).exit_code == 0
-    st = SpectralStore.open(tmp_path / "s.zarr")
+def test_full_fine_tune_small_lr_has_no_intruders(full_ft, tmp_path):
+    st, merged, base_state, run = full_ft
     assert np.nanmax(st.intruders()) == 0 and np.nanmin(st.metric("base_overlap")) > 0.9
-    base_state = base.state_dict()
     m = "model.layers.1.mlp.down_proj.weight"
     j = st.matrices.index(m)
     d = np.linalg.norm(merged[3][m].numpy().astype(np.float64) - base_state[m].numpy())
     assert st.metric("delta_frobenius_norm")[1, j] == pytest.approx(d, rel=1e-4)
     # --base first: the series' own first checkpoint
-    assert _analyze(tmp_path / "full", "--base", "first", "-o", tmp_path / "f.zarr", *only).exit_code == 0
+    only = ("--include", "*layers.1.mlp.down_proj*")
+    assert _analyze(run, "--base", "first", "-o", tmp_path / "f.zarr", *only).exit_code == 0
     first = SpectralStore.open(tmp_path / "f.zarr")
     assert (first.metric("delta_frobenius_norm")[0] == 0).all() and first.base["path"].endswith("checkpoint-1")
 
@@ -311,23 +330,17 @@ def test_planted_rank1_update_is_an_intruder(tmp_path):
         assert st.metric("delta_effective_rank")[i, 0] == pytest.approx(1 / 64, rel=1e-4)  # rank 1 of k = 64
 
 
-def test_figures_of_a_lora_and_a_full_fine_tune(series, tmp_path):
+def test_figures_of_a_lora_and_a_full_fine_tune(analyzed, full_ft):
     from specdyn.plots.dispatch import make_figure
 
-    base_dir, lora_run = series["dora"][0], series["dora"][1]
-    from transformers import AutoModelForCausalLM
-
-    train_series(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "full", None, saves=(1, 2), lr=3e-3)
-    only = ("--include", "*layers.0.*")
-    for run, out in ((lora_run, "lora.zarr"), (tmp_path / "full", "full.zarr")):
-        assert _analyze(run, "--base", base_dir, "-o", tmp_path / out, *only).exit_code == 0
-    lora, full = (SpectralStore.open(tmp_path / n) for n in ("lora.zarr", "full.zarr"))
+    lora, full = analyzed("dora"), full_ft[0]
     fig = make_figure("intruders", [lora, full], epsilon=0.9, by="kind")
     ax = fig.axes[0]
     drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
-    assert set(drawn) == {"model.layers.*.self_attn.q_proj", "model.layers.*.self_attn.v_proj"}  # only adapted
-    q = lora.matrices.index("model.layers.0.self_attn.q_proj.weight")
-    np.testing.assert_array_equal(drawn["model.layers.*.self_attn.q_proj"], lora.intruders(0.9)[:, q])
+    adapted = {"model.layers.*.self_attn.q_proj", "model.layers.*.self_attn.v_proj", "lm_head"}  # modules_to_save
+    assert set(drawn) == adapted
+    q = [lora.matrices.index(f"model.layers.{i}.self_attn.q_proj.weight") for i in (0, 1)]
+    np.testing.assert_array_equal(drawn["model.layers.*.self_attn.q_proj"], lora.intruders(0.9)[:, q].sum(axis=1))
     assert len(fig.axes[1].get_lines()) == len(full.matrices)  # every matrix of a full fine-tune changed
     for kind, metric in (("base-overlap", "base_overlap"), ("delta-rank", "delta_effective_rank")):
         mesh = make_figure(kind, [lora, full]).axes[0].collections[0]
