@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import specdyn
 from specdyn.cli import app
 from specdyn.errors import SpecdynError
 from specdyn.evals.lottery import LotteryOptions, load_results, lottery
@@ -106,3 +107,19 @@ def test_cli(dense):
     assert [d["density"] for d in s["densities"]] == [0.1, 0.2]
     res = CliRunner().invoke(app, ["lottery", str(store.parent), "--zip", "sideways"])
     assert res.exit_code == 2 and "--zip" in res.output
+    # the figure: agreement against density, magnitude mask against the random-mask baseline
+    from specdyn.plots import PLOTS
+    from tests.figure_checks import check_figure
+
+    r = load_results(store)
+    fig = PLOTS["lottery"]([specdyn.open_store(store)])
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    for t, label in enumerate(("magnitude mask", "random mask (baseline)")):
+        np.testing.assert_allclose(lines[label].get_xdata(), [0.1, 0.2])
+        np.testing.assert_allclose(lines[label].get_ydata(), np.nanmean(r["sva_score"][:, t], axis=1))
+    bars = [p.get_width() for p in fig.axes[1].patches]
+    np.testing.assert_allclose(bars, np.concatenate([r["sva_score"][0, 0], r["sva_score"][0, 1]]))
+    check_figure(fig)
+    out = store.parent / "lottery.png"
+    res = CliRunner().invoke(app, ["plot", "lottery", str(store.parent), "-o", str(out), "--dpi", "60"])
+    assert res.exit_code == 0 and out.stat().st_size > 0, res.output

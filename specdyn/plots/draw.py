@@ -168,13 +168,13 @@ def log_y(ax, values) -> bool:
 
 
 def log_axis(axis, lo: float, hi: float) -> None:
-    """A log scale whose tick labels never collide: labels on whole decades when the data span one or more,
+    """A log scale whose tick labels never collide: labels on whole decades when the data span two or more,
     else on 1, 2 and 5 times a power of ten; minor ticks stay unlabelled."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
     axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
     decades = np.log10(hi / lo) if lo > 0 and hi > lo else 0.0
-    if decades >= 1:
+    if decades >= 2:
         step = max(1, int(np.ceil(decades / 6)))  # at most about six labels
         axis.set_major_locator(LogLocator(base=10.0**step))
     else:

@@ -21,6 +21,7 @@ _MODULES = {
     "intruders": "intruders",
     "base-overlap": "base_overlap",
     "delta-rank": "delta_rank",
+    "lottery": "lottery",
 }
 
 
