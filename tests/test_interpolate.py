@@ -236,6 +236,10 @@ def test_cli_default_output_and_figure(tmp_path):
     np.testing.assert_allclose(lines[0].get_ydata(), r["full"][0, :, 0, 0])
     np.testing.assert_allclose(lines[0].get_xdata(), r["alpha"])
     assert len(bars.patches) == 6  # one split group per start (unknown split steps): 2 groups x 3 models
+    from tests.figure_checks import check_figure
+
+    check_figure(fig)  # the legend covers no bar (it hid "top kept" inside the panel)
+    assert "top 0.5 of σ kept" in [t.get_text() for t in fig.legends[0].get_texts()]
     out = tmp_path / "interp.png"  # the plot command reads the standalone results zarr too
     res = runner.invoke(app, ["plot", "interp", str(tmp_path / "run"), "-o", str(out)])
     assert res.exit_code == 0, res.output

@@ -358,6 +358,21 @@ def test_labels_never_overlap_on_a_large_model(wide, kind):
     assert all(fig_box.x0 - 1 <= b.x0 and b.x1 <= fig_box.x1 + 1 for b in boxes)
 
 
+def test_many_matrices_are_named_by_kind(wide):
+    from tests.figure_checks import check_figure
+
+    fig = PLOTS["metrics"]([wide], loss=False)
+    kinds = [wide.matrix_spec(n).kind for n in wide.matrices]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"{k} ({kinds.count(k)})" for k in dict.fromkeys(kinds)]  # not a depth colour bar alone
+    colours = {}
+    for line, kind in zip(fig.axes[0].lines, kinds):
+        colours.setdefault(kind, set()).add(tuple(np.round(line.get_color(), 3)))
+    assert len(fig.axes) == 1  # no colour bar
+    assert all(len(c) == kinds.count(k) for k, c in colours.items())  # shades tell a kind's matrices apart
+    check_figure(fig)
+
+
 # ------------------------------------------------------------------------------------------- the command
 
 

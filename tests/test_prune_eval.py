@@ -275,6 +275,11 @@ def test_prune_figure_draws_the_stored_values(tmp_path):
     np.testing.assert_allclose(lines["top 0.5 of σ kept"].get_ydata(), r["top_kept"][:, 1, 0, 0])
     np.testing.assert_allclose(lines["bottom 0.5 of σ kept"].get_ydata(), r["bottom_kept"][:, 1, 0, 0])
     np.testing.assert_allclose({l.get_label(): l for l in val.lines}["full model"].get_ydata(), r["full"][:, 1, 0])
+    from tests.figure_checks import check_figure
+
+    check_figure(fig)
+    full, top_line = lines["full model"], lines["top 0.5 of σ kept"]  # the full model stays visible under top kept
+    assert full.get_linewidth() > 2 * top_line.get_linewidth() and full.get_zorder() < top_line.get_zorder()
     top = {l.get_label(): l for l in sweep.lines}["top kept (train)"]
     assert len(top.get_xdata()) == 3
     np.testing.assert_allclose(sorted(top.get_ydata()), sorted(r["top_kept"][-1, :, 0, 0]))

@@ -137,12 +137,10 @@ def _barriers(ax, r, groups, keys, si: int, mi: int, x: str, log_x: str, ylabel:
         axis.apply(ax, label=False)
         ax.set_xlabel("split step" + (" (log scale)" if axis.log else "") if x == "step" else "split index")
     else:
-        ax.set_xticks(
-            range(len(keys)),
-            [_name(*k) for k in keys],
-            rotation=30 if len(keys) > 3 else 0,
-            ha="right" if len(keys) > 3 else "center",
-        )
+        names = [_name(*k).replace(" vs ", "\nvs ") for k in keys]  # pair labels on two lines
+        widest = max(len(line) for n in names for line in n.split("\n"))
+        crowded = len(keys) > 3 or widest * len(keys) > 24  # characters a panel's width holds at tick size
+        ax.set_xticks(range(len(keys)), names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.axhline(0, color="0.5", lw=0.6, zorder=0)
     ax.set_ylabel(ylabel)
 
