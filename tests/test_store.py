@@ -76,5 +76,5 @@ def test_documented_attributes(store):
     attrs = store.attrs["specdyn"]
     assert set(attrs) <= keys, set(attrs) - keys
     assert {"schema_version", "specdyn_version", "top", "options", "sources", "skipped"} <= set(attrs)
-    assert set(store["matrix"].attrs) == {"shapes", "original_shapes", "kinds", "orientation", "fused"}
+    assert set(store["matrix"].attrs) == {"shapes", "original_shapes", "kinds", "orientation", "fused", "expert", "cut"}
     assert {p["kind"] for p in store["pair"].attrs["pairs"]} <= {"plain", "embedding", "vo", "qk", "lstm_gate"}

@@ -76,6 +76,11 @@ class UnchangedResults:
             del self.results[name], self.rows[name]
 
 
+def read_spec(reader: CheckpointReader, spec: MatrixSpec):
+    """One matrix as the SVDs take it: its tensor (only its expert's block, for a matrix cut from a stack)."""
+    return spec.flatten(spec.take(reader.array(spec.tensor, spec.block)), contiguous=False)
+
+
 def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool, known=()):
     """Yield (spec, float32 matrix) for one checkpoint, reading tensor by tensor; an Unchanged matrix instead
     where the checkpoint holds its base's (read only when its result is not `known` yet)."""
@@ -83,9 +88,9 @@ def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool, kno
         for spec in specs:
             if reader.unchanged(spec.name):
                 read = spec.name not in known
-                yield spec, Unchanged(spec.flatten(reader.array(spec.name), contiguous=False) if read else None)
+                yield spec, Unchanged(read_spec(reader, spec) if read else None)
             else:
-                yield spec, spec.flatten(reader.array(spec.name), contiguous=False)
+                yield spec, read_spec(reader, spec)
 
 
 def _checkpoint_stream(todo, specs, trust_pickle, known=()):
@@ -246,7 +251,7 @@ def _batch_stream(todo, specs, batches, trust_pickle):
         try:
             with CheckpointReader(r["ckpt"], trust_pickle=trust_pickle) as reader:
                 for idx in batches:
-                    yield i, idx, [specs[j].flatten(reader.array(specs[j].name), contiguous=False) for j in idx]
+                    yield i, idx, [read_spec(reader, specs[j]) for j in idx]
         except CheckpointError as e:
             error = e
         yield i, None, error
@@ -371,7 +376,7 @@ def _unit_task(ckpt, row: int, indices: list[int], specs, pairs, heads, opts, ro
             with CheckpointReader(ckpt, trust_pickle=opts.trust_pickle) as reader:
                 for j in indices:
                     spec = specs[j]
-                    res = compute.matrix(j, spec, spec.flatten(reader.array(spec.name), contiguous=False))
+                    res = compute.matrix(j, spec, read_spec(reader, spec))
                     if root is not None:
                         write_matrix(root, row, spec.name, res.spectrum)
                         res.spectrum = None

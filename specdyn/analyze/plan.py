@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from specdyn import console
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.arch import describe
@@ -337,12 +339,22 @@ def _validate(st: Store, new, attrs, opts):
 
 
 def _check_architecture(reference: list[MatrixSpec], shapes: dict, ignored: set, opts, c: Checkpoint) -> None:
-    ref = {s.name: s.original_shape for s in reference}
+    ref = {s.name: s.original_shape for s in reference if s.cut is None}
+    stacks = {s.cut.tensor: s for s in reference if s.cut is not None}  # experts' stacks: one expert's part each
     now = {
         n: tuple(s)
         for n, s in shapes.items()
-        if len(s) >= 2 and 0 not in s and n not in ignored and matches(n, opts.include, opts.exclude)
+        if len(s) >= 2 and 0 not in s and n not in ignored and (n in stacks or matches(n, opts.include, opts.exclude))
     }
+    for name, spec in stacks.items():
+        shape, cut = now.pop(name, None), spec.cut
+        if shape is None:
+            raise SpecdynError(f"{c.path}: architecture change: expert stack {name!r} is missing in this checkpoint")
+        if shape[0] % cut.experts or np.prod(shape) != np.prod(spec.original_shape) * cut.parts * cut.experts:
+            raise SpecdynError(
+                f"{c.path}: architecture change: expert stack {name!r} has shape {list(shape)}, not "
+                f"{cut.experts} experts of {cut.parts} x {list(spec.original_shape)}"
+            )
     for name, shape in ref.items():
         if name not in now:
             raise SpecdynError(

@@ -32,7 +32,9 @@ class Attention:
 class Stack:
     """A stack of identical blocks: `blocks` is a regex matching a block's prefix (searched after any wrapper
     prefix), `embed` regexes of the matrices that write the stack's input. `mlp_fused`: one projection whose
-    output rows are two halves (gate and up, `chunk(2)` in the forward) that both feed `mlp_out`."""
+    output rows are two halves (gate and up, `chunk(2)` in the forward) that both feed `mlp_out`. A mixture of
+    experts: `router` (its gates, kind `router`, reading the MLP's input) and `experts`, the experts module,
+    whose experts' matrices are named `<experts>.<e>.gate|up|down` (specdyn.arch.structure)."""
 
     blocks: str
     attention: tuple[Attention, ...]
@@ -40,6 +42,8 @@ class Stack:
     mlp_out: str
     embed: tuple[str, ...] = ()
     mlp_fused: str = ""
+    router: tuple[str, ...] = ()
+    experts: str = ""
 
 
 def config_heads(config: dict) -> tuple[int | None, int | None]:

@@ -4,8 +4,10 @@ to a transformer block, sequential or parallel, encoder or decoder.
 Per block: every matrix writing the block's input -> every reader of it (q, k, v or the fused projection; in a
 parallel block also the MLP's inputs); query-key per head; value -> output projection; attention output -> the
 MLP's inputs (sequential blocks); each MLP input -> the MLP output (both halves of a fused gate/up projection,
-read through their rows). The block's output writers (the MLP output;
-in a parallel block also the attention output) feed the next block, and the last block feeds the head chain.
+read through their rows); in a mixture of experts, the router reads the MLP's input and each expert pairs only
+within itself (gate, up -> down). The block's output writers (the MLP output, a dense or shared expert's; in a
+parallel block also the attention output; in a block of routed experts only, the attention output) feed the next
+block, and the last block feeds the head chain.
 Cross-attention reads the decoder stream in q and the encoder's output in k and v.
 """
 
@@ -55,6 +57,18 @@ def blocks_of(names: Names, pattern: str) -> list[tuple[str, dict[str, MatrixSpe
 def _get(rel: dict[str, MatrixSpec], names: str) -> MatrixSpec | None:
     """The spec of a role, written as alternatives `a|b` (module names of different transformers versions)."""
     return next((rel[n] for n in names.split("|") if n and n in rel), None)
+
+
+def _experts(rel: dict[str, MatrixSpec], module: str) -> list[dict[str, MatrixSpec]]:
+    """The experts of a block's experts module, in expert order: {"gate"|"up"|"down": spec} each."""
+    if not module:
+        return []
+    rx = re.compile(rf"^{re.escape(module)}\.(\d+)\.(gate|up|down)$")
+    out: dict[int, dict[str, MatrixSpec]] = {}
+    for name, spec in rel.items():
+        if m := rx.match(name):
+            out.setdefault(int(m[1]), {})[m[2]] = spec
+    return [out[e] for e in sorted(out)]
 
 
 def family_pairs(family: Family, config: dict, names: Names, heads: int | None) -> tuple[list[PairSpec], list[str]]:
@@ -109,7 +123,10 @@ def family_pairs(family: Family, config: dict, names: Names, heads: int | None) 
                         writers = [o]
             ins = [_get(rel, n) for n in stack.mlp_in]
             fused_mlp = _get(rel, stack.mlp_fused) if stack.mlp_fused else None
-            link(block_in if parallel else writers, [*ins, fused_mlp])
+            routers = [_get(rel, n) for n in stack.router]
+            link(block_in if parallel else writers, [*ins, fused_mlp, *routers])
+            for expert in _experts(rel, stack.experts):  # within an expert only: gate, up -> down
+                link([expert.get("gate"), expert.get("up")], [expert.get("down")])
             mlp_out = _get(rel, stack.mlp_out)
             link(ins, [mlp_out])
             if fused_mlp is not None and mlp_out is not None:  # each half of [gate; up] feeds the output

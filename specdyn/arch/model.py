@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from specdyn.spectral.matrices import tokens_shape
 
@@ -30,6 +31,42 @@ class ModelView:
     to_model: dict[str, str]  # checkpoint name -> model name (aliases included)
     converted: list[str]  # checkpoint names transformers would convert (merge, split), not just rename
     buffers: set[str]  # the model's buffers (a causal mask saved by an old transformers is not a weight)
+    stacks: dict[str, ExpertStack] = field(default_factory=dict)  # model name -> a stack of experts' matrices
+    expert_keys: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # per-expert tensor -> (stack, e, part)
+    routers: set[str] = field(default_factory=set)  # parameters of a router module (kind "router")
+
+
+@dataclass
+class ExpertStack:
+    """A mixture-of-experts parameter holding every expert's matrix along its leading axis (transformers 5's
+    `experts.gate_up_proj` (E, 2I, H), `experts.down_proj` (E, H, I)), as the experts module's flags say:
+    `is_transposed` (each expert stored in x out), `is_concatenated` ([gate; up] halves, else interleaved)."""
+
+    module: str  # the experts module (model name)
+    experts: int
+    roles: tuple[str, ...]  # per part of an expert's output axis: "gate", "up" or "down"
+    transposed: bool
+    interleaved: bool
+    names: dict[tuple[int, int], str] = field(default_factory=dict)  # (expert, part) -> per-expert tensor name
+
+    def name(self, e: int, part: int) -> str:
+        """The name an expert's matrix has as a tensor of its own (as transformers saves it)."""
+        return self.names.get((e, part)) or f"{self.module}.{e}.{self.roles[part]}_proj.weight"
+
+
+_STACK_ROLES = {"gate_up_proj": ("gate", "up"), "up_proj": ("up",), "down_proj": ("down",)}
+
+
+def expert_stack(module, owner: str, pname: str, shape: tuple[int, ...]) -> ExpertStack | None:
+    """The ExpertStack a parameter is, if its module is an experts module with transformers 5's stacked layout."""
+    E = getattr(module, "num_experts", None)
+    if not isinstance(E, int) or len(shape) != 3 or shape[0] != E or pname not in _STACK_ROLES:
+        return None
+    roles = _STACK_ROLES[pname]
+    transposed = bool(getattr(module, "is_transposed", False))
+    if shape[2 if transposed else 1] % len(roles):
+        return None
+    return ExpertStack(owner, E, roles, transposed, not getattr(module, "is_concatenated", True))
 
 
 def module_kind(module, pname: str, shape: tuple[int, ...]) -> tuple[str, bool] | str:
@@ -97,7 +134,8 @@ def _build(cls, config):
 
 
 def _renamer(model):
-    """checkpoint name -> (model name, converted?) with transformers' own load-time renaming, where it has one."""
+    """checkpoint name -> (model name, converted?, (expert, part) if the conversion only stacks experts) with
+    transformers' own load-time renaming, where it has one."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, rename_source_key
@@ -110,11 +148,50 @@ def _renamer(model):
 
         def rename(key):
             new, pattern = rename_source_key(key, renamings, converters, prefix, meta)
-            return new, pattern is not None
+            return new, pattern is not None, _expert_part(key, pattern, converters)
 
+        rename.plain = lambda key: rename_source_key(key, renamings, [], prefix, meta)[0]  # renamings only
         return rename
     except Exception:  # an older or newer transformers without this API: names must match as they are
-        return lambda key: (key, False)
+
+        def same(key):
+            return key, False, None
+
+        same.plain = lambda key: key
+        return same
+
+
+def _expert_part(key: str, pattern: str | None, converters) -> tuple[int, int] | None:
+    """(expert, part) of a per-expert tensor that a converter only stacks (MergeModulelist along a new leading
+    axis, then Concatenate of its sources along the output axis): `.experts.*.w3.weight` is part 1 of
+    [w1; w3]. Any other conversion (a transpose, an interleave) returns None: it is not a plain stacking."""
+    if pattern is None:
+        return None
+    conv = next((c for c in converters if pattern in c.source_patterns), None)
+    ops = [(type(op).__name__, getattr(op, "dim", None)) for op in (conv.operations if conv else [])]
+    if not ops or ops[0] != ("MergeModulelist", 0) or any(op != ("Concatenate", 1) for op in ops[1:]):
+        return None
+    m = re.search(re.escape(pattern).replace(r"\*", r"(\d+)"), key)
+    if not m or not m.groups():
+        return None
+    return int(m.group(1)), conv.source_patterns.index(pattern)
+
+
+def _expert_names(model, rename, stacks: dict[str, ExpertStack]) -> None:
+    """Each stack's per-expert tensor names as transformers saves them (its reverse conversion, run on the meta
+    model's state dict: names and shapes only), with the model's own module names (`block_sparse_moe.experts.3.w1`
+    saved, `mlp.experts.3.w1` in the model's terms); stacks it does not cover keep the `<module>.<e>.<role>_proj`
+    default."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        saved = revert_weight_conversion(model, model.state_dict())
+    except Exception:
+        return
+    for key in saved:
+        new, _, part = rename(key)
+        if part is not None and new in stacks:
+            stacks[new].names[part] = rename.plain(key)
 
 
 def inspect_model(config_dict: dict, ckpt_names: list[str]) -> tuple[ModelView | None, str]:
@@ -143,7 +220,7 @@ def inspect_model(config_dict: dict, ckpt_names: list[str]) -> tuple[ModelView |
 def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
     modules = dict(model.named_modules())
     first: dict[int, str] = {}
-    order, kinds, refused, aliases = [], {}, {}, {}
+    order, kinds, refused, aliases, stacks, routers = [], {}, {}, {}, {}, set()
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in first:
             aliases[name] = first[id(p)]
@@ -154,18 +231,30 @@ def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
         if len(shape) < 2 or 0 in shape:
             continue
         owner, _, pname = name.rpartition(".")
-        kind = module_kind(modules[owner] if owner else model, pname, shape)
+        module = modules[owner] if owner else model
+        if (stack := expert_stack(module, owner, pname, shape)) is not None:
+            stacks[name] = stack
+            continue
+        if isinstance(getattr(module, "num_experts", None), int) and pname.endswith("bias"):
+            refused[name] = "per-expert biases, not a matrix"
+            continue
+        kind = module_kind(module, pname, shape)
         if isinstance(kind, str):
             refused[name] = kind
         else:
             kinds[name] = kind
+            if "router" in type(module).__name__.lower():
+                routers.add(name)
     rename = _renamer(model)
+    _expert_names(model, rename, stacks)
     buffers = {n for n, _ in model.named_buffers()}
     known = set(order) | set(aliases) | buffers
-    to_model, converted = {}, []
+    to_model, converted, expert_keys = {}, [], {}
     for key in ckpt_names:
-        new, conv = rename(key)
-        if conv:
+        new, conv, part = rename(key)
+        if conv and part is not None and new in stacks:  # one expert's own tensor: the model stacks it on load
+            expert_keys[key] = (new, *part)
+        elif conv:
             converted.append(key)
         elif new in known:
             to_model[key] = new
@@ -175,5 +264,6 @@ def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
     for key, name in to_model.items():  # a tied weight saved only under its alias (rare) is read from there
         to_ckpt.setdefault(aliases.get(name, name), key)
     return ModelView(
-        type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers
-    )
+        type(model).__name__, version, order, kinds, refused, aliases, to_ckpt, to_model, converted, buffers,
+        stacks, expert_keys, routers,
+    )  # fmt: skip

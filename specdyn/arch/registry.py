@@ -1,7 +1,7 @@
 """The architecture families specdyn knows, by Hugging Face `model_type`: adding a family is a module and a line.
 A model_type not listed gets the generic default (module types from the model, pairs by shape rules)."""
 
-from specdyn.arch import bert, bloom, codegen, gpt2, gpt_bigcode, gpt_neox, llama, mpt, opt, phi, phi3, t5, vit
+from specdyn.arch import bert, bloom, codegen, gpt2, gpt_bigcode, gpt_neox, llama, moe, mpt, opt, phi, phi3, t5, vit
 from specdyn.arch.base import Family
 
 _ALL = (
@@ -17,6 +17,10 @@ _ALL = (
     mpt.MODERNBERT,
     phi3.PHI3,
     phi3.GLM,
+    moe.MIXTRAL,
+    moe.QWEN2_MOE,
+    moe.DEEPSEEK,
+    moe.GPT_OSS,
     llama.FAMILY,
     opt.FAMILY,
     bloom.BLOOM,

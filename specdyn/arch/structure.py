@@ -9,7 +9,7 @@ from specdyn.arch.base import Family, config_heads
 from specdyn.arch.chain import Names, family_pairs
 from specdyn.arch.registry import family_for
 from specdyn.arch.unet import TASKS
-from specdyn.spectral.matrices import GATE_UP, UNSPLIT, MatrixSpec, classify, looks_fused
+from specdyn.spectral.matrices import GATE_UP, UNSPLIT, Cut, MatrixSpec, classify, looks_fused
 from specdyn.spectral.pairs import PairSpec, find_pairs
 
 GUESSED = "guessed from names and shapes"
@@ -101,8 +101,37 @@ def _metadata_heads(metadata: dict) -> int | None:
     return None
 
 
+_STACK_NAME = re.compile(r"^(?P<module>.*\bexperts)\.(?P<param>gate_up_proj|up_proj|down_proj)$")
+
+
 def _guessed_specs(shapes) -> list[MatrixSpec]:
-    return [MatrixSpec(n, s, classify(n, s)) for n, s in _matrix_shapes(shapes).items()]
+    """Kinds from names and shapes. A 3-D `experts.gate_up_proj` / `up_proj` / `down_proj` is taken for a stack
+    of experts in transformers 5's default layout (each expert out x in, [gate; up] halves), never a conv."""
+    shapes = _matrix_shapes(shapes)
+    stacks: dict[str, list[str]] = {}  # experts module -> its stacks, in order
+    for n, s in shapes.items():
+        if (m := _STACK_NAME.match(n)) and len(s) == 3:
+            stacks.setdefault(m["module"], []).append(n)
+    out = []
+    for n, s in shapes.items():
+        m = _STACK_NAME.match(n)
+        if not (m and len(s) == 3):
+            out.append(MatrixSpec(n, s, classify(n, s)))
+        elif stacks[m["module"]][0] == n:  # every expert of the module, expert by expert
+            for e in range(s[0]):
+                for stack in stacks[m["module"]]:
+                    out += _guessed_expert(m["module"], stack, shapes[stack], e)
+    return out
+
+
+def _guessed_expert(module: str, stack: str, shape: tuple[int, ...], e: int) -> list[MatrixSpec]:
+    gate_up = stack.endswith("gate_up_proj") and shape[1] % 2 == 0
+    roles = ("gate", "up") if gate_up else (stack.rpartition(".")[2].removesuffix("_proj"),)
+    return [
+        MatrixSpec(f"{module}.{e}.{role}_proj.weight", (shape[1] // len(roles), shape[2]), "linear", expert=e,
+                   cut=Cut(stack, e, shape[0], j, len(roles)))
+        for j, role in enumerate(roles)
+    ]  # fmt: skip
 
 
 def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> Structure:
@@ -128,21 +157,30 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
     specs, by_model, tied, unsplit = [], {}, {}, []
     fused = family.fused({**config, **({"num_attention_heads": H} if heads_opt else {})}) if family else None
     roles = _roles(family, view.order) if family else {}
+    done_experts: set[str] = set()
     for mname in view.order:
+        if mname in view.stacks:  # every expert of the module, in expert order, where its first stack registers
+            module = view.stacks[mname].module
+            if module not in done_experts:
+                done_experts.add(module)
+                for key, spec in _expert_specs(view, module, mshapes):
+                    specs.append(spec)
+                    by_model[key] = spec
+            continue
         ckpt = view.to_ckpt.get(mname)
         if mname not in view.kinds or ckpt is None:
             continue
         kind, transposed = view.kinds[mname]
         role = roles.get(mname)
+        if role is None and mname in view.routers:
+            role = "router"
         split = fused if role == "qkv" else (GATE_UP if role == "gate_up" else None)
         if role is None and kind == "linear" and looks_fused(mname):  # no family states how it splits
             split = (UNSPLIT, H, Hkv)
             unsplit.append(ckpt)
-        spec = MatrixSpec(
-            ckpt, mshapes[ckpt],
-            "attention_in_proj" if role == "qkv" else ("head" if role == "head" and kind == "linear" else kind),
-            transposed, split,
-        )  # fmt: skip
+        if kind == "linear" and role in ("head", "router"):
+            kind = role
+        spec = MatrixSpec(ckpt, mshapes[ckpt], "attention_in_proj" if role == "qkv" else kind, transposed, split)
         specs.append(spec)
         by_model[mname] = spec
     for alias, canonical in view.aliases.items():
@@ -150,7 +188,7 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
             tied[view_ckpt_name(view, alias)] = by_model[canonical].name
     refused = {view.to_ckpt.get(n, n): why for n, why in view.refused.items()}
     refused.update({k: "a buffer of the model, not a weight" for k, n in view.to_model.items() if n in view.buffers})
-    unknown = [n for n in mshapes if n not in view.to_model]
+    unknown = [n for n in mshapes if n not in view.to_model and n not in view.expert_keys]
     if len(unknown) > len(specs):  # mostly unknown: this model definition does not describe the checkpoint
         structure = FORMAT_ORDER if ordered else GUESSED
         return Structure(
@@ -169,6 +207,30 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
         family.name if family else None, config["model_type"], view.model_class, broken,
         warning=_warning(family, config, unknown, view.model_class, unsplit), unsplit=unsplit,
     )  # fmt: skip
+
+
+def _expert_specs(view, module: str, mshapes: dict) -> list[tuple[str, MatrixSpec]]:
+    """(`<module>.<e>.<role>`, spec) of every expert of one experts module, expert by expert, each expert's
+    matrices in the module's registration order (gate, up, down): read from per-expert tensors where the
+    checkpoint has them (as transformers saves a model), else cut from the stacks (as the model holds them)."""
+    stacks = [(n, st) for n, st in view.stacks.items() if st.module == module]
+    own = {part: key for key, part in view.expert_keys.items()}
+    out = []
+    for e in range(stacks[0][1].experts):
+        for stack, st in stacks:
+            for j, role in enumerate(st.roles):
+                key, ckpt = own.get((stack, e, j)), view.to_ckpt.get(stack)
+                if key is not None:
+                    spec = MatrixSpec(key, mshapes[key], "linear", st.transposed, expert=e)
+                elif ckpt is not None:
+                    shape = list(mshapes[ckpt][1:])
+                    shape[1 if st.transposed else 0] //= len(st.roles)
+                    cut = Cut(ckpt, e, st.experts, j, len(st.roles), st.interleaved)
+                    spec = MatrixSpec(st.name(e, j), tuple(shape), "linear", st.transposed, expert=e, cut=cut)
+                else:
+                    continue
+                out.append((f"{module}.{e}.{role}", spec))
+    return out
 
 
 def _warning(family, config, unknown, model_class, unsplit=()) -> str | None:
@@ -204,6 +266,7 @@ def _roles(family: Family, order: list[str]) -> dict[str, str]:
         rx = re.compile(rf"(^|\.)({stack.blocks})")
         fused = {n for att in stack.attention for n in att.qkv.split("|") if n}
         gate_up = {n for n in stack.mlp_fused.split("|") if n}
+        routers = {n for r in stack.router for n in r.split("|") if n}
         for name in order:
             m = rx.search(name)
             rel = name[m.end() :].removesuffix(".weight") if m else None
@@ -211,6 +274,8 @@ def _roles(family: Family, order: list[str]) -> dict[str, str]:
                 roles[name] = "qkv"
             elif rel in gate_up:
                 roles[name] = "gate_up"
+            elif rel in routers:
+                roles[name] = "router"
     for chain in family.heads_chains:  # the last matrix of a head chain is the head (LM head, classifier)
         rx = re.compile(rf"(^|\.)({chain[-1]})\.weight$")
         roles.update({n: "head" for n in order if rx.search(n)})

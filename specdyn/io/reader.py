@@ -63,12 +63,23 @@ class CheckpointReader:
         """A floating-point tensor (the only kind analyzed): not int, bool or complex."""
         return self.dtype_name(name).startswith(("float", "bfloat"))
 
-    def array(self, name: str):
+    def array(self, name: str, block: tuple[int, int] | None = None):
         """One tensor as a numpy array for the SVDs: read without torch where the format allows (safetensors;
-        bfloat16 arrives as float32), else through torch (float8 and others numpy lacks arrive as float32)."""
+        bfloat16 arrives as float32), else through torch (float8 and others numpy lacks arrive as float32).
+        `block = (i, n)`: only block i of the leading axis viewed as n blocks (one expert of a stack), read alone
+        where the format allows (safetensors; a memory-mapped torch file touches only its pages)."""
         key = self._key(name)
-        out = self._source.array(key) if hasattr(self._source, "array") else None
-        return self._source.tensor(key).detach().float().numpy() if out is None else out
+        src = self._source
+        if block is None:
+            out = src.array(key) if hasattr(src, "array") else None
+        else:
+            out = src.array(key, block) if getattr(src, "reads_blocks", False) else None
+        if out is None:
+            t = self._source.tensor(key).detach()
+            if block is not None:
+                t = t.reshape(block[1], -1, *t.shape[1:])[block[0]]
+            out = t.float().numpy()
+        return out
 
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor on CPU in its stored dtype (bf16 stays bf16; the caller upcasts)."""

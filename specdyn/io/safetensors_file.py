@@ -119,8 +119,9 @@ def _header(path: Path) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
-def _entry(path: Path, key: str, header: tuple[int, dict], itemsize: int) -> tuple[int, int, tuple]:
-    """(file offset, byte size, shape) of one tensor, its size checked against its shape."""
+def _entry(path: Path, key: str, header: tuple[int, dict], itemsize: int, block=None) -> tuple[int, int, tuple]:
+    """(file offset, byte size, shape) of one tensor, its size checked against its shape; with `block = (i, n)`,
+    of block i of its leading axis viewed as n blocks (one expert of a stack: contiguous bytes)."""
     start, entries = header
     entry = entries[key]
     begin, end = entry["data_offsets"]
@@ -130,6 +131,11 @@ def _entry(path: Path, key: str, header: tuple[int, dict], itemsize: int) -> tup
         numel *= d
     if size != numel * itemsize:
         raise CheckpointError(f"{path}: tensor {key!r} has {size} bytes for shape {list(shape)}; the file is damaged")
+    if block is not None:
+        i, n = block
+        size //= n
+        begin += i * size
+        shape = (shape[0] // n, *shape[1:])
     return start + begin, size, shape
 
 
@@ -138,12 +144,12 @@ def _read_into(f, path: Path, key: str, view: memoryview) -> None:
         raise CheckpointError(f"{path}: truncated (tensor {key!r} ends past the end of the file); re-copy it")
 
 
-def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=None):
+def _pread(path: Path, key: str, header: tuple[int, dict], itemsize: int, alloc=None, block=None):
     """The bytes of one tensor (a uint8 numpy buffer of their own, from `alloc(nbytes)` if given, filled by one
-    read) and its shape."""
+    read) and its shape; `block`: only that block of its leading axis (_entry)."""
     import numpy as np
 
-    offset, size, shape = _entry(path, key, header, itemsize)
+    offset, size, shape = _entry(path, key, header, itemsize, block)
     buf = alloc(size) if alloc else np.empty(size, dtype=np.uint8)
     if size:
         with open(path, "rb") as f:
@@ -167,9 +173,9 @@ def _pread_tensor(path: Path, key: str, header: tuple[int, dict]):
 WIDEN_BYTES = 16 << 20
 
 
-def _pread_array(path: Path, key: str, header: tuple[int, dict]):
-    """One tensor as a numpy array without torch, in reused buffers (io.buffers), bfloat16 widened to float32;
-    None for dtypes numpy lacks."""
+def _pread_array(path: Path, key: str, header: tuple[int, dict], block=None):
+    """One tensor (or one block of its leading axis, _entry) as a numpy array without torch, in reused buffers
+    (io.buffers), bfloat16 widened to float32; None for dtypes numpy lacks."""
     import numpy as np
 
     from specdyn.io.buffers import POOL
@@ -179,9 +185,9 @@ def _pread_array(path: Path, key: str, header: tuple[int, dict]):
         return None
     dtype = np.dtype(NUMPY_DTYPES[code])
     if code != "BF16":
-        buf, shape = _pread(path, key, header, dtype.itemsize, POOL.take)
+        buf, shape = _pread(path, key, header, dtype.itemsize, POOL.take, block)
         return buf.view(dtype).reshape(shape)
-    offset, size, shape = _entry(path, key, header, 2)
+    offset, size, shape = _entry(path, key, header, 2, block)
     wide = POOL.take(size * 2).view(np.uint32)
     piece = POOL.take(min(size, WIDEN_BYTES))
     with open(path, "rb") as f:
@@ -198,6 +204,7 @@ class SafetensorsSource:
     """One safetensors file, or a sharded set (name -> shard file); each file opened lazily with safe_open."""
 
     ordered = False  # safetensors sorts its entries; registration order only via param_order metadata
+    reads_blocks = True  # array(key, block) reads one block of the leading axis alone
 
     def __init__(self, weight_map: dict[str, Path]):
         self.weight_map = weight_map
@@ -257,13 +264,13 @@ class SafetensorsSource:
             self._open(path)  # validates the header (safetensors' own checks)
             return _pread_tensor(path, key, self._headers.setdefault(path, _header(path)))
 
-    def array(self, key: str):
-        """The tensor as a numpy array (bfloat16 as float32), read as `tensor` reads it but without torch; None
-        for a dtype numpy lacks (float8), which `tensor` reads."""
+    def array(self, key: str, block: tuple[int, int] | None = None):
+        """The tensor (or block i of n of its leading axis) as a numpy array (bfloat16 as float32), read as
+        `tensor` reads it but without torch; None for a dtype numpy lacks (float8), which `tensor` reads."""
         path = self.weight_map[key]
         with reading(path):
             self._open(path)
-            return _pread_array(path, key, self._headers.setdefault(path, _header(path)))
+            return _pread_array(path, key, self._headers.setdefault(path, _header(path)), block)
 
     def metadata(self) -> dict:
         if self._single is None:

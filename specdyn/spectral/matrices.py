@@ -16,7 +16,7 @@ import numpy as np
 
 from specdyn.errors import SpecdynError
 
-KINDS = ("linear", "conv", "tconv", "embedding", "attention_in_proj", "lstm", "head")
+KINDS = ("linear", "conv", "tconv", "embedding", "attention_in_proj", "lstm", "head", "router")
 ROWS_ARE_OUTPUTS = "rows=outputs"
 TRANSPOSED = "transposed from Conv1D (in x out)"
 # docs/architectures.md: how a fused projection's rows interleave q, k, v (or gate and up); "unsplit": fused,
@@ -37,15 +37,61 @@ _FUSED_ANY = re.compile(
 
 
 @dataclass(frozen=True)
+class Cut:
+    """Where a matrix lies inside a larger tensor (one expert of a mixture-of-experts stack): `tensor`'s leading
+    axis viewed as `experts` blocks, block `expert`, and of its output axis part `part` of `parts` (contiguous
+    halves [gate; up], or every `parts`-th row when `interleaved`)."""
+
+    tensor: str
+    expert: int
+    experts: int
+    part: int = 0
+    parts: int = 1
+    interleaved: bool = False
+
+    def to_json(self) -> list:
+        return [self.tensor, self.expert, self.experts, self.part, self.parts, self.interleaved]
+
+    @classmethod
+    def from_json(cls, doc: list) -> "Cut":
+        return cls(str(doc[0]), *(int(x) for x in doc[1:5]), bool(doc[5]))
+
+
+@dataclass(frozen=True)
 class MatrixSpec:
-    """One weight matrix: its tensor name, original shape, kind, orientation and (for a fused q/k/v projection)
-    its row layout `fused = (layout, heads, kv_heads)`, flattened to (m, n) with rows as outputs."""
+    """One weight matrix: its name, original shape, kind, orientation and (for a fused q/k/v projection) its row
+    layout `fused = (layout, heads, kv_heads)`, flattened to (m, n) with rows as outputs. An expert's matrix
+    records its expert index, and `cut` when it is read from a stack of experts (else the tensor `name`)."""
 
     name: str
     original_shape: tuple[int, ...]
     kind: str
     transposed: bool = False  # stored in x out (HF Conv1D): rows become outputs by a transpose
     fused: tuple[str, int, int] | None = None
+    expert: int | None = None
+    cut: Cut | None = None
+
+    @property
+    def tensor(self) -> str:
+        """The checkpoint tensor this matrix is read from."""
+        return self.cut.tensor if self.cut else self.name
+
+    @property
+    def block(self) -> tuple[int, int] | None:
+        """(index, count): the block of the tensor's leading axis to read, for a matrix cut from a stack."""
+        return (self.cut.expert, self.cut.experts) if self.cut else None
+
+    def take(self, block):
+        """This matrix (as stored, before any transpose) out of its tensor's block: a stack's expert is the block,
+        and a fused [gate; up] of it one part of its output axis."""
+        if self.cut is None:
+            return block
+        c = self.cut
+        out = block.reshape(block.shape[-2:]) if block.ndim > 2 else block
+        axis = 1 if self.transposed else 0
+        n = out.shape[axis] // c.parts
+        index = slice(c.part, None, c.parts) if c.interleaved else slice(c.part * n, (c.part + 1) * n)
+        return out[(slice(None), index) if axis else index]
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -265,8 +265,10 @@ def find_pairs(specs: list[MatrixSpec], n_heads: int | None) -> list[PairSpec]:
             continue
         if a.kind == "attention_in_proj" and n_heads and (p := qk_pair(a, a, n_heads)):
             pairs.append(p)
-        if i + 1 < len(specs) and a.name not in qk_names:  # q -> k and k -> v chain by shape but mean nothing
-            if p := chain_kind(a, specs[i + 1], heads=n_heads):
+        b = specs[i + 1] if i + 1 < len(specs) else None
+        if b is not None and a.name not in qk_names:  # q -> k and k -> v chain by shape but mean nothing
+            # an expert is read only by its own matrices (its router's choice is not a fixed chain)
+            if (b.expert is None or a.expert == b.expert) and (p := chain_kind(a, b, heads=n_heads)):
                 pairs.append(p)
         i += 1
     return pairs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.spectral.matrices import ROWS_ARE_OUTPUTS, TRANSPOSED, MatrixSpec
+from specdyn.spectral.matrices import ROWS_ARE_OUTPUTS, TRANSPOSED, Cut, MatrixSpec
 from specdyn.spectral.metrics import metrics_of
 from specdyn.spectral.pairs import PairSpec
 from specdyn.version import __version__
@@ -100,6 +100,8 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
             "kinds": {s.name: s.kind for s in specs},
             "orientation": {s.name: s.orientation for s in specs},
             "fused": {s.name: list(s.fused) for s in specs if s.fused},
+            "expert": {s.name: s.expert for s in specs if s.expert is not None},
+            "cut": {s.name: s.cut.to_json() for s in specs if s.cut is not None},
         }
     )
     pair = _array(root, "pair", (P,), (max(P, 1),), str, ("pair",), fill="")
@@ -171,12 +173,15 @@ def matrix_names(root) -> list[str]:
 def spec_from_attrs(a, name: str) -> MatrixSpec:
     """One MatrixSpec from the `matrix` array's attrs (stores made before `orientation`/`fused`: rows=outputs)."""
     fused = (a.get("fused") or {}).get(name)
+    cut = (a.get("cut") or {}).get(name)
     return MatrixSpec(
         name,
         tuple(a["original_shapes"][name]),
         a["kinds"][name],
         transposed=(a.get("orientation") or {}).get(name, ROWS_ARE_OUTPUTS) == TRANSPOSED,
         fused=tuple(fused) if fused else None,
+        expert=(a.get("expert") or {}).get(name),
+        cut=Cut.from_json(cut) if cut else None,
     )
 
 
