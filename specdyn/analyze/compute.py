@@ -86,7 +86,7 @@ def _matrices(ckpt: Checkpoint, specs: list[MatrixSpec], trust_pickle: bool, kno
     where the checkpoint holds its base's (read only when its result is not `known` yet)."""
     with CheckpointReader(ckpt, trust_pickle=trust_pickle) as reader:
         for spec in specs:
-            if reader.unchanged(spec.name):
+            if reader.unchanged(spec.tensor):
                 read = spec.name not in known
                 yield spec, Unchanged(read_spec(reader, spec) if read else None)
             else:
