@@ -76,7 +76,9 @@ def expected_order(model):
                 seen.add(owner)
                 stacks = [n for n, q in modules[owner].named_parameters() if q.ndim == 3]
                 for e in range(modules[owner].num_experts):
-                    out += [(owner, e, role) for s in stacks for role in (("gate", "up") if "gate_up" in s else ("down",))]
+                    out += [
+                        (owner, e, role) for s in stacks for role in (("gate", "up") if "gate_up" in s else ("down",))
+                    ]
             continue
         if p.ndim >= 2:
             out.append(name)
@@ -160,7 +162,9 @@ def test_transposed_interleaved_stacks_from_a_torch_file(tmp_path, one_thread):
     check_moe_store(store, model, "gpt_oss")
     spec = store.matrix_spec(store.matrices[6])
     assert spec.transposed and spec.cut.interleaved and spec.cut.tensor == "model.layers.0.mlp.experts.gate_up_proj"
-    assert set(store.attrs["refused"]) == {f"model.layers.{i}.mlp.experts.{b}_bias" for i in (0, 1) for b in ("gate_up_proj", "down_proj")}
+    assert set(store.attrs["refused"]) == {
+        f"model.layers.{i}.mlp.experts.{b}_bias" for i in (0, 1) for b in ("gate_up_proj", "down_proj")
+    }
 
 
 def test_stacks_without_a_config_are_experts_not_convolutions(tmp_path, one_thread):
