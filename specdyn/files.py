@@ -135,7 +135,7 @@ def atomic_write(path, data: str | bytes, named: bool = False, encoding: str = "
     """Replace `path` with `data` (text is encoded as `encoding`) atomically; returns the path written."""
     target = output_path(path, named)
     with atomic_open(target, "wb") as f:
-        f.write(data.encode(encoding) if isinstance(data, str) else data)
+        f.write(data.encode(encoding, "backslashreplace") if isinstance(data, str) else data)  # never half-fail
     return target
 
 

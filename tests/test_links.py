@@ -246,7 +246,7 @@ def test_a_run_with_file_names_that_are_not_utf8(tmp_path):
     from specdyn import open_store
     from specdyn.files import name_path, name_text
 
-    run = tmp_path / "run"
+    run = tmp_path / os.fsdecode(b"run\xfd")  # the run folder's own name too
     write_series(run, steps=(0, 10))
     odd = os.fsdecode(b"step_10\xff.safetensors")
     os.rename(run / "step_10.safetensors", run / odd)
@@ -260,6 +260,9 @@ def test_a_run_with_file_names_that_are_not_utf8(tmp_path):
     assert st.checkpoint_paths()[1] == run / odd and name_path(run, name_text(odd)) == run / odd
     again = runner.invoke(app, ["analyze", str(run), "--json", "-q"])
     assert again.exit_code == 0 and json.loads(again.stdout)["computed"] == 0, again.output
+    from specdyn.plots.runlog import run_labels
+
+    assert run_labels([st]) == ["run\\xfd"]  # the report's figure labels: matplotlib refuses surrogates
     for args in (["info", str(run), "--json"], ["export", str(run), "-o", "-"], ["info", str(run)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output

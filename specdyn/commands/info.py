@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from specdyn.commands.common import JsonFlag, QuietFlag
+from specdyn.files import name_text
 
 # The per-matrix metrics info shows. At the last checkpoint `stability_score` (against the final checkpoint) is 1
 # by definition, so the table shows the stability against the previous checkpoint instead.
@@ -44,10 +45,10 @@ def store_summary(st, step: int | None = None) -> dict:
         matrices.append(row)
     steps = st.steps
     return {
-        "store": str(st.path),
+        "store": name_text(str(st.path)),  # a folder name that is not UTF-8 as \xHH, as stored checkpoints are
         "schema_version": st.attrs.get("schema_version"),
         "specdyn_version": st.attrs.get("specdyn_version"),
-        "sources": [str(d) for d in st.run_dirs],
+        "sources": [name_text(str(d)) for d in st.run_dirs],
         "checkpoints": len(st),
         "steps": [int(s) for s in steps],
         "step": at,  # the checkpoint whose metrics `matrices` and `layers` hold

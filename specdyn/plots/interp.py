@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 
 from specdyn.errors import EXIT_USAGE, SpecdynError
+from specdyn.files import name_text
 from specdyn.plots import draw, select, style
 from specdyn.plots.prune import COLOURS, one_metric
 
@@ -86,7 +87,7 @@ def plot(
             raise SpecdynError(f"{st.path}: --steps {steps} selects no split step of the interpolation results")
         keys = list(groups)
         name = style.metric_label(metric)
-        prefix = f"{Path(st.path).parent.name}: " if len(stores) > 1 else ""
+        prefix = f"{name_text(Path(st.path).parent.name)}: " if len(stores) > 1 else ""
         keep = r["attrs"].get("keep")
         _barriers(ax_b, r, groups, keys, si, mi, x, log_x, f"{split} {name} barrier", keep)
         ax_b.set_title(

@@ -23,9 +23,12 @@ def read_run_log(store) -> RunLog:
 
 
 def store_name(store) -> str:
-    """The run's folder name for the default store (`run/specdyn.zarr`), else the store's own name."""
+    """The run's folder name for the default store (`run/specdyn.zarr`), else the store's own name (as UTF-8
+    text: a name that is not UTF-8 shows its bytes as \\xHH)."""
+    from specdyn.files import name_text
+
     p = Path(store.path).resolve()
-    return p.parent.name if p.name == "specdyn.zarr" else (p.stem if p.suffix == ".zarr" else p.name)
+    return name_text(p.parent.name if p.name == "specdyn.zarr" else (p.stem if p.suffix == ".zarr" else p.name))
 
 
 def _fmt(v) -> str:
@@ -41,7 +44,9 @@ def run_labels(stores, logs: list[RunLog] | None = None) -> list[str]:
     when the runs have configs and that tells them apart; otherwise the run folder names (made unique)."""
     names = [store_name(s) for s in stores]
     if len(set(names)) < len(names):
-        names = [f"{Path(s.path).resolve().parent.parent.name}/{n}" for s, n in zip(stores, names)]
+        from specdyn.files import name_text
+
+        names = [f"{name_text(Path(s.path).resolve().parent.parent.name)}/{n}" for s, n in zip(stores, names)]
     if len(stores) < 2 or logs is None or not all(l.config for l in logs):
         return names
     keys = sorted(set().union(*(l.config for l in logs)))
