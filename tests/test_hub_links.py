@@ -166,3 +166,16 @@ def test_analyze_skips_a_refused_revision_with_one_line_and_strict_refuses(cache
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "leads outside" in last
+
+
+def test_a_training_log_leading_outside_is_not_read(cache, tmp_path):
+    from specdyn.io.runmeta import read_run_log
+
+    cache, commits = cache
+    snap = snapshot(cache, commits)
+    secret = tmp_path / "state.json"
+    secret.write_text(json.dumps({"log_history": [{"step": 2, "loss": 1.0}]}))
+    os.symlink(secret, snap / "trainer_state.json")
+    with pytest.warns(SpecdynWarning, match="leads outside"):
+        log = read_run_log([hub_repo(cache, REPO)], [snap])
+    assert not log.sources

@@ -190,13 +190,28 @@ def _from_rows(rows: list[dict], step_key: str = "step") -> Curves:
     return curves
 
 
+def _inside(path: Path) -> bool:
+    """Whether a log file leads (after symlinks) only into its own folder, or a hub snapshot's blobs/ (io.hf)."""
+    from specdyn.errors import CheckpointError
+    from specdyn.io.hf import check_inside
+
+    try:
+        check_inside(path, path.parent, path.name)
+        return True
+    except CheckpointError as e:
+        from specdyn.console import warn
+
+        warn(f"{e}; not read", kind="files outside their checkpoint")
+        return False
+
+
 def _trainer_state(run_dirs: list[Path], checkpoints: list[Path]):
     """HF Trainer's log_history, from the last checkpoint that holds trainer_state.json (it holds every record up
     to its step), else from a run dir's own trainer_state.json (written by `trainer.save_state()`)."""
     candidates = [c / "trainer_state.json" for c in reversed(checkpoints)] + [
         d / "trainer_state.json" for d in run_dirs
     ]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = next((p for p in candidates if p.is_file() and _inside(p)), None)
     if path is None:
         return
     try:
