@@ -185,3 +185,44 @@ def test_stacks_without_a_config_are_experts_not_convolutions(tmp_path, one_thre
     for p in store.pair_docs():  # pairs by shape rules, but never into an expert from outside it
         nxt = store.matrix_spec(p["next"]).expert
         assert nxt is None or store.matrix_spec(p["prev"]).expert == nxt, p["name"]
+
+
+def test_dbrx_fused_attention_and_row_stacked_experts(tmp_path, one_thread):
+    """DBRX: `Wqkv` split per head (GQA) as its attention's forward splits it, and its experts stacked along the
+    rows of `w1`, `v1`, `w2` (E * F, H) split as DbrxExperts.forward views them (`view(-1, F, H)[e]`; w2 is in x
+    out: down = h @ w2[e])."""
+    from tests.test_arch_fused import captured_heads, qk_reference, vo_reference
+
+    config = T.DbrxConfig(
+        d_model=D, n_heads=4, n_layers=1, vocab_size=V, max_seq_len=16, attn_config={"kv_n_heads": 2, "clip_qkv": 1e4},
+        ffn_config={"moe_num_experts": E, "ffn_hidden_size": 16, "moe_top_k": 2},
+    )  # fmt: skip
+    # transformers 5.24's DbrxAttentionConfig has no default rope_theta, and its forward clamps q/k/v by
+    # clip_qkv even when it is None (a clamp with no bounds raises): a bound far above the values keeps it linear
+    config.attn_config.rope_theta = 10000.0
+    torch.manual_seed(0)
+    model = T.DbrxForCausalLM(config)
+    save_stacks(tmp_path / "run", model, config)
+    store = analyzed(tmp_path / "run")
+    block = model.transformer.blocks[0]
+    attn, mlp = block.norm_attn_norm.attn, block.ffn.experts.mlp
+    q, k, v = captured_heads(model, attn)
+    names = store.matrices
+    wqkv = "transformer.blocks.0.norm_attn_norm.attn.Wqkv.weight"
+    out = "transformer.blocks.0.norm_attn_norm.attn.out_proj.weight"
+    worst = check_pair(store, f"{wqkv} (qk)", [qk_reference(q, k)], "dbrx qk")
+    worst = max(
+        worst, check_pair(store, f"{wqkv} -> {out}", [vo_reference(v, attn.out_proj.weight.detach())], "dbrx vo")
+    )
+    assert store.matrix_spec("transformer.blocks.0.ffn.router.layer.weight").kind == "router"
+    experts = [n for n in names if store.matrix_spec(n).expert is not None]
+    assert len(experts) == 3 * E and names.index(experts[0]) == names.index(out) + 2  # after the router
+    for e in range(E):
+        want = {
+            "gate": mlp.w1.view(-1, 16, D)[e], "up": mlp.v1.view(-1, 16, D)[e], "down": mlp.w2.view(-1, 16, D)[e].T,
+        }  # fmt: skip
+        for name, role in zip(experts[3 * e : 3 * e + 3], ("gate", "up", "down")):
+            W = want[role].detach().numpy().astype(np.float64)
+            assert store.matrix_spec(name).expert == e and store.matrix_spec(name).shape == W.shape
+            np.testing.assert_allclose(store.sv(name)[-1][: min(W.shape)], np.linalg.svd(W)[1], rtol=1e-4, atol=1e-6)
+    print(f"dbrx: max |stored - reference| over qk and vo = {worst:.2e}")

@@ -55,10 +55,16 @@ class ExpertStack:
 
 
 _STACK_ROLES = {"gate_up_proj": ("gate", "up"), "up_proj": ("up",), "down_proj": ("down",)}
+# DBRX's DbrxExpertGLU: w1, v1, w2 are (E * F, H); forward: gate x w1[e]^T, up x v1[e]^T, down (..) @ w2[e]
+_DBRX_ROLES = {"w1": ("gate",), "v1": ("up",), "w2": ("down",)}
 
 
 def expert_stack(module, owner: str, pname: str, shape: tuple[int, ...]) -> ExpertStack | None:
-    """The ExpertStack a parameter is, if its module is an experts module with transformers 5's stacked layout."""
+    """The ExpertStack a parameter is, if its module is an experts module with transformers 5's stacked layout
+    (or DBRX's experts, stacked along the rows of 2-D parameters)."""
+    E = getattr(module, "moe_num_experts", None)
+    if isinstance(E, int) and pname in _DBRX_ROLES and len(shape) == 2 and shape[0] % E == 0:
+        return ExpertStack(owner, E, _DBRX_ROLES[pname], pname == "w2", False)
     E = getattr(module, "num_experts", None)
     if not isinstance(E, int) or len(shape) != 3 or shape[0] != E or pname not in _STACK_ROLES:
         return None

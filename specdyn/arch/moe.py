@@ -78,3 +78,26 @@ GPT_OSS = Family(
     ),
     heads_chains=(("lm_head",),),
 )
+
+# DBRX: a fused `Wqkv` of [q (H heads); k (H_kv); v (H_kv)] blocks (`split([hidden, kv, kv])`), H_kv from
+# `attn_config.kv_n_heads`; experts stacked along the rows of `w1`, `v1` (gate, up) and `w2` (down, in x out)
+DBRX = Family(
+    name="dbrx",
+    model_types=("dbrx",),
+    stacks=(
+        Stack(
+            blocks=r"blocks\.\d+\.",
+            attention=(Attention(qkv="norm_attn_norm.attn.Wqkv", o="norm_attn_norm.attn.out_proj"),),
+            mlp_in=(),
+            mlp_out="",
+            embed=("wte",),
+            router=("ffn.router.layer",),
+            experts="ffn.experts.mlp",
+        ),
+    ),
+    heads_chains=(("lm_head",),),
+    heads=lambda config: (
+        config.get("n_heads"),
+        (config.get("attn_config") or {}).get("kv_n_heads") or config.get("n_heads"),
+    ),
+)

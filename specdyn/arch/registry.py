@@ -21,6 +21,7 @@ _ALL = (
     moe.QWEN2_MOE,
     moe.DEEPSEEK,
     moe.GPT_OSS,
+    moe.DBRX,
     llama.FAMILY,
     opt.FAMILY,
     bloom.BLOOM,

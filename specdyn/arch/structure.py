@@ -223,7 +223,8 @@ def _expert_specs(view, module: str, mshapes: dict) -> list[tuple[str, MatrixSpe
                 if key is not None:
                     spec = MatrixSpec(key, mshapes[key], "linear", st.transposed, expert=e)
                 elif ckpt is not None:
-                    shape = list(mshapes[ckpt][1:])
+                    whole = mshapes[ckpt]
+                    shape = [whole[0] // st.experts, *whole[1:]][-2:]  # one expert's block, as stored
                     shape[1 if st.transposed else 0] //= len(st.roles)
                     cut = Cut(ckpt, e, st.experts, j, len(st.roles), st.interleaved)
                     spec = MatrixSpec(st.name(e, j), tuple(shape), "linear", st.transposed, expert=e, cut=cut)
