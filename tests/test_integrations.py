@@ -3,6 +3,7 @@ each save a log-spaced specdyn series that analyze reads, and with analyze=True 
 TensorBoard event file at the checkpoints' steps, equal to what the store holds."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -223,3 +224,34 @@ def test_the_background_analyze_never_imports_from_the_working_folder(tmp_path, 
     done = subprocess.run(analyze_command(work / "run", None), env=env, cwd=work, capture_output=True, timeout=120)
     assert done.returncode == 3 and "no checkpoints" in done.stderr.decode(), done.stderr.decode()[-2000:]
     assert not marker.exists()
+
+
+def test_metrics_arrive_while_cpu_bound_training_runs(tmp_path):
+    """Training on every core: the background analysis gets its share of the CPU (between steps when training
+    keeps every core busy, beside it otherwise), so the first checkpoint's metrics reach the logger while
+    training still runs; at idle priority they arrived only after the last step."""
+    from specdyn.integrations.core import cores
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores())
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.randn(512, 256)
+    saver = SeriesSaver(tmp_path / "run", every=10**6, analyze=True, share=0.5)
+    saver.plan(10**6)
+    saver.save(0, net)
+    got, step, deadline = [], 0, time.monotonic() + 150
+    try:
+        while not got and time.monotonic() < deadline:  # "training" until the metrics arrive
+            step += 1
+            loss = net(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            got = saver.poll()
+    finally:
+        torch.set_num_threads(before)
+        saver.finish()
+    assert [s for s, _ in got] == [0], f"no metrics after {step} training steps"
+    assert np.isfinite(got[0][1][PREFIX + "effective_rank"])

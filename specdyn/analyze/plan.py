@@ -281,7 +281,11 @@ def _describe(reader: CheckpointReader, c: Checkpoint, opts: AnalyzeOptions):
     """The first checkpoint's structure (specdyn.arch): matrices, kinds, orientation, tied aliases, heads, pairs."""
     meta = reader.metadata() or {}
     task, _ = recorded_task(meta, c.run_dir)
-    structure = describe(_shapes(reader), meta, task if isinstance(task, str) else None, reader.ordered, opts.heads)
+    from specdyn.tasks import TASKS
+
+    task = task if isinstance(task, str) else None
+    own = task is not None and task in set(TASKS)  # a built-in task of `specdyn train`: specdyn defines its model
+    structure = describe(_shapes(reader), meta, task, reader.ordered, opts.heads, own, reader.aliases())
     if structure.warning:
         console.warn(f"{c.path}: {structure.warning}")
     if structure.broken:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from specdyn.arch.base import Family, config_heads
 from specdyn.arch.chain import Names, family_pairs
+from specdyn.arch.guess import guess_warning, refine_guess
 from specdyn.arch.registry import family_for
 from specdyn.arch.unet import TASKS
 from specdyn.spectral.matrices import GATE_UP, UNSPLIT, Cut, MatrixSpec, classify, looks_fused
@@ -68,25 +69,27 @@ def describe(
     task: str | None = None,
     ordered: bool = True,
     heads: int | None = None,
+    own_task: bool = False,
+    aliases: dict[str, str] | None = None,
 ) -> Structure:
     """The Structure of a checkpoint: `shapes` in the reader's order, its metadata, the specdyn task that wrote
-    it (if any), whether the reader's order is the registration order, and --heads (overrides the config)."""
+    it (if any; `own_task`: a built-in task of `specdyn train`, whose models specdyn defines), whether the
+    reader's order is the registration order, --heads (overrides the config), and tensors that share storage
+    with an earlier one (`aliases`: alias -> first name; analyzed once, as tied, when no model says otherwise)."""
     config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
     if config.get("model_type") and "specdyn_task" not in config:
         return _from_config(shapes, config, ordered, heads)
     if not heads:
         heads = _metadata_heads(metadata)
-    specs = _guessed_specs(shapes)
+    tied = {a: c for a, c in (aliases or {}).items() if a != c and a in shapes and c in shapes}
+    specs, notes = refine_guess(_guessed_specs({n: s for n, s in shapes.items() if n not in tied}), heads)
     if task in TASKS:
         pairs, broken = TASKS[task](specs)
-        return Structure(specs, pairs, heads, heads, FORMAT_ORDER, family=f"specdyn:{task}", broken=broken)
-    if ordered:
-        return Structure(specs, None, heads, heads, FORMAT_ORDER)
-    return Structure(
-        specs, None, heads, heads, GUESSED,
-        warning="the checkpoint keeps no registration order and no model definition: depth order (a natural "
-        "sort of the names), kinds and pairs are guessed from names and shapes",
-    )  # fmt: skip
+        return Structure(specs, pairs, heads, heads, FORMAT_ORDER, tied, family=f"specdyn:{task}", broken=broken)
+    warning = None
+    if not (own_task and ordered):
+        warning = guess_warning(specs, notes, ordered, "no model definition (config.json with a model_type)")
+    return Structure(specs, None, heads, heads, FORMAT_ORDER if ordered else GUESSED, tied, warning=warning)
 
 
 HEAD_KEYS = ("n_heads", "num_heads", "num_attention_heads", "n_head", "nhead", "num_heads_attn")
@@ -124,6 +127,12 @@ def _guessed_specs(shapes) -> list[MatrixSpec]:
     return out
 
 
+def _guessed(shapes, H, ordered: bool, why: str) -> tuple[list[MatrixSpec], str]:
+    """Specs guessed from names and shapes, and the warning naming every guess."""
+    specs, notes = refine_guess(_guessed_specs(shapes), H)
+    return specs, guess_warning(specs, notes, ordered, why)
+
+
 def _guessed_expert(module: str, stack: str, shape: tuple[int, ...], e: int) -> list[MatrixSpec]:
     gate_up = stack.endswith("gate_up_proj") and shape[1] % 2 == 0
     roles = ("gate", "up") if gate_up else (stack.rpartition(".")[2].removesuffix("_proj"),)
@@ -149,11 +158,10 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
                 f"transformers converts {len(view.converted)} tensors (e.g. {view.converted[0]!r}) when loading "
                 f"{view.model_class}, so they are not its parameters as stored"
             )
-        structure = FORMAT_ORDER if ordered else GUESSED
+        specs, warning = _guessed(shapes, H, ordered, why)
         return Structure(
-            _guessed_specs(shapes), None, H, Hkv, structure, model_type=config["model_type"],
-            warning=f"{why}: depth order, kinds and pairs are {structure}",
-        )  # fmt: skip
+            specs, None, H, Hkv, FORMAT_ORDER if ordered else GUESSED, model_type=config["model_type"], warning=warning
+        )
     specs, by_model, tied, unsplit = [], {}, {}, []
     fused = family.fused({**config, **({"num_attention_heads": H} if heads_opt else {})}) if family else None
     roles = _roles(family, view.order) if family else {}
@@ -190,12 +198,11 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
     refused.update({k: "a buffer of the model, not a weight" for k, n in view.to_model.items() if n in view.buffers})
     unknown = [n for n in mshapes if n not in view.to_model and n not in view.expert_keys]
     if len(unknown) > len(specs):  # mostly unknown: this model definition does not describe the checkpoint
-        structure = FORMAT_ORDER if ordered else GUESSED
+        why = f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of transformers' {view.model_class}"
+        specs, warning = _guessed(shapes, H, ordered, why)
         return Structure(
-            _guessed_specs(shapes), None, H, Hkv, structure, model_type=config["model_type"],
-            warning=f"{len(unknown)} tensors (e.g. {unknown[0]!r}) are not parameters of transformers' "
-            f"{view.model_class}: depth order, kinds and pairs are {structure}",
-        )  # fmt: skip
+            specs, None, H, Hkv, FORMAT_ORDER if ordered else GUESSED, model_type=config["model_type"], warning=warning
+        )
     # transformers ignores a checkpoint's tensors that are not the model's (an old causal-mask buffer): so do we
     refused.update({n: f"not a parameter of {view.model_class} (transformers ignores it on load)" for n in unknown})
     pairs, broken = None, []

@@ -3,15 +3,21 @@ the format registry, atomically, the step in its metadata), and analyzing saved 
 `specdyn analyze` in one background process whose summary metrics the callbacks hand to their trainer's loggers.
 
 The training process only copies the weights to CPU and writes them (what any checkpoint save costs); the SVDs
-run in a separate process with one thread at nice level `ANALYZE_NICE`, so a training step never waits for the
-analysis, and the analysis still gets a bounded share of a core while training keeps every core busy (at idle
-priority it got none, and every metric arrived after the last step). benchmarks/bench_callbacks.py measures
-what that share costs the training.
+run in a separate process with one thread, so a training step never waits for the analysis. While training
+keeps every core busy, the analysis is paused during training steps and runs in budgeted pauses between them
+(`SHARE` of the training's time), so it costs training at most that share and its metrics arrive while training
+runs. Otherwise (a free core: GPU training, a data-bound loop) it runs beside training. Run side by side with a
+busy multi-threaded step, even a low-priority process slowed training 2.5x on 2 cores (each of the step's
+thread barriers waits for the analysis's time slice), and at SCHED_IDLE it got no CPU at all until training
+ended; benchmarks/bench_callbacks.py measures both.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,10 +30,11 @@ from typing import Any
 from specdyn.errors import SpecdynError
 
 PREFIX = "specdyn/"
-# How many nice levels below the training process the background analysis runs: under full load, Linux gives a
-# thread 10 levels lower 110/(1024+110) of a core that a training thread also wants, about 10% (None: SCHED_IDLE,
-# no CPU at all while training keeps every core busy).
-ANALYZE_NICE = 10
+PAUSABLE = hasattr(signal, "SIGSTOP")  # POSIX; elsewhere the analysis runs at idle priority only
+# The share of training's wall time the analysis may take, in pauses between steps, while training keeps every
+# core busy (0: never pause training; the analysis then runs only on idle cores).
+SHARE = 0.1
+MAX_PAUSE = 5.0  # seconds: the longest pause one step gives the analysis
 
 
 def schedule(max_steps: int, log_spaced: int | None = None, every: int | None = None, start: int = 0) -> list[int]:
@@ -98,19 +105,22 @@ def analyze_env(environ=None) -> dict[str, str]:
     return env
 
 
-def lower_priority(pid: int, nice: int | None) -> None:
-    """Run a process `nice` levels below this one (a bounded share of a busy core), or with None only when a core
-    is otherwise idle (Linux SCHED_IDLE; elsewhere the lowest nice)."""
-    if nice is None:
-        try:
-            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-            return
-        except (AttributeError, OSError):
-            nice = 40
+def cores() -> int:
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + max(0, nice)))
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def idle_priority(pid: int) -> None:
+    """Schedule a process only when a core is otherwise idle (Linux SCHED_IDLE; elsewhere the lowest nice)."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except (AttributeError, OSError):
+            pass
 
 
 def summaries(store: Path, known: set[int] = frozenset()) -> list[tuple[int, dict]]:
@@ -154,7 +164,7 @@ class SeriesSaver:
     store: Path | None = None
     task: str = "external"
     config: dict[str, Any] = field(default_factory=dict)
-    nice: int | None = ANALYZE_NICE
+    share: float = SHARE
     steps: list[int] = field(default_factory=list, init=False)
     saved: list[int] = field(default_factory=list, init=False)
     save_seconds: float = field(default=0.0, init=False)
@@ -167,6 +177,11 @@ class SeriesSaver:
         self._errlog = None
         self._dirty = False
         self._logged: set[int] = set()
+        self._paused = False
+        self._atexit = False
+        self._busy = True  # until measured: pause the analysis during steps (a bounded cost either way)
+        self._clock: tuple[float, float] | None = None  # (wall, CPU time) at the end of the last poll
+        self._ran_free = False  # the analysis ran beside training since the last poll (no clean measurement)
 
     @property
     def store_path(self) -> Path:
@@ -220,7 +235,46 @@ class SeriesSaver:
         self._errlog = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=analyze_env(), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=self._errlog)  # fmt: skip
-        lower_priority(self._proc.pid, self.nice)
+        self._paused = False
+        if self.share <= 0 or not PAUSABLE:
+            idle_priority(self._proc.pid)
+        elif self._busy:
+            self._pause()
+        if not self._atexit:
+            atexit.register(self._resume)  # a paused analysis is never left behind
+            self._atexit = True
+
+    def _signal(self, sig) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(self._proc.pid, sig)
+
+    def _pause(self) -> None:
+        if self._proc is not None and PAUSABLE and not self._paused:
+            self._signal(signal.SIGSTOP)
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._proc is not None and self._paused:
+            self._signal(signal.SIGCONT)
+            self._paused = False
+
+    def _share_cpu(self) -> None:
+        """Called once a step: measure whether training keeps every core busy (over steps the analysis did not
+        run beside it) and, if so, give a running analysis `share` of the last step's time, then pause it."""
+        now, cpu = time.monotonic(), time.process_time()
+        last, ran_free = self._clock, self._ran_free
+        if last is not None and not ran_free and now > last[0]:
+            self._busy = (cpu - last[1]) >= (cores() - 0.5) * (now - last[0])
+        self._ran_free = False
+        if self._proc is not None and self.share > 0 and PAUSABLE:
+            if not self._busy:
+                self._resume()  # a core is free: the analysis runs beside training
+                self._ran_free = True
+            elif last is not None:
+                self._resume()
+                time.sleep(min(self.share * (now - last[0]), MAX_PAUSE))
+                self._pause()
+        self._clock = (time.monotonic(), time.process_time())
 
     def _collect(self) -> list[tuple[int, dict]]:
         """The finished analysis's new summary metrics (a failed one warns, and the next save retries)."""
@@ -243,6 +297,7 @@ class SeriesSaver:
             out = self._collect()
         if self.analyze:
             self._submit()
+            self._share_cpu()
         return out
 
     def finish(self, timeout: float | None = None) -> list[tuple[int, dict]]:
@@ -251,6 +306,8 @@ class SeriesSaver:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.analyze and (self._proc is not None or self._dirty):
             if self._proc is not None:
+                self._resume()  # training is over: the analysis runs freely
+                self._busy = False
                 self._proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             out += self.poll()
         return out

@@ -20,19 +20,20 @@ import json
 
 from transformers import TrainerCallback
 
-from specdyn.integrations.core import ANALYZE_NICE, SeriesSaver
+from specdyn.integrations.core import SHARE, SeriesSaver
 
 
 class SpecdynTrainerCallback(TrainerCallback):
     """Save the model at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`;
-    `analyze_nice`: the background analysis's nice level (core.SeriesSaver)."""
+    `analyze_share`: the share of training's time the analysis may take while training keeps every core busy
+    (core.SHARE)."""
 
     def __init__(
         self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None, trainer=None,
-        analyze_nice=ANALYZE_NICE,
+        analyze_share=SHARE,
     ):  # fmt: skip
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
-                                 store=store, task="transformers", nice=analyze_nice)  # fmt: skip
+                                 store=store, task="transformers", share=analyze_share)  # fmt: skip
         self.trainer = trainer
         if analyze and trainer is None:
             raise ValueError("analyze=True logs through the Trainer: pass trainer=trainer")

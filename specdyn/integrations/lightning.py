@@ -5,7 +5,7 @@
 
 Step 0 (the initial weights) is saved when training starts, then the weights after every scheduled optimizer
 step (`trainer.global_step`). Each checkpoint records the module's class and hyperparameters, and the
-registration order and module type of its parameters (core.module_types). The run folder gets `metrics.csv`, the
+registration order of its parameters (`param_order`). The run folder gets `metrics.csv`, the
 training loss of every step (what `training_step` returned) and the validation loss where there is one, which
 the plots draw. With `analyze` the summary metrics (core.summaries) go to every logger of the trainer
 (`trainer.loggers`: TensorBoard, W&B, CSV, ...) at the step of the checkpoint they describe.
@@ -18,19 +18,20 @@ try:
 except ImportError:  # the standalone package
     from pytorch_lightning.callbacks import Callback
 
-from specdyn.integrations.core import ANALYZE_NICE, SeriesSaver
+from specdyn.integrations.core import SHARE, SeriesSaver
 
 LOG = "metrics.csv"
 
 
 class SpecdynLightningCallback(Callback):
     """Save the LightningModule at specdyn's schedule (`log_spaced=N` over max_steps, or `every=K`) into `run_dir`;
-    `analyze_nice`: the background analysis's nice level (core.SeriesSaver)."""
+    `analyze_share`: the share of training's time the analysis may take while training keeps every core busy
+    (core.SHARE)."""
 
     def __init__(self, run_dir, *, log_spaced=None, every=None, max_steps=None, analyze=False, store=None,
-                 analyze_nice=ANALYZE_NICE):  # fmt: skip
+                 analyze_share=SHARE):  # fmt: skip
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
-                                 store=store, task="lightning", nice=analyze_nice)  # fmt: skip
+                                 store=store, task="lightning", share=analyze_share)  # fmt: skip
         self._losses: dict[int, object] = {}  # step -> the loss tensor (read at write time: no sync per step)
         self._val: dict[int, float] = {}
 

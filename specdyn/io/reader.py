@@ -46,6 +46,12 @@ class CheckpointReader:
         """Whether names() is the registration order (else a natural sort of the names)."""
         return bool(self._source.ordered or self._source.param_order())
 
+    def aliases(self) -> dict[str, str]:
+        """Tensors that share storage with an earlier one (where the format can tell: torch files) -> its name."""
+        found = self._source.aliases() if hasattr(self._source, "aliases") else {}
+        name = {key: n for n, key in self._raw.items()}
+        return {name[a]: name[c] for a, c in found.items() if a in name and c in name}
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._source.shape(self._key(name))
 

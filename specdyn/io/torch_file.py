@@ -64,6 +64,21 @@ class TorchSource:
     def param_order(self) -> list[str]:
         return []
 
+    def aliases(self) -> dict[str, str]:
+        """Tensors that are views of the same storage, offset, shape and strides as an earlier one (a tied
+        weight saved twice: torch.save keeps the sharing) -> that earlier tensor's key."""
+        first: dict[tuple, str] = {}
+        out = {}
+        for key, t in self.tensors.items():
+            if t.numel() == 0:
+                continue
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            if ident in first:
+                out[key] = first[ident]
+            else:
+                first[ident] = key
+        return out
+
     def close(self) -> None:
         self.tensors.clear()
         self.top = None
