@@ -233,8 +233,8 @@ class SeriesSaver:
             return
         self._dirty = False
         self._errlog = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=analyze_env(), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=self._errlog)  # fmt: skip
+        self._proc = subprocess.Popen(analyze_command(self.run_dir, self.store), env=analyze_env(),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errlog)  # fmt: skip
         self._paused = False
         if self.share <= 0 or not PAUSABLE:
             idle_priority(self._proc.pid)
