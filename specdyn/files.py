@@ -144,10 +144,17 @@ def open_private(path, mode: int = 0o644) -> int:
     existing one opened with O_NOFOLLOW; a link, or anything but a plain file with one name, is refused."""
     path = Path(path)
     try:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        except FileExistsError:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        for attempt in range(10):  # the file may be removed between the two opens (a lock's holder lets go)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+                break
+            except FileExistsError:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                    break
+                except FileNotFoundError:
+                    if attempt == 9:
+                        raise
     except OSError:
         if path.is_symlink():
             raise SpecdynError(
