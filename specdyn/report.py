@@ -246,7 +246,33 @@ def store_table(store, label: str, log, pick) -> str:
     table = f'<table class="matrices">{head}{"".join(body)}</table>'
     if len(rows) > 12:
         table = f"<details><summary>{len(rows)} matrices (final checkpoint)</summary>{table}</details>"
-    return "".join(out) + table
+    return "".join(out) + table + metrics_table(store)
+
+
+def metrics_table(store) -> str:
+    """Every declared metric (spectral/metrics.py) of every matrix at the final checkpoint, folded; headers are
+    the metrics' names, their labels and docs/method.md sections on hover."""
+    from specdyn.plots import style
+    from specdyn.spectral.metrics import METRICS
+    from specdyn.store.frames import store_metrics
+
+    if not len(store):
+        return ""
+    names = store_metrics(store)
+    values = {n: store.metric(n)[-1] for n in names}
+    head = "<tr><th>matrix</th>" + "".join(
+        f'<th title="{html.escape(METRICS[n].label)} ({html.escape(METRICS[n].doc)})">{n}</th>' for n in names
+    )
+    body = [
+        f'<tr><td title="{html.escape(m)}">{html.escape(s)}</td>'
+        + "".join(f"<td>{_f(values[n][j], '{:.4g}')}</td>" for n in names)
+        + "</tr>"
+        for j, (m, s) in enumerate(zip(store.matrices, style.shorten_names(store.matrices)))
+    ]
+    return (
+        f"<details><summary>every metric at step {int(store.steps[-1])}</summary>"
+        f'<table class="matrices">{head}</tr>{"".join(body)}</table></details>'
+    )
 
 
 CSS = """

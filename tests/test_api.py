@@ -91,3 +91,50 @@ def test_matrix_names_as_figures_show_them(store):
         store.sv("weight")
     with pytest.raises(SpecdynError, match="no matrix 'xyz'"):
         store.stability("xyz")
+
+
+# A metric declared once (docs/architecture.md "Add a metric"), before anything imports the declaration, reaches
+# every reader: info, export, to_dataframe, figure labels and scales, the report's table, the callbacks' logs.
+DECLARE_AND_READ = """
+import json, sys
+import numpy as np
+from specdyn.spectral import metrics as m
+
+m.METRICS["top2_ratio"] = m.Metric("top2_ratio", "σ₂ / σ₁", "[0, 1]", m.METRICS["spectral_norm"].doc, unit=True,
+                                   fn=lambda s: s[..., 1] / s[..., 0], summary="mean")
+
+import specdyn
+from specdyn.commands.export import layer_table
+from specdyn.commands.info import store_summary
+from specdyn.integrations.core import PREFIX, summaries
+from specdyn.plots import PLOTS, style
+from specdyn.report import metrics_table
+
+st = specdyn.open_store(sys.argv[1])
+want = np.array([[st.sv(n)[i, 1] / st.sv(n)[i, 0] for n in st.matrices] for i in range(len(st))])
+fig = PLOTS["rank-heatmap"]([st], metric="top2_ratio")
+print(json.dumps({
+    "info": bool(np.allclose([r["top2_ratio"] for r in store_summary(st)["matrices"]], want[-1])),
+    "export": bool(np.allclose([r["top2_ratio"] for r in layer_table(st)], want[-1])),
+    "frame": bool(np.allclose(st.to_dataframe(metrics="top2_ratio")["top2_ratio"], want.ravel())),
+    "label": style.metric_label("top2_ratio"),
+    "scale": list(fig.axes[0].collections[0].get_clim()),
+    "report": "σ₂ / σ₁" in metrics_table(st),
+    "callbacks": bool(np.isclose(summaries(st.path)[-1][1][PREFIX + "top2_ratio"], want[-1].mean())),
+}))
+"""
+
+
+def test_a_metric_declared_once_reaches_every_reader(store):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", DECLARE_AND_READ, str(store.path)], capture_output=True,
+                          text=True, cwd=root, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == {"info": True, "export": True, "frame": True, "label": "σ₂ / σ₁", "scale": [0.0, 1.0],
+                   "report": True, "callbacks": True}  # fmt: skip

@@ -9,8 +9,8 @@ import typer
 
 from specdyn.commands.common import JsonFlag, QuietFlag
 
-# specdyn's own metrics added after WeightWatcher's columns.
-SPECDYN_COLUMNS = ("effective_rank", "stable_rank", "count90", "gini", "stability_score")
+# WeightWatcher's integer columns (its DataFrame holds them as ints).
+INTEGER_COLUMNS = ("matrix_rank", "num_pl_spikes")
 
 
 def layer_table(st, step: int | None = None) -> list[dict]:
@@ -46,12 +46,13 @@ def layer_rows(st, indices) -> list[dict]:
     import numpy as np
 
     from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS, WW_COLUMNS
-    from specdyn.store.layout import BASE_METRICS
+    from specdyn.store.frames import store_metrics
 
     steps = st.steps
-    base = BASE_METRICS if st.has_base else ()  # stores analyzed against a base model (docs/method.md §11)
-    values = {name: st.metric(name) for name in (*HEAVY_TAIL_METRICS, *SPECDYN_COLUMNS, *base)}
-    intruders = st.intruders() if base else None
+    # every declared metric: WeightWatcher's (heavy-tail) columns first under WW's names, then specdyn's own
+    own = [m for m in store_metrics(st) if m not in HEAVY_TAIL_METRICS]
+    values = {name: st.metric(name) for name in (*HEAVY_TAIL_METRICS, *own)}
+    intruders = st.intruders() if st.has_base else None
     num = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
     specs = [st.matrix_spec(name) for name in st.matrices]
     svs = [st.sv(name) for name in st.matrices]
@@ -64,14 +65,14 @@ def layer_rows(st, indices) -> list[dict]:
                    "shape": "x".join(map(str, spec.original_shape)), "N": max(spec.shape), "M": min(spec.shape)}  # fmt: skip
             for m in HEAVY_TAIL_METRICS:
                 v = float(values[m][i, j])
-                row[WW_COLUMNS.get(m, m)] = int(v) if m in ("matrix_rank", "num_pl_spikes") and not math.isnan(v) else v
+                row[WW_COLUMNS.get(m, m)] = int(v) if m in INTEGER_COLUMNS and not math.isnan(v) else v
             row.update(
                 lambda_max=lam_max,
                 norm=float(np.sum(s**2)),
                 spectral_norm=lam_max,
                 sv_max=float(s[0]) if len(s) else math.nan,
             )
-            row.update({m: float(values[m][i, j]) for m in (*SPECDYN_COLUMNS, *base)})
+            row.update({m: float(values[m][i, j]) for m in own if m not in row})
             if intruders is not None:
                 row.update({f"intruders_eps{e:g}": float(intruders[i, j, k]) for k, e in enumerate(st.epsilons)})
             rows.append({k: num(v) for k, v in row.items()})

@@ -9,9 +9,10 @@ import typer
 from specdyn.commands.common import JsonFlag, QuietFlag
 from specdyn.files import name_text
 
-# The per-matrix metrics info shows. At the last checkpoint `stability_score` (against the final checkpoint) is 1
-# by definition, so the table shows the stability against the previous checkpoint instead.
-INFO_METRICS = ("effective_rank", "stable_rank", "spectral_norm", "stability_score", "stability_prev_score")
+# The table's columns (--json holds every declared metric). At the last checkpoint `stability_score` (against the
+# final checkpoint) is 1 by definition, so the table shows the stability against the previous checkpoint instead.
+TABLE = {"effective_rank": "eff. rank", "stable_rank": "stable rank", "spectral_norm": "‖W‖₂",
+         "stability_prev_score": "stability vs prev."}  # fmt: skip
 
 
 def store_summary(st, step: int | None = None) -> dict:
@@ -23,11 +24,11 @@ def store_summary(st, step: int | None = None) -> dict:
     at = None
     if len(st):
         from specdyn.commands.export import _step_index
-        from specdyn.spectral.heavy_tail import HEAVY_TAIL_METRICS  # WeightWatcher's columns (docs/method.md §10)
+        from specdyn.store.frames import store_metrics  # every declared metric (spectral/metrics.py)
 
         i = _step_index(st, step)
         at = int(st.steps[i])
-        for name in INFO_METRICS + tuple(HEAVY_TAIL_METRICS):
+        for name in store_metrics(st):
             last[name] = st.metric(name)[i]
     matrices = []
     for j, name in enumerate(st.matrices):
@@ -151,7 +152,7 @@ def info_command(
     table.add_column("matrix", overflow="fold", ratio=3)
     table.add_column("kind", overflow="fold", ratio=1)
     table.add_column("rows", no_wrap=True)
-    for col in ("shape", "eff. rank", "stable rank", "‖W‖₂", "stability vs prev."):
+    for col in ("shape", *TABLE.values()):
         table.add_column(col, justify="right", no_wrap=True)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
     for m in summary["matrices"]:
@@ -160,10 +161,7 @@ def info_command(
             m["kind"] + (f" ({m['fused']['layout']})" if m.get("fused") else ""),
             "out" if m["orientation"] == "rows=outputs" else "out (T)",
             "×".join(map(str, m["original_shape"])),
-            fmt(m.get("effective_rank")),
-            fmt(m.get("stable_rank")),
-            fmt(m.get("spectral_norm")),
-            fmt(m.get("stability_prev_score")),
+            *(fmt(m.get(name)) for name in TABLE),
         )
     out.print(table)
     if any(m["orientation"] != "rows=outputs" for m in summary["matrices"]):

@@ -124,29 +124,31 @@ def idle_priority(pid: int) -> None:
 
 
 def summaries(store: Path, known: set[int] = frozenset()) -> list[tuple[int, dict]]:
-    """Per completed step: mean effective rank and stable rank over matrices, mean stability score against the
-    previous checkpoint, and mean alpha over all matrices and per matrix kind (docs/method.md §10)."""
+    """Per completed step: the mean over matrices of every metric declared with a `summary` (spectral/metrics.py:
+    effective and stable rank, stability against the previous checkpoint, alpha), and per matrix kind for those
+    declared "kind" (alpha, docs/method.md §10)."""
     import warnings
 
     import numpy as np
 
+    from specdyn.spectral.metrics import METRICS
     from specdyn.store import SpectralStore
 
     st = SpectralStore.open(store)
     kinds = [st.matrix_spec(n).kind for n in st.matrices]
-    cols = {name: st.metric(name) for name in ("effective_rank", "stable_rank", "stability_prev_score", "alpha")}
+    logged = {m.name: m.summary for m in METRICS.values() if m.summary and m.axis == "matrix"}
+    cols = {name: st.metric(name) for name in logged}
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (the first stability_prev_score)
         for i, step in enumerate(st.steps):
             if int(step) in known:
                 continue
-            m = {PREFIX + "effective_rank": cols["effective_rank"][i], PREFIX + "stable_rank": cols["stable_rank"][i],
-                 PREFIX + "stability_prev_score": cols["stability_prev_score"][i], PREFIX + "alpha": cols["alpha"][i]}  # fmt: skip
-            m = {k: float(np.nanmean(v)) for k, v in m.items()}
-            for kind in sorted(set(kinds)):
-                sel = [j for j, k in enumerate(kinds) if k == kind]
-                m[f"{PREFIX}alpha/{kind}"] = float(np.nanmean(cols["alpha"][i, sel]))
+            m = {PREFIX + name: float(np.nanmean(cols[name][i])) for name in logged}
+            for name in (n for n, how in logged.items() if how == "kind"):
+                for kind in sorted(set(kinds)):
+                    sel = [j for j, k in enumerate(kinds) if k == kind]
+                    m[f"{PREFIX}{name}/{kind}"] = float(np.nanmean(cols[name][i, sel]))
             out.append((int(step), {k: v for k, v in m.items() if np.isfinite(v)}))
     return out
 

@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, Locator
 
 from specdyn import names
 from specdyn.errors import EXIT_USAGE, SpecdynError
+from specdyn.spectral.metrics import METRICS as DECLARED
 
 # ------------------------------------------------------------------------------------------- sizes and fonts
 
@@ -114,42 +115,11 @@ def cmap(role: str):
 
 # ------------------------------------------------------------------------------------------- metric labels
 
-# Metrics bounded in [0, 1]: drawn on one fixed [0, 1] colour scale so runs and models compare.
-UNIT_METRICS = {
-    "base_overlap",
-    "delta_effective_rank",
-    "delta_stable_rank",
-    "effective_rank",
-    "count90",
-    "stable_rank",
-    "gini",
-    "stability_score",
-    "subspace_overlap",
-    "stability_prev_score",
-    "alignment_score",
-}
+# From the metrics' declaration (spectral/metrics.py): those bounded in [0, 1] are drawn on one fixed [0, 1]
+# colour scale so runs and models compare; every metric's axis label. The training log's curves are no metric.
+UNIT_METRICS = {m.name for m in DECLARED.values() if m.unit}
 METRIC_LABELS = {
-    "effective_rank": "normalized effective rank",
-    "count90": "rank holding 90% of Σσ / k",
-    "stable_rank": "normalized stable rank",
-    "spectral_norm": "spectral norm ‖W‖₂",
-    "frobenius_norm": "Frobenius norm ‖W‖_F",
-    "nuclear_norm": "nuclear norm ‖W‖_*",
-    "gini": "Gini coefficient of σ",
-    "stability_score": "stability score (vs final)",
-    "subspace_overlap": "top-10 subspace overlap (vs final)",
-    "stability_prev_score": "stability score (vs previous)",
-    "alignment_score": "alignment score",
-    "alpha": "power-law α of the ESD",
-    "alpha_weighted": "α · log₁₀ λ_max",
-    "log_alpha_norm": "log₁₀ Σ λ^α",
-    "log_norm": "log₁₀ ‖W‖²_F",
-    "log_spectral_norm": "log₁₀ ‖W‖²₂",
-    "entropy": "matrix entropy (WeightWatcher)",
-    "matrix_rank": "numerical rank",
-    "num_pl_spikes": "eigenvalues in the power-law tail",
-    "pl_xmin": "power-law xmin",
-    "pl_ks_distance": "power-law KS distance",
+    **{m.name: m.label for m in DECLARED.values()},
     "train_loss": "train loss",
     "val_loss": "validation loss",
     "train_err": "train error",

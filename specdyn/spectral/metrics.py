@@ -98,6 +98,7 @@ class Metric:
     fn: Callable[[np.ndarray], np.ndarray] | None = None
     axis: str = "matrix"  # the store's second dimension: "matrix", or "pair" (alignment)
     column: str | None = None  # its name in `specdyn export`'s WeightWatcher-like table, where WW's differs
+    summary: str | None = None  # training callbacks log its mean over matrices ("mean"), also per kind ("kind")
 
 
 _M = "method.md#"
@@ -106,11 +107,12 @@ _WW_NORMS = _M + "102-norms-entropy-and-rank"
 _BASE = _M  # §11, relative to a base model
 _DECLARED = (
     Metric("effective_rank", "normalized effective rank", "[1/k, 1]",
-           _M + "12-normalized-effective-rank-effective_rank", unit=True, fn=effective_rank),
+           _M + "12-normalized-effective-rank-effective_rank", unit=True, fn=effective_rank, summary="mean"),
     Metric("count90", "rank holding 90% of Σσ / k", "(0, 1]", _M + "13-count90-the-papers-sv_count", unit=True,
            fn=count90),
     Metric("stable_rank", "normalized stable rank", "[1/k, 1]",
-           _M + "14-normalized-stable-rank-stable_rank-the-papers-sv_ratio", unit=True, fn=stable_rank),
+           _M + "14-normalized-stable-rank-stable_rank-the-papers-sv_ratio", unit=True, fn=stable_rank,
+           summary="mean"),
     Metric("spectral_norm", "spectral norm ‖W‖₂", "≥ 0", _M + "11-singular-values-and-norms", fn=spectral_norm),
     Metric("frobenius_norm", "Frobenius norm ‖W‖_F", "≥ 0", _M + "11-singular-values-and-norms", fn=frobenius_norm),
     Metric("nuclear_norm", "nuclear norm ‖W‖_*", "≥ 0", _M + "11-singular-values-and-norms", fn=nuclear_norm),
@@ -120,8 +122,8 @@ _DECLARED = (
     Metric("subspace_overlap", "top-10 subspace overlap (vs final)", "[0, 1]",
            _M + "15-stability-singular-vector-agreement-sva-over-time", unit=True, source="derived"),
     Metric("stability_prev_score", "stability score (vs previous)", "[0, 1]", _M + "17-scores", unit=True,
-           source="derived"),
-    Metric("alpha", "power-law α of the ESD", "> 1", _WW, source="heavy_tail"),
+           source="derived", summary="mean"),
+    Metric("alpha", "power-law α of the ESD", "> 1", _WW, source="heavy_tail", summary="kind"),
     Metric("alpha_weighted", "α · log₁₀ λ_max", "real", _WW_NORMS, source="heavy_tail"),
     Metric("log_alpha_norm", "log₁₀ Σ λ^α", "real", _WW_NORMS, source="heavy_tail"),
     Metric("log_norm", "log₁₀ ‖W‖²_F", "real", _WW_NORMS, source="heavy_tail"),

@@ -11,7 +11,8 @@ import numpy as np
 from specdyn.errors import SpecdynError
 from specdyn.names import shorten_names
 from specdyn.selection import parse_steps
-from specdyn.store.layout import METRICS
+from specdyn.spectral.metrics import metrics_of
+from specdyn.store.layout import BASE_METRICS, METRICS
 
 # The columns that say which row is which, before the metric columns.
 ID_COLUMNS = ("run", "step", "checkpoint", "matrix", "label", "kind", "layer")
@@ -46,9 +47,15 @@ def step_rows(st, steps) -> np.ndarray:
     return np.flatnonzero(np.isin(have, wanted))
 
 
-def metric_names(metrics) -> list[str]:
+def store_metrics(st) -> tuple[str, ...]:
+    """The declared per-matrix metrics a store gives (spectral.metrics.METRICS, in declaration order): the
+    base-relative ones only for a store analyzed against a base model. Info, export and tables list these."""
+    return tuple(m for m in metrics_of(axis="matrix") if st.has_base or m not in BASE_METRICS)
+
+
+def metric_names(metrics, st=None) -> list[str]:
     if metrics is None:
-        return list(METRICS)
+        return list(store_metrics(st)) if st is not None else list(METRICS)
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     for name in names:
         if name not in METRICS:
@@ -60,7 +67,7 @@ def store_frame(st, metrics=None, steps=None, matrices=None):
     """Long format: one row per (completed checkpoint, matrix), columns `ID_COLUMNS` then one per metric.
     `matrices` takes full names, figure labels or unique short forms; `layer` is the matrix's depth index."""
     pd = _pandas()
-    names = metric_names(metrics)
+    names = metric_names(metrics, st)
     idx = step_rows(st, steps)
     all_names = st.matrices
     chosen = (
