@@ -26,6 +26,9 @@ def moe_configs():
         "qwen2_moe": (T.Qwen2MoeForCausalLM, T.Qwen2MoeConfig(**attn, intermediate_size=16, moe_intermediate_size=8, shared_expert_intermediate_size=16, num_experts=E, num_experts_per_tok=2)),
         "mixtral": (T.MixtralForCausalLM, T.MixtralConfig(**attn, intermediate_size=16, num_local_experts=E, num_experts_per_tok=2)),
         "gpt_oss": (T.GptOssForCausalLM, T.GptOssConfig(**attn, intermediate_size=16, num_local_experts=E, num_experts_per_tok=2, head_dim=8)),
+        "qwen3_moe": (T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(**attn, intermediate_size=16, moe_intermediate_size=8, num_experts=E, num_experts_per_tok=2, mlp_only_layers=[0], head_dim=8)),
+        "olmoe": (T.OlmoeForCausalLM, T.OlmoeConfig(**attn, intermediate_size=8, num_experts=E, num_experts_per_tok=2, pad_token_id=0, eos_token_id=1, bos_token_id=None)),
+        "deepseek_v3": (T.DeepseekV3ForCausalLM, T.DeepseekV3Config(**{**attn, "num_key_value_heads": 4}, intermediate_size=16, moe_intermediate_size=8, n_routed_experts=E, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8)),
     }  # fmt: skip
 
 
@@ -107,17 +110,18 @@ def check_moe_store(store, model, family):
         assert spec.shape == W.shape, (name, spec.shape, W.shape)
         np.testing.assert_allclose(store.sv(name)[-1][: min(W.shape)], np.linalg.svd(W)[1], rtol=1e-4, atol=1e-6)
     assert store.matrix_spec(store.matrices[-1]).kind == "head"
-    assert sum(store.matrix_spec(n).kind == "router" for n in store.matrices) >= model.config.num_hidden_layers
+    moe = [n for n, m in modules.items() if hasattr(m, "is_transposed")]  # the experts modules
+    assert sum(store.matrix_spec(n).kind == "router" for n in store.matrices) >= len(moe)
     docs = store.pair_docs()
     for p in docs:  # no pair from outside an expert into it, and none across layers
         nxt, prv = store.matrix_spec(p["next"]), store.matrix_spec(p["prev"])
         if nxt.expert is not None:
             assert prv.expert == nxt.expert and layer(p["prev"]) == layer(p["next"]), p["name"]
     within = [p for p in docs if store.matrix_spec(p["prev"]).expert is not None]
-    assert len(within) == 2 * E * model.config.num_hidden_layers
+    assert len(within) == 2 * E * len(moe)
     worst = 0.0
-    for p in within[:2]:  # layer 0, expert 0: gate -> down and up -> down from the module's own split
-        mats = expert_matrices(model.model.layers[0].mlp.experts, 0)
+    for p in within[:2]:  # the first experts module, expert 0: gate -> down and up -> down from its own split
+        mats = expert_matrices(modules[moe[0]], 0)
         role = "gate" if p is within[0] else "up"
         U = np.linalg.svd(mats[role].numpy().astype(np.float64), full_matrices=False)[0]
         Vd = np.linalg.svd(mats["down"].numpy().astype(np.float64), full_matrices=False)[2].T
@@ -150,6 +154,17 @@ def test_per_expert_tensors_and_stacks_give_the_same_store(tmp_path, family, one
         assert a.matrices[6:9] == [f"model.layers.0.mlp.experts.0.{r}_proj.weight" for r in ("gate", "up", "down")]
         assert a.matrix_spec("model.layers.0.mlp.shared_expert_gate.weight").kind == "router"
     print(f"{family}: max |stored - reference| over expert pairs = {worst:.2e}")
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "olmoe", "deepseek_v3"])
+def test_other_mixtures_saved_by_transformers(tmp_path, family, one_thread):
+    """Qwen3-MoE (a dense first layer, the router registered after the experts), OLMoE, DeepSeek-V3 (dense first
+    layer, shared experts, latent attention) as save_pretrained writes them: order, experts, routers, pairs."""
+    model, _ = model_of(family)
+    save_experts(tmp_path / "run", model)
+    store = analyzed(tmp_path / "run")
+    assert store.attrs["structure"].startswith("model definition") and store.attrs["architecture"]
+    check_moe_store(store, model, family)
 
 
 def test_transposed_interleaved_stacks_from_a_torch_file(tmp_path, one_thread):
