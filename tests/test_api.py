@@ -138,3 +138,22 @@ def test_a_metric_declared_once_reaches_every_reader(store):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got == {"info": True, "export": True, "frame": True, "label": "σ₂ / σ₁", "scale": [0.0, 1.0],
                    "report": True, "callbacks": True}  # fmt: skip
+
+
+def test_the_notebook_example_runs(tmp_path):
+    """examples/notebook.py, the README's notebook workflow: analyze, to_dataframe, a figure."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "notebook.py"
+    spec = importlib.util.spec_from_file_location("notebook_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    run = tmp_path / "run"
+    write_series(run, steps=(0, 10, 20))
+    got = example.main(run, tmp_path / "figures")
+    st = specdyn.open_store(run)
+    assert got["summary"]["checkpoints"] == 3 and len(got["table"]) == 3 * len(st.matrices)
+    assert list(got["by_kind"].index) == [0, 10, 20] and "attention_in_proj" in got["by_kind"].columns
+    assert set(got["in_proj"].matrix) == {"attn.in_proj_weight"}
+    assert got["figure"].read_bytes()[:4] == b"\x89PNG"
