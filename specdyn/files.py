@@ -26,8 +26,16 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def output_path(path, named: bool = False, folder: bool = False, create: bool = True) -> Path:
     """The file to replace for an output `path`: refuses a link specdyn was not given, a folder where a file goes
     (and a file where a folder goes), and a parent that is not a folder; creates missing parent folders (unless
-    `create` is False: a check before a long computation leaves nothing behind)."""
+    `create` is False: a check before a long computation leaves nothing behind). A device or pipe the user named
+    (`-o /dev/stdout`) is returned as it is: the writers write into it instead of replacing it."""
     path = Path(path)
+    if _special(path):
+        if not named:
+            raise SpecdynError(
+                f"{path} is not a plain file (a device or a pipe); specdyn writes its outputs as files: remove it or "
+                "choose another name"
+            )
+        return path
     if path.is_symlink():
         if not named:
             raise SpecdynError(
@@ -50,6 +58,15 @@ def output_path(path, named: bool = False, folder: bool = False, create: bool = 
     except OSError as e:
         raise SpecdynError(f"{path}: cannot create its folder {path.parent} ({os.strerror(e.errno)})") from None
     return path
+
+
+def _special(path: Path) -> bool:
+    """Whether `path` leads (after links) to neither a file nor a folder: a device, a pipe, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _temp_name(target: Path) -> Path:
@@ -84,6 +101,9 @@ def atomic_path(path, named: bool = False, folder: bool = False):
     ends it is flushed to disk and renamed over `path` (see the module's rule for links); on an error it is
     removed and `path` is untouched. A folder target that exists is replaced whole."""
     target = output_path(path, named, folder)
+    if _special(target):  # a device or pipe the user named: written in place
+        yield target
+        return
     tmp = _temp_name(target)
     if folder:
         os.mkdir(tmp)
@@ -117,6 +137,10 @@ def atomic_open(path, mode: str = "wb", named: bool = False, **kwargs):
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a new file; mode {mode!r} is not 'w' or 'wb'")
     target = output_path(path, named)
+    if _special(target):  # a device or pipe the user named (`-o /dev/stdout`): written in place, not replaced
+        with open(target, mode, **kwargs) as f:
+            yield f
+        return
     tmp = _temp_name(target)
     fd = os.open(tmp, _NEW, 0o666)
     try:
@@ -134,7 +158,7 @@ def atomic_open(path, mode: str = "wb", named: bool = False, **kwargs):
 def atomic_write(path, data: str | bytes, named: bool = False, encoding: str = "utf-8") -> Path:
     """Replace `path` with `data` (text is encoded as `encoding`) atomically; returns the path written."""
     target = output_path(path, named)
-    with atomic_open(target, "wb") as f:
+    with atomic_open(target, "wb", named=named) as f:
         f.write(data.encode(encoding, "backslashreplace") if isinstance(data, str) else data)  # never half-fail
     return target
 

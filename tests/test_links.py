@@ -268,3 +268,17 @@ def test_a_run_with_file_names_that_are_not_utf8(tmp_path):
         assert result.exit_code == 0, result.output
     skipped = json.loads(again.stdout)["skipped"]
     assert [s["checkpoint"] for s in skipped] == ["step_20\\xfe.safetensors"] and "\\xfe" in skipped[0]["reason"]
+
+
+def test_a_device_the_user_named_is_written_in_place_never_replaced(tmp_path, analyzed):
+    import stat
+
+    atomic_write("/dev/null", "x", named=True)
+    with atomic_path("/dev/null", named=True) as p:
+        assert p == Path("/dev/null")
+    result = runner.invoke(app, ["export", str(analyzed), "-o", "/dev/null"])
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # as root, a rename would have replaced the device
+    plant_link(tmp_path / "out.csv", Path("/dev/null"))
+    with pytest.raises(SpecdynError, match="not a plain file"):
+        atomic_write(tmp_path / "out.csv", "x")
