@@ -241,3 +241,20 @@ def test_dbrx_fused_attention_and_row_stacked_experts(tmp_path, one_thread):
             assert store.matrix_spec(name).expert == e and store.matrix_spec(name).shape == W.shape
             np.testing.assert_allclose(store.sv(name)[-1][: min(W.shape)], np.linalg.svd(W)[1], rtol=1e-4, atol=1e-6)
     print(f"dbrx: max |stored - reference| over qk and vo = {worst:.2e}")
+
+
+def test_undeclared_expert_layout_is_not_split(tmp_path, one_thread):
+    """Llama 4 stores its experts in x out without declaring it (no `is_transposed`): its stacks are not split
+    by a guess but refused, named in the warning."""
+    config = T.Llama4TextConfig(
+        hidden_size=D, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=16, intermediate_size_mlp=16, num_local_experts=E, vocab_size=V,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.Llama4ForCausalLM(config)
+    save_stacks(tmp_path / "run", model, config)
+    with pytest.warns(UserWarning, match=r"not split .*experts\.gate_up_proj"):
+        store = analyzed(tmp_path / "run")
+    stacks = {n for n, p in model.named_parameters() if p.ndim == 3}
+    assert stacks and stacks <= set(store.attrs["refused"])
+    assert not any(store.matrix_spec(n).expert is not None for n in store.matrices)

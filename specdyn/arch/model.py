@@ -54,6 +54,7 @@ class ExpertStack:
         return self.names.get((e, part)) or f"{self.module}.{e}.{self.roles[part]}_proj.weight"
 
 
+UNDECLARED_EXPERTS = "a stack of experts whose layout its module does not declare (is_transposed): not split"
 _STACK_ROLES = {"gate_up_proj": ("gate", "up"), "up_proj": ("up",), "down_proj": ("down",)}
 # DBRX's DbrxExpertGLU: w1, v1, w2 are (E * F, H); forward: gate x w1[e]^T, up x v1[e]^T, down (..) @ w2[e]
 _DBRX_ROLES = {"w1": ("gate",), "v1": ("up",), "w2": ("down",)}
@@ -67,6 +68,8 @@ def expert_stack(module, owner: str, pname: str, shape: tuple[int, ...]) -> Expe
         return ExpertStack(owner, E, _DBRX_ROLES[pname], pname == "w2", False)
     E = getattr(module, "num_experts", None)
     if not isinstance(E, int) or len(shape) != 3 or shape[0] != E or pname not in _STACK_ROLES:
+        return None
+    if not hasattr(module, "is_transposed"):  # a layout transformers does not declare (Llama 4 is in x out)
         return None
     roles = _STACK_ROLES[pname]
     transposed = bool(getattr(module, "is_transposed", False))
@@ -243,6 +246,9 @@ def _view(model, version: str, ckpt_names: list[str]) -> ModelView:
             continue
         if isinstance(getattr(module, "num_experts", None), int) and pname.endswith("bias"):
             refused[name] = "per-expert biases, not a matrix"
+            continue
+        if isinstance(getattr(module, "num_experts", None), int) and len(shape) == 3:
+            refused[name] = UNDECLARED_EXPERTS
             continue
         kind = module_kind(module, pname, shape)
         if isinstance(kind, str):

@@ -144,7 +144,7 @@ def _guessed_expert(module: str, stack: str, shape: tuple[int, ...], e: int) -> 
 
 
 def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> Structure:
-    from specdyn.arch.model import inspect_model
+    from specdyn.arch.model import UNDECLARED_EXPERTS, inspect_model
 
     family = family_for(config["model_type"])
     H, Hkv = (family.heads if family else config_heads)(config)
@@ -195,6 +195,7 @@ def _from_config(shapes, config: dict, ordered: bool, heads_opt: int | None) -> 
         if canonical in by_model:
             tied[view_ckpt_name(view, alias)] = by_model[canonical].name
     refused = {view.to_ckpt.get(n, n): why for n, why in view.refused.items()}
+    unsplit += [view.to_ckpt[n] for n, why in view.refused.items() if why == UNDECLARED_EXPERTS and n in view.to_ckpt]
     refused.update({k: "a buffer of the model, not a weight" for k, n in view.to_model.items() if n in view.buffers})
     unknown = [n for n in mshapes if n not in view.to_model and n not in view.expert_keys]
     if len(unknown) > len(specs):  # mostly unknown: this model definition does not describe the checkpoint
@@ -245,8 +246,9 @@ def _warning(family, config, unknown, model_class, unsplit=()) -> str | None:
     parts = []
     if unsplit:
         parts.append(
-            f"{len(unsplit)} fused projections are not split into q/k/v or gate/up, for lack of a stated layout "
-            f"(e.g. {unsplit[0]!r}; recorded per matrix in `fused`): they get no query-key or value-output pairs"
+            f"{len(unsplit)} fused projections or expert stacks are not split (into q/k/v, gate/up or experts) "
+            f"for lack of a stated layout (e.g. {unsplit[0]!r}; recorded in `fused` or `refused`): they get no "
+            "query-key, value-output or expert pairs"
         )
     if unknown:
         parts.append(
