@@ -216,14 +216,22 @@ CALIBRATION_MARGIN = 1.15
 CALIBRATION_ROUNDS = (2, 5)  # at least, at most
 # After the first round a route this much slower than the preferred one is not timed again (it cannot win).
 CALIBRATION_DROP = 2.0
-# A cached route is measured again when a run's matrices of its shape take this much longer than its calibration
-# (the smallest of RECHECK_AFTER observations; wall time where BLAS runs several threads, so load can trigger it,
-# but the re-measurement itself is load-proof and only costs one calibration).
+# A cached route is measured again when RECHECK_AFTER matrices of its shape in a row take this much longer than its
+# calibration: CPU time where BLAS runs one thread; else wall time, allowed to stretch with the load average.
 RECHECK_FACTOR = 2.0
 RECHECK_AFTER = 2
 CPU_ROUTES = ("gram_topk", "gram", "gram_torch", "lapack")
 ROUTES = CPU_ROUTES + ("cuda",)
 CACHE_VERSION = 2  # entries of older versions (timed by wall clock) are not used
+
+
+def _busy() -> float:
+    """How many times over the machine's cores are asked for (the 1-minute load average per core, at least 1):
+    wall times stretch by about that much on a busy machine, which is no reason to re-measure a route."""
+    try:
+        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    except OSError:
+        return 1.0
 
 
 def calibration_clock() -> float:
@@ -436,7 +444,7 @@ class SVDEngine:
         t0 = clock()
         out = self._run(route, W)
         took = clock() - t0
-        if took > RECHECK_FACTOR * expected:
+        if took > RECHECK_FACTOR * expected * (1 if one else _busy()):
             slow = self._slow.setdefault(W.shape, [])
             slow.append(took)
             if len(slow) >= RECHECK_AFTER:
