@@ -255,3 +255,41 @@ def test_metrics_arrive_while_cpu_bound_training_runs(tmp_path):
         saver.finish()
     assert [s for s, _ in got] == [0], f"no metrics after {step} training steps"
     assert np.isfinite(got[0][1][PREFIX + "effective_rank"])
+
+
+def test_lightning_module_wrapping_a_transformers_model_saves_it_with_its_config(tmp_path, one_thread):
+    """A LightningModule holding one transformers model: the series is that model's, under save_pretrained's
+    names, with its config.json, so analyze takes the model's own structure (GPT-2: Conv1D, heads, 11 pairs)."""
+    L = pytest.importorskip("lightning")
+    transformers = pytest.importorskip("transformers")
+    from specdyn.integrations.lightning import SpecdynLightningCallback
+
+    class LM(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+                n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0))  # fmt: skip
+
+        def training_step(self, batch, _):
+            (ids,) = batch
+            return self.lm(input_ids=ids, labels=ids).loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randint(0, 64, (16, 16))), batch_size=4)
+    run = tmp_path / "run"
+    trainer = L.Trainer(max_steps=2, logger=False, accelerator="cpu", enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[SpecdynLightningCallback(run, every=1)])  # fmt: skip
+    module = LM()
+    trainer.fit(module, loader)
+    assert json.loads((run / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    from specdyn.analyze import analyze
+
+    analyze([run], show_progress=False)
+    st = open_store(run)
+    assert st.matrices[0] == "transformer.wte.weight" and len(st.pairs) == 11
+    assert st.attrs["structure"].startswith("model definition")
+    assert st.matrix_spec("transformer.h.0.attn.c_attn.weight").transposed

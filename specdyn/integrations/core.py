@@ -67,6 +67,25 @@ def cpu_state_dict(module) -> dict:
     return out
 
 
+def model_config(model) -> dict:
+    """The model's config.json as `save_pretrained` writes it (with `architectures` and `dtype`), or {} for a
+    model without a transformers config."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_json_string"):
+        return {}
+    import copy
+    import json
+
+    try:
+        cfg = copy.deepcopy(cfg)  # save_pretrained sets these two on the model's own config; we leave it alone
+        cfg.architectures = [type(model).__name__.removeprefix("FSDP")]
+        if getattr(model, "dtype", None) is not None:
+            cfg.dtype = str(model.dtype).removeprefix("torch.")
+        return json.loads(cfg.to_json_string(use_diff=True))
+    except Exception:  # a config that does not serialise: the series is analyzed from its tensors alone
+        return {}
+
+
 def write_checkpoint(run_dir: Path, step: int, state: dict, task: str, config: dict) -> Path:
     """One checkpoint through the safetensors format's writer, written beside and renamed into place."""
     from specdyn.files import atomic_path

@@ -14,13 +14,11 @@ them as `train/specdyn/...`, since the Trainer prefixes training logs with `trai
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 
 from transformers import TrainerCallback
 
-from specdyn.integrations.core import SHARE, SeriesSaver
+from specdyn.integrations.core import SHARE, SeriesSaver, model_config
 
 
 class SpecdynTrainerCallback(TrainerCallback):
@@ -77,19 +75,3 @@ class SpecdynTrainerCallback(TrainerCallback):
                 self.trainer.log(dict(metrics))
         finally:
             state.global_step = now
-
-
-def model_config(model) -> dict:
-    """The model's config.json as `save_pretrained` writes it (with `architectures` and `dtype`), or {} for a
-    model without a transformers config."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "to_json_string"):
-        return {}
-    try:
-        cfg = copy.deepcopy(cfg)  # save_pretrained sets these two on the model's own config; we leave it alone
-        cfg.architectures = [type(model).__name__.removeprefix("FSDP")]
-        if getattr(model, "dtype", None) is not None:
-            cfg.dtype = str(model.dtype).removeprefix("torch.")
-        return json.loads(cfg.to_json_string(use_diff=True))
-    except Exception:  # a config that does not serialise: the series is analyzed from its tensors alone
-        return {}

@@ -5,7 +5,9 @@
 
 Step 0 (the initial weights) is saved when training starts, then the weights after every scheduled optimizer
 step (`trainer.global_step`). Each checkpoint records the module's class and hyperparameters, and the
-registration order of its parameters (`param_order`). The run folder gets `metrics.csv`, the
+registration order of its parameters (`param_order`); a module that wraps one transformers model (holding all
+its parameters) is saved as that model, under its own names, with its config.json beside the series and in
+every checkpoint, as the transformers callback does. The run folder gets `metrics.csv`, the
 training loss of every step (what `training_step` returned) and the validation loss where there is one, which
 the plots draw. With `analyze` the summary metrics (core.summaries) go to every logger of the trainer
 (`trainer.loggers`: TensorBoard, W&B, CSV, ...) at the step of the checkpoint they describe.
@@ -13,12 +15,14 @@ the plots draw. With `analyze` the summary metrics (core.summaries) go to every 
 
 from __future__ import annotations
 
+import sys
+
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the standalone package
     from pytorch_lightning.callbacks import Callback
 
-from specdyn.integrations.core import SHARE, SeriesSaver
+from specdyn.integrations.core import SHARE, SeriesSaver, model_config
 
 LOG = "metrics.csv"
 
@@ -37,17 +41,22 @@ class SpecdynLightningCallback(Callback):
 
     def on_train_start(self, trainer, pl_module):
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        self.saver.config = {"model": type(pl_module).__name__, "hparams": _hparams(pl_module)}
+        self._module = saved_module(pl_module)
+        config = model_config(self._module) if self._module is not pl_module else {}
+        self.saver.config = config or {"model": type(pl_module).__name__, "hparams": _hparams(pl_module)}
         self.saver.plan(int(total))
-        if trainer.is_global_zero and self.saver.wants(trainer.global_step):
-            self.saver.save(trainer.global_step, pl_module)
+        if trainer.is_global_zero:
+            if "model_type" in config:
+                self.saver.write_json("config.json", config)
+            if self.saver.wants(trainer.global_step):
+                self.saver.save(trainer.global_step, self._module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if hasattr(loss, "detach"):
             self._losses[trainer.global_step] = loss.detach()
         if trainer.is_global_zero and self.saver.wants(trainer.global_step):
-            self.saver.save(trainer.global_step, pl_module)
+            self.saver.save(trainer.global_step, self._module)
             self._write_log()
         self._log(trainer, self.saver.poll())
 
@@ -59,7 +68,7 @@ class SpecdynLightningCallback(Callback):
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
             if self.saver.wants(trainer.global_step):
-                self.saver.save(trainer.global_step, pl_module)
+                self.saver.save(trainer.global_step, self._module)
             self._write_log()
         self._log(trainer, self.saver.finish())
 
@@ -82,6 +91,17 @@ class SpecdynLightningCallback(Callback):
         if results:
             for logger in trainer.loggers:
                 logger.save()
+
+
+def saved_module(pl_module):
+    """The module whose weights are saved: a transformers model that holds every parameter of the LightningModule
+    (saved under the names `save_pretrained` gives them, with its config.json), else the LightningModule."""
+    transformers = sys.modules.get("transformers")  # a transformers model implies transformers is imported
+    params = {id(p) for p in pl_module.parameters()}
+    for child in pl_module.children() if transformers is not None and params else ():
+        if isinstance(child, transformers.PreTrainedModel) and {id(p) for p in child.parameters()} == params:
+            return child
+    return pl_module
 
 
 def _cell(value) -> str:
