@@ -7,6 +7,7 @@ interleaved as its forward splits it)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -175,6 +176,16 @@ def test_transposed_interleaved_stacks_from_a_torch_file(tmp_path, one_thread):
     store = analyzed(tmp_path / "run")
     assert not any(store.matrix_spec(n).kind == "conv" for n in store.matrices)
     check_moe_store(store, model, "gpt_oss")
+    from typer.testing import CliRunner
+
+    from specdyn.cli import app
+
+    rows = {
+        m["name"]: m
+        for m in json.loads(CliRunner().invoke(app, ["info", str(tmp_path / "run"), "--json"]).stdout)["matrices"]
+    }
+    row = rows[store.matrices[6]]
+    assert row["expert"] == 0 and row["cut_from"] == "model.layers.0.mlp.experts.gate_up_proj"
     spec = store.matrix_spec(store.matrices[6])
     assert spec.transposed and spec.cut.interleaved and spec.cut.tensor == "model.layers.0.mlp.experts.gate_up_proj"
     assert set(store.attrs["refused"]) == {

@@ -42,6 +42,10 @@ def store_summary(st, step: int | None = None) -> dict:
         }
         if spec.fused:
             row["fused"] = {"layout": spec.fused[0], "heads": spec.fused[1], "kv_heads": spec.fused[2]}
+        if spec.expert is not None:
+            row["expert"] = spec.expert
+        if spec.cut is not None:
+            row["cut_from"] = spec.cut.tensor
         row.update({k: (None if np.isnan(v[j]) else float(v[j])) for k, v in last.items()})
         matrices.append(row)
     steps = st.steps
