@@ -153,7 +153,7 @@ def compute_rows(root, todo, specs, pairs, heads, opts, show_progress, routes=No
         for i, r, result in rows:
             if relative is not None and not isinstance(result, CheckpointError):
                 try:
-                    result.base = relative.row(r["ckpt"], result, _StoredSpectra(root, i))
+                    result.base = relative.row(r["ckpt"], result, _StoredSpectra(writer, i))
                 except CheckpointError as e:
                     result = e
             if isinstance(result, CheckpointError):
@@ -222,7 +222,7 @@ def _serial_rows(todo, specs, compute, opts, bar, writer):
                 results.append(res)
                 if bar:
                     bar.update(matrix_task, advance=1, description=f"[dim]{spec.name}")
-            result = compute.assemble(results, _StoredSpectra(writer.root, i))
+            result = compute.assemble(results, _StoredSpectra(writer, i))
         except CheckpointError as e:
             result = e
             unchanged.forget(i)
@@ -477,23 +477,23 @@ def _parallel_rows(root, todo, specs, pairs, heads, opts, compute, bar, writer):
                 state["left"] -= 1
                 if state["left"] == 0:
                     del rows[i]
-                    yield i, state["r"], state["error"] or _assemble(compute, root, i, state["results"])
+                    yield i, state["r"], state["error"] or _assemble(compute, writer, i, state["results"])
 
 
-def _assemble(compute: RowComputer, root, i: int, results):
+def _assemble(compute: RowComputer, writer, i: int, results):
     """The row from its matrices' results; spectra the workers wrote are read back for the alignment pairs."""
-    spectra = _StoredSpectra(root, i)
-    return compute.assemble(results, spectra)
+    return compute.assemble(results, _StoredSpectra(writer, i))
 
 
 class _StoredSpectra:
-    """name -> Spectrum of row i read from the store on demand (only pairs' matrices are read)."""
+    """name -> Spectrum of row i, read back on demand (only pairs' matrices are read): from the store, or from
+    the writer where it still holds it (a packed shard not yet complete)."""
 
-    def __init__(self, root, i: int):
-        self.root, self.i = root, i
+    def __init__(self, writer, i: int):
+        self.writer, self.i = writer, i
 
     def __getitem__(self, name: str):
-        return read_matrix(self.root, self.i, name)
+        return self.writer.spectrum(self.i, name)
 
 
 def _store_path(root) -> Path:

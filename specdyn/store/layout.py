@@ -7,6 +7,7 @@ rows never lose data; `done[i]` is written last, after every array of row i.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from specdyn.spectral.pairs import PairSpec
 from specdyn.version import __version__
 
 STORE_NAME = "specdyn.zarr"  # the default store inside a run dir
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: matrices of unsafe names under hashed keys, many matrices packed by shape (`svd/`)
 LOCK_NAME = ".specdyn.lock"
 # The (checkpoint, matrix) metric arrays, from their one declaration (spectral.metrics.METRICS), in store order.
 ROW_METRICS = metrics_of("spectrum")  # computed per checkpoint from its own SVD
@@ -115,8 +116,14 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
     _array(root, "stability", (0, M, top), (1, max(M, 1), t), "float32", ("checkpoint", "matrix", "rank"))
     _array(root, "alignment", (0, P, top), (1, max(P, 1), t), "float32", ("checkpoint", "pair", "rank"))
     _array(root, "alignment_score", (0, P), (1, max(P, 1)), "float64", ("checkpoint", "pair"))
+    if len(specs) > PACK_ABOVE:
+        _packed_matrices(root, mat, specs, top)
+        return
+    keys = {s.name: matrix_key(s.name) for s in specs}
+    if any(k != n for n, k in keys.items()):
+        mat.attrs["keys"] = {n: k for n, k in keys.items() if k != n}
     for s in specs:
-        g = root.require_group(matrix_group(s.name))
+        g = root.require_group(f"matrices/{keys[s.name]}")
         m, n = s.shape
         r = min(top, s.k)
         _array(g, "sv", (0, s.k), (1, s.k), "float64", ("checkpoint", "k"))
@@ -124,6 +131,94 @@ def create_layout(root, specs: list[MatrixSpec], pairs: list[PairSpec], top: int
         # writing them and quadruples that of reading them back: they are stored uncompressed.
         _array(g, "U", (0, m, r), (1, m, max(r, 1)), "float32", ("checkpoint", "m", "top"), compressors=None)
         _array(g, "V", (0, n, r), (1, n, max(r, 1)), "float32", ("checkpoint", "n", "top"), compressors=None)
+
+
+def _packed_matrices(root, mat, specs: list[MatrixSpec], top: int) -> None:
+    """Many matrices (a mixture of experts): one `svd/<m>x<n>/{sv,U,V}` group per matrix shape, the matrices of
+    that shape along a `member` axis, in zarr shards of about SHARD_BYTES per checkpoint. Files grow with the
+    bytes of a row, not with the number of matrices."""
+    buckets: dict[str, list[MatrixSpec]] = {}
+    for s in specs:
+        buckets.setdefault(f"{s.shape[0]}x{s.shape[1]}", []).append(s)
+    mat.attrs["slots"] = {s.name: [b, j] for b, members in buckets.items() for j, s in enumerate(members)}
+    for b, members in buckets.items():
+        (m, n), k, count = members[0].shape, members[0].k, len(members)
+        r = min(top, k)
+        g = root.require_group(f"svd/{b}")
+        dims = ("checkpoint", f"member_{b}")
+        # One member count per shard for all three arrays, so a run of members written at once covers whole shards.
+        # Inside a shard, a chunk holds `inner` members (about INNER_BYTES): a matrix reads with that chunk alone,
+        # and a row's write encodes bytes / INNER_BYTES chunks rather than one per matrix (zarr spends ~0.5 ms on
+        # each: 150,000 one-matrix chunks took 290 s a row).
+        per = 4 * max(m, n) * max(r, 1)
+        inner = max(1, min(count, INNER_BYTES // per))
+        shard = inner * max(1, min(-(-count // inner), SHARD_BYTES // (per * inner)))
+        for name, tail, dim, dtype, zstd in (
+            ("sv", (k,), ("k",), "float64", True),
+            ("U", (m, r), ("m", "top"), "float32", False),
+            ("V", (n, r), ("n", "top"), "float32", False),
+        ):
+            chunk = tuple(max(x, 1) for x in tail)
+            arr = g.create_array(
+                name, shape=(0, count, *tail), chunks=(1, inner, *chunk), shards=(1, shard, *chunk), dtype=dtype,
+                fill_value=np.nan, dimension_names=dims + dim, overwrite=False,
+                compressors="auto" if zstd else None, chunk_key_encoding=CHUNK_KEYS,
+            )  # fmt: skip
+            arr.attrs["matrices"] = [s.name for s in members]
+
+
+# Stores of more matrices than this pack them by shape (`svd/`), so that files do not grow with their number.
+PACK_ABOVE = 1024
+SHARD_BYTES = 8 << 20  # per checkpoint: a shard is written whole by one call when its matrices are all in
+INNER_BYTES = 64 << 10
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def matrix_key(name: str) -> str:
+    """The folder name of a matrix's group: the tensor name where it is a safe single path component, else a
+    hash of it (the name itself is kept as data in `matrix`; docs/store.md)."""
+    if _SAFE.fullmatch(name) and len(name.encode()) <= 200 and name.lower() != "zarr.json":
+        return name
+    import hashlib
+
+    tail = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[-40:].lstrip(".")
+    return f"~{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}-{tail}"
+
+
+class Slots:
+    """Where each matrix's sv, U and V are: its own group `matrices/<key>/` (stores of schema 1, and stores of
+    few matrices), or a member of its shape's `svd/<m>x<n>/` arrays (`PACK_ABOVE`)."""
+
+    def __init__(self, root):
+        a = root["matrix"].attrs
+        self.root = root
+        self.packed = a.get("slots")
+        self.keys = a.get("keys") or {}
+        self._groups: dict[str, tuple] = {}
+
+    def group(self, name: str) -> str:
+        if self.packed:
+            return f"svd/{self.packed[name][0]}"
+        return f"matrices/{self.keys.get(name, name)}"
+
+    def member(self, name: str) -> int | None:
+        return self.packed[name][1] if self.packed else None
+
+    def arrays(self, name: str) -> tuple:
+        """(sv, U, V) zarr arrays holding the matrix (shared by a bucket's members when packed)."""
+        g = self.group(name)
+        if g not in self._groups:
+            self._groups[g] = tuple(self.root[f"{g}/{a}"] for a in ("sv", "U", "V"))
+        return self._groups[g]
+
+    def groups(self) -> list[str]:
+        """Every group holding matrices, in matrix order."""
+        return list(dict.fromkeys(self.group(n) for n in matrix_names(self.root)))
+
+    def select(self, name: str, rows) -> tuple:
+        """The selection of `rows` (an int, a slice or an index array) of one matrix in its arrays."""
+        j = self.member(name)
+        return (rows,) if j is None else (rows, j)
 
 
 def metric_array(root, name: str, rows: int, M: int):
@@ -153,17 +248,14 @@ def missing_arrays(root, have: set[str] | None = None) -> list[str]:
     have = array_names(root) if have is None else have
     missing = [n for n in SCHEMA1_ROOT if n not in have]
     if "matrix" in have:
-        for name in matrix_names(root):
+        slots = Slots(root)
+        for g in slots.groups():
             try:
-                have_m = array_names(root[matrix_group(name)])
+                have_m = array_names(root[g])
             except KeyError:
                 have_m = set()
-            missing += [f"{matrix_group(name)}/{a}" for a in SCHEMA1_MATRIX if a not in have_m]
+            missing += [f"{g}/{a}" for a in SCHEMA1_MATRIX if a not in have_m]
     return missing
-
-
-def matrix_group(name: str) -> str:
-    return f"matrices/{name}"
 
 
 def matrix_names(root) -> list[str]:
@@ -206,9 +298,8 @@ def checkpoint_arrays(root):
     have = array_names(root)
     out = [root[name] for name in ("done", *IDENTITY)]
     out += [root[name] for name in ("stability", "alignment", "alignment_score")]
-    for name in matrix_names(root):
-        g = root[matrix_group(name)]
-        out += [g["sv"], g["U"], g["V"]]
+    for g in Slots(root).groups():
+        out += [root[f"{g}/{a}"] for a in SCHEMA1_MATRIX]
     return out + [root[name] for name in (*FILE_ARRAYS, *STORED_METRICS, *BASE_ARRAYS) if name in have]
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from specdyn.store import faults, layout
 
 # schema version v -> the step that turns a version-v store into a version v+1 one (idempotent, kill-safe).
-STEPS: dict = {}
+# 1 -> 2: nothing to move. Schema 2 adds two ways of holding matrices (hashed keys, `svd/` shape buckets) that
+# only new stores use; a schema-1 store's per-matrix groups are valid schema 2 as they are.
+STEPS: dict = {1: lambda st: None}
 
 
 def migrate(st) -> list[str]:

@@ -17,8 +17,8 @@ from specdyn.store.layout import (
     HEAVY_METRICS,
     METRICS,
     SCHEMA_VERSION,
+    Slots,
     is_store,
-    matrix_group,
     matrix_names,
     pair_docs,
     read_attrs,
@@ -241,8 +241,16 @@ class SpectralStore:
 
     def row_spectrum(self, matrix: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(singular values, top U, top V) of a matrix at one physical row (an element of `rows`)."""
-        g = self.root[matrix_group(self.check_matrix(matrix))]
-        return g["sv"][row], g["U"][row], g["V"][row]
+        matrix = self.check_matrix(matrix)
+        sel = self.slots.select(matrix, row)
+        return tuple(arr[sel] for arr in self.slots.arrays(matrix))
+
+    @property
+    def slots(self) -> Slots:
+        """Where each matrix's arrays are (per-matrix groups, or shape buckets in stores of many matrices)."""
+        if "_slots" not in self.__dict__:
+            self._slots = Slots(self.root)
+        return self._slots
 
     def has_results(self, name: str) -> bool:
         """Whether an evaluation wrote its `evals/<name>` group into this store."""
@@ -250,8 +258,9 @@ class SpectralStore:
 
     def _matrix_array(self, matrix: str, what: str) -> np.ndarray:
         matrix = self.check_matrix(matrix)
-        arr = self.root[f"{matrix_group(matrix)}/{what}"]
-        return arr.get_orthogonal_selection((self.rows,) + (slice(None),) * (arr.ndim - 1))
+        arr = self.slots.arrays(matrix)["sv U V".split().index(what)]
+        sel = self.slots.select(matrix, self.rows)
+        return arr.get_orthogonal_selection(sel + (slice(None),) * (arr.ndim - len(sel)))
 
     def check_matrix(self, name: str) -> str:
         """The full name of a matrix given by its full name, its figure label or a short form naming it alone."""

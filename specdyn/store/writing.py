@@ -34,11 +34,11 @@ from specdyn.store.layout import (
     HEAVY_METRICS,
     IDENTITY,
     ROW_METRICS,
+    Slots,
     add_base_arrays,
     array_names,
     checkpoint_arrays,
     create_layout,
-    matrix_group,
     matrix_names,
     read_attrs,
     specs_of,
@@ -195,43 +195,62 @@ def write_identity(root, i: int, step: int, relpath: str, source: int) -> None:
 
 
 def write_matrix(root, i: int, name: str, spectrum) -> None:
-    """One matrix's chunks of row i (sv, U, V). Chunks hold one checkpoint of one matrix, so workers writing
-    different matrices (or rows) of a store at once never touch the same file; `done` is the coordinator's."""
-    g = root[matrix_group(name)]
-    g["sv"][i] = spectrum.s
-    g["U"][i] = spectrum.U
-    g["V"][i] = spectrum.V
+    """One matrix's chunks of row i (sv, U, V) in a store of per-matrix groups. Chunks hold one checkpoint of
+    one matrix, so workers writing different matrices (or rows) of a store at once never touch the same file;
+    `done` is the coordinator's. (Packed stores are written by the coordinator only: `open_for_matrices`.)"""
+    slots = Slots(root)
+    for arr, value in zip(slots.arrays(name), (spectrum.s, spectrum.U, spectrum.V)):
+        if arr.shape[-1]:
+            arr[slots.select(name, i)] = value
 
 
-def read_matrix(root, i: int, name: str):
-    """The spectrum of one matrix in row i, as written by `write_matrix`."""
+def read_matrix(root, i: int, name: str, slots: Slots | None = None):
+    """The spectrum of one matrix in row i, as written."""
     from specdyn.spectral.svd import Spectrum
 
-    g = root[matrix_group(name)]
-    return Spectrum(g["sv"][i], g["U"][i], g["V"][i])
+    slots = slots or Slots(root)
+    sel = slots.select(name, i)
+    return Spectrum(*(arr[sel] for arr in slots.arrays(name)))
 
 
 class RowWriter:
     """Writes whole rows into an open store whose rows are sized already (`resize_rows`). The array handles are
     looked up once (every lookup reads and parses metadata) and each phase of a row is one concurrent zarr call
-    instead of one call per array: on GPT-2 small, ~400 synchronous calls per row become 6."""
+    instead of one call per array: on GPT-2 small, ~400 synchronous calls per row become 6.
+
+    In a packed store (`layout.PACK_ABOVE`) a shard holds many matrices of a row: their spectra are held until
+    the shard's last one arrives (matrices come in store order, so each shape has one shard open at most) and
+    the shard is then written whole, by one call that reads nothing back."""
 
     def __init__(self, root, specs: list[MatrixSpec]):
         names = ("done", *IDENTITY, *ROW_METRICS, "alignment", "alignment_score", *FILE_ARRAYS)
         self.root, self.specs = root, specs
         self.arrays = {name: root[name] for name in names}
-        self.matrices = {s.name: tuple(root[f"{matrix_group(s.name)}/{a}"] for a in ("sv", "U", "V")) for s in specs}
+        self.slots = Slots(root)
+        self.matrices = {s.name: self.slots.arrays(s.name) for s in specs}
         have = array_names(root)
         self.base = {name: root[name] for name in BASE_ARRAYS if name in have}  # stores with a base model
+        self.held: dict[tuple, dict[int, object]] = {}  # (row, group, shard) -> {member: spectrum}, packed only
 
     def _set(self, i: int, values: list[tuple[object, object]]) -> None:
         """arrays[i] = value for every (array, value), concurrently (each a chunk of its own)."""
         gather([arr.async_array.setitem(i, value) for arr, value in values])
 
     def matrix(self, i: int, name: str, spectrum) -> None:
-        """One matrix's chunks of row i ahead of the row (as `write_matrix`, through the handles)."""
-        self._set(i, self.matrix_values(name, spectrum))
+        """One matrix's chunks of row i ahead of the row (packed: once its shard is complete)."""
+        if self.slots.packed:
+            self._hold(i, [(name, spectrum)])
+        else:
+            self._set(i, self.matrix_values(name, spectrum))
         faults.point("row:matrix")
+
+    def spectrum(self, i: int, name: str):
+        """A spectrum given to `matrix` for row i, from the store or, packed, from a shard not yet written."""
+        if self.slots.packed:
+            for (row, g, _), held in self.held.items():
+                if row == i and g == self.slots.group(name) and self.slots.member(name) in held:
+                    return held[self.slots.member(name)]
+        return read_matrix(self.root, i, name, self.slots)
 
     def matrix_values(self, name: str, spectrum) -> list[tuple[object, object]]:
         sv, U, V = self.matrices[name]
@@ -239,10 +258,40 @@ class RowWriter:
             return [(sv, spectrum.s)]
         return [(sv, spectrum.s), (U, spectrum.U), (V, spectrum.V)]
 
+    def _hold(self, i: int, spectra: list, finish: bool = False) -> None:
+        """Packed: hold spectra by shard; write every shard that is complete (all, with `finish`)."""
+        slots, ready = self.slots, []
+        for name, sp in spectra:
+            sv = self.matrices[name][0]
+            per, j = sv.shards[1], slots.member(name)
+            key = (i, slots.group(name), j // per)
+            self.held.setdefault(key, {})[j] = sp
+            if len(self.held[key]) == min(per, sv.shape[1] - key[2] * per):
+                ready.append(key)
+        if finish:
+            ready = [k for k in self.held if k[0] == i]
+        groups = self.__dict__.setdefault("_groups", {slots.group(s.name): self.matrices[s.name] for s in self.specs})
+        gather([self._write_shard(key, self.held.pop(key), groups[key[1]]) for key in dict.fromkeys(ready)])
+
+    async def _write_shard(self, key: tuple, held: dict[int, object], arrays: tuple) -> None:
+        """The held members of one shard of row i, in runs of consecutive members (one run: the whole shard)."""
+        i = key[0]
+        members = sorted(held)
+        runs, start = [], 0
+        for k in range(1, len(members) + 1):
+            if k == len(members) or members[k] != members[k - 1] + 1:
+                runs.append(members[start:k])
+                start = k
+        for run in runs:  # one after another: runs of one shard share its file
+            for arr, part in zip(arrays, ("s", "U", "V")):
+                if arr.shape[-1]:
+                    value = np.stack([getattr(held[j], part) for j in run])
+                    await arr.async_array.setitem((i, slice(run[0], run[-1] + 1)), value)
+
     def write(self, i: int, step: int, relpath: str, source: int, row, fingerprint=(-1, -1)) -> None:
         """One checkpoint's results (a `spectral.rows.RowResult`) into row i, then its `done` flag.
         `fingerprint`: (bytes, mtime_ns) of the checkpoint as read, so a rerun notices when it changes. Spectra
-        that are None were written already (by workers, `write_matrix`)."""
+        that are None were written already (by workers, `write_matrix`, or held by `matrix`)."""
         a = self.arrays
         if a["done"][i]:
             a["done"][i] = False
@@ -256,10 +305,11 @@ class RowWriter:
         top = a["alignment"].shape[-1]
         self._set(i, [(a["alignment"], row.alignment[:, :top]), (a["alignment_score"], row.alignment_score)])
         faults.point("row:alignment")
-        matrices = [
-            v for spec, sp in zip(self.specs, row.spectra) if sp is not None for v in self.matrix_values(spec.name, sp)
-        ]
-        self._set(i, matrices)
+        given = [(spec.name, sp) for spec, sp in zip(self.specs, row.spectra) if sp is not None]
+        if self.slots.packed:
+            self._hold(i, given, finish=True)
+        else:
+            self._set(i, [v for name, sp in given for v in self.matrix_values(name, sp)])
         faults.point("row:matrix")
         self._set(i, [(a["file_bytes"], fingerprint[0]), (a["file_mtime_ns"], fingerprint[1])])
         a["done"][i] = True
@@ -300,7 +350,8 @@ def open_for_matrices(store: str, token: str):
     coordinator's store (no marker): then results travel back instead."""
     if not (Path(store) / (SHARED_MARKER + token)).is_file():
         return None
-    return zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    return None if Slots(root).packed else root  # a packed shard holds other matrices: the coordinator writes it
 
 
 def done_keys(root) -> set[tuple[int, str]]:
@@ -326,6 +377,7 @@ def read_many(selections: list[tuple[object, object]]) -> list[np.ndarray]:
 
     def one(arr, sel):
         if isinstance(sel, tuple) and isinstance(sel[0], np.ndarray):
+            sel = sel + (slice(None),) * (arr.ndim - len(sel))
             return arr.async_array.get_orthogonal_selection(sel)
         return arr.async_array.getitem(sel)
 
@@ -339,11 +391,12 @@ def derive(root) -> None:
 
     done = np.flatnonzero(root["done"][:])
     names = matrix_names(root)
-    handles = [(root[f"{matrix_group(n)}/U"], root[f"{matrix_group(n)}/V"]) for n in names]
+    slots = Slots(root)
+    handles = [slots.arrays(n)[1:] for n in names]
 
     def vectors(j: int, rows: np.ndarray):
         contiguous = rows[-1] - rows[0] == len(rows) - 1  # the usual case: a slice reads faster
-        sel = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else (rows, slice(None), slice(None))
+        sel = slots.select(names[j], slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows)
         return read_many([(a, sel) for a in handles[j]])
 
     def row_values(j: int) -> int:
@@ -372,6 +425,7 @@ def fill_from_sv(root, recompute: bool = False) -> int:
     from specdyn.spectral.metrics import spectrum_metrics
 
     unfilled = [n for n in read_attrs(root).get("unfilled", []) if n in ROW_METRICS]
+    slots = Slots(root)
     done = root["done"][:]
     heavy = {name: root[name][:] for name in HEAVY_METRICS}
     spectral = {name: root[name][:] for name in unfilled}
@@ -381,7 +435,8 @@ def fill_from_sv(root, recompute: bool = False) -> int:
         todo = np.flatnonzero(want_heavy | (done & bool(unfilled)))
         if not len(todo):
             continue
-        sv = root[matrix_group(spec.name)]["sv"].get_orthogonal_selection((todo, slice(None)))
+        sv_arr = slots.arrays(spec.name)[0]
+        sv = sv_arr.get_orthogonal_selection(slots.select(spec.name, todo) + (slice(None),))
         for i, s in zip(todo, sv):
             if want_heavy[i]:
                 for name, v in heavy_tail_metrics(s, max(spec.shape)).items():
