@@ -282,3 +282,23 @@ def test_a_device_the_user_named_is_written_in_place_never_replaced(tmp_path, an
     plant_link(tmp_path / "out.csv", Path("/dev/null"))
     with pytest.raises(SpecdynError, match="not a plain file"):
         atomic_write(tmp_path / "out.csv", "x")
+
+
+def test_two_processes_replacing_one_file_never_share_a_temporary_name(tmp_path):
+    """Issue 21: five of the six old writers used `<name>.tmp`, shared by two processes writing the same file
+    (two trainings' route caches): one renamed the other's half-written file. Readers now only see whole files."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "routes.json"
+    code = (
+        "import sys; from specdyn.files import atomic_write\n"
+        "for i in range(150): atomic_write(sys.argv[1], sys.argv[2] * 20000)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(out), c], env=env) for c in "ab"]
+    while any(p.poll() is None for p in procs):
+        if out.exists():
+            text = out.read_text()
+            assert text in ("a" * 20000, "b" * 20000), f"a torn file: {len(text)} characters"
+    assert [p.returncode for p in procs] == [0, 0] and os.listdir(tmp_path) == ["routes.json"]
