@@ -11,6 +11,8 @@ SLACK = 1.0  # pixels of rounding allowed at an edge
 
 
 def _drawn_tick_labels(axis) -> list[Text]:
+    if not axis.get_visible():  # a twin's shared axis is not drawn
+        return []
     ticks = axis._update_ticks()  # the ticks inside the view, as the axis draws them
     return [t for tick in ticks for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]
 
@@ -28,7 +30,8 @@ def labels(fig) -> list[tuple[str, Text]]:
         where = f"axes {i}"
         for axis in (ax.xaxis, ax.yaxis):
             out += [(f"{where} ticks", t) for t in _drawn_tick_labels(axis)]
-            out += [(f"{where} label", axis.label), (f"{where} offset", axis.get_offset_text())]
+            if axis.get_visible():
+                out += [(f"{where} label", axis.label), (f"{where} offset", axis.get_offset_text())]
         out += [(f"{where} title", t) for t in (ax.title, ax._left_title, ax._right_title)]
         out += [(f"{where} text", t) for t in ax.texts]
         if ax.get_legend():

@@ -358,6 +358,16 @@ def test_labels_never_overlap_on_a_large_model(wide, kind):
     assert all(fig_box.x0 - 1 <= b.x0 and b.x1 <= fig_box.x1 + 1 for b in boxes)
 
 
+@pytest.mark.parametrize(
+    "kind", ["rank-heatmap", "sv", "stability", "alignment", "metrics", "grokking", "compare", "esd"]
+)
+def test_labels_inside_and_apart_and_legends_off_the_data(stores, kind):
+    from tests.figure_checks import check_figure
+
+    for chosen in (stores[:1], stores):
+        check_figure(PLOTS[kind](chosen))
+
+
 def test_many_matrices_are_named_by_kind(wide):
     from tests.figure_checks import check_figure
 

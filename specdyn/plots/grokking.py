@@ -37,6 +37,7 @@ def plot(
     select.check_panels(len(cols) * len(runs), "grokking")
     fig = style.figure(len(runs), len(cols), PANEL_W, PANEL_H, extra_w=0.5)
     axes = fig.subplots(len(runs), len(cols), squeeze=False)
+    legend = {}
     for row, run in zip(axes, runs):
         st = run.store
         short = dict(zip(st.matrices, style.shorten_names(st.matrices)))
@@ -54,17 +55,19 @@ def plot(
         draw.rank_colorbar(fig, lc, panel["sv"], lc.get_array().size)
         names = select.matrices(run, matrices)
         ys = run.metric("effective_rank")[:, [st.matrices.index(n) for n in names]]
-        depth = draw.lines(panel["erank"], axis, run.x, ys, [short[n] for n in names])
+        kinds = [st.matrix_spec(n).kind for n in names]
+        depth = draw.lines(panel["erank"], axis, run.x, ys, [short[n] for n in names], kinds=kinds)
         panel["erank"].set_ylabel("normalized effective rank")
         panel["erank"].set_title("effective rank")
         if depth is not None:
             draw.colorbar(fig, depth, panel["erank"], "matrix depth", shrink=1.0, aspect=25)
-        elif run is runs[0]:
-            panel["erank"].legend(loc="best", fontsize=6.5, handlelength=1.2, labelspacing=0.3)
+        elif run is runs[0]:  # under the figure: inside the panel it covered the lines
+            legend = dict(zip(*reversed(panel["erank"].get_legend_handles_labels())))
         if "align" in panel:
             align_panel(fig, panel["align"], axis, run, pair, top)
         if len(runs) > 1:  # which run a row shows, on its first panel
             row[0].set_title(f"{run.label}: {row[0].get_title()}")
+    draw.legend_below(fig, {f"effective rank: {k}": h for k, h in legend.items()})
     if title:
         fig.suptitle(title)
     return fig
