@@ -32,4 +32,8 @@ def sign_normalize(U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray
     idx = np.argmax(np.abs(U), axis=-2)
     picked = np.take_along_axis(U, idx[..., None, :], axis=-2)[..., 0, :]
     signs = np.where(picked < 0, -1.0, 1.0).astype(U.dtype)
+    if U.base is None and V.base is None and U.flags.writeable and V.flags.writeable:
+        U *= signs[..., None, :]  # arrays of our own: flipped in place (a thin matrix's vectors are its size)
+        V *= signs[..., None, :].astype(V.dtype)
+        return U, V
     return U * signs[..., None, :], V * signs[..., None, :]

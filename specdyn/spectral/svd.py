@@ -33,6 +33,8 @@ from specdyn.spectral.spectrum import GRAM_MIN_RATIO, Spectrum, sign_normalize  
 # 16 MiB: under glibc's largest mmap threshold (32 MiB), so every block after the first reuses freed heap memory
 # instead of mapping (and page-faulting) fresh pages.
 GRAM_BLOCK_ELEMENTS = 1 << 21
+# Matrices with at most this many rows or columns go by the Gram route without timing the others.
+THIN_K = 16
 
 
 class NonFinite(ValueError):
@@ -79,12 +81,12 @@ def _finish_gram(W: np.ndarray, evals: np.ndarray, evecs: np.ndarray, top: int, 
         return None
     small = np.ascontiguousarray(evecs[:, ::-1][:, :r])
     big = (W @ small.astype(W.dtype)) if not wide else (W.T @ small.astype(W.dtype))
-    big = big / s[:r].astype(big.dtype)
+    big /= s[:r].astype(big.dtype)  # in place, as the casts below: a 10^8 x 1 matrix's vectors are 400 MB each
     if wide:
         U, V = small, big
     else:
         U, V = big, small
-    U, V = sign_normalize(U.astype(np.float32), V.astype(np.float32))
+    U, V = sign_normalize(U.astype(np.float32, copy=False), V.astype(np.float32, copy=False))
     return Spectrum(s, U, V)
 
 
@@ -430,6 +432,10 @@ class SVDEngine:
         # `chosen` first: a store's recorded routes (prefilled by analyze) win over this machine's candidates.
         route = self.chosen.get(shape) or (self.candidates[0] if len(self.candidates) == 1 else None)
         route = route or cached
+        if route is None and min(shape) <= THIN_K and "gram" in self.candidates:
+            # A thin matrix's Gram matrix is k x k: that route is the cheapest by far, and timing every route on
+            # a 10^8 x 1 tensor held each one's copies at once (8.7 GB for a 400 MB tensor, issue 17 item 17).
+            route = "gram"
         if route:
             self.chosen[shape] = route
         return route
