@@ -91,6 +91,9 @@ def test_matrix_names_as_figures_show_them(store):
         store.sv("weight")
     with pytest.raises(SpecdynError, match="no matrix 'xyz'"):
         store.stability("xyz")
+    full = "attn.in_proj_weight -> attn.out_proj.weight"
+    np.testing.assert_array_equal(store.alignment("attn.in_proj → out_proj"), store.alignment(full))
+    assert store.pair_spec("attn.in_proj -> out_proj").name == full
 
 
 # A metric declared once (docs/architecture.md "Add a metric"), before anything imports the declaration, reaches

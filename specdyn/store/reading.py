@@ -8,7 +8,7 @@ import numpy as np
 
 from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
 from specdyn.files import name_path
-from specdyn.names import close_names, resolve
+from specdyn.names import close_names, resolve, shorten_pairs
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
 from specdyn.store.handle import Store
@@ -118,10 +118,20 @@ class SpectralStore:
         return pair_docs(self.root)
 
     def pair_spec(self, name: str) -> PairSpec:
-        for p in pair_docs(self.root):
-            if p["name"] == name:
-                return PairSpec.from_json(p)
-        raise SpecdynError(f"{self.path}: no pair {name!r}; {close_names(name, self.pairs)}")
+        name = self.check_pair(name)
+        return next(PairSpec.from_json(p) for p in pair_docs(self.root) if p["name"] == name)
+
+    def check_pair(self, name: str) -> str:
+        """The full name of a pair given by its full name or the label figures print (`2.attn → out_proj`)."""
+        docs = pair_docs(self.root)
+        names = [p["name"] for p in docs]
+        if name in names:
+            return name
+        labels = dict(zip(shorten_pairs(docs, self.matrices), names))
+        label = name.replace("->", "→")
+        if label in labels:
+            return labels[label]
+        raise SpecdynError(f"{self.path}: no pair {name!r}; {close_names(name, names)}")
 
     @property
     def top(self) -> int:
@@ -232,9 +242,7 @@ class SpectralStore:
         data = self.root["alignment"][:][self.rows]
         if pair is None:
             return data
-        if pair not in self.pairs:
-            raise SpecdynError(f"{self.path}: no pair {pair!r}; {close_names(pair, self.pairs)}")
-        return data[:, self.pairs.index(pair)]
+        return data[:, self.pairs.index(self.check_pair(pair))]
 
     def alignment_score(self) -> np.ndarray:
         return self.root["alignment_score"][:][self.rows]
