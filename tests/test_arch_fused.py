@@ -189,3 +189,23 @@ def test_fused_projection_without_a_family_is_recorded_unsplit(tmp_path, monkeyp
     spec = store.matrix_spec("transformer.h.0.attn.c_attn.weight")
     assert spec.fused[:2] == ("unsplit", H) and spec.kind == "linear"
     assert not any(p["kind"] in ("qk", "vo") for p in store.pair_docs())
+
+
+def test_pairs_file_takes_row_halves(tmp_path, one_thread):
+    """`--pairs` reads the `prev[a:b] -> next` names a fused gate/up writes, to the same pairs and numbers."""
+    from specdyn.analyze import AnalyzeOptions, analyze
+    from specdyn import open_store
+
+    cls, config = fused_configs()["phi3"]
+    run = tmp_path / "run"
+    save_series(run, cls, config, steps=(1,))
+    auto = analyzed(run)
+    assert "model.layers.0.mlp.gate_up_proj.weight[0:24] -> model.layers.0.mlp.down_proj.weight" in auto.pairs
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(auto.pairs) + "\n")
+    again = analyze(
+        [run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False
+    )
+    st = open_store(again["store"])
+    assert st.pair_docs() == auto.pair_docs()
+    np.testing.assert_array_equal(st.alignment(), auto.alignment())

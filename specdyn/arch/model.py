@@ -191,6 +191,8 @@ def _expert_names(model, rename, stacks: dict[str, ExpertStack]) -> None:
     model's state dict: names and shapes only), with the model's own module names (`block_sparse_moe.experts.3.w1`
     saved, `mlp.experts.3.w1` in the model's terms); stacks it does not cover keep the `<module>.<e>.<role>_proj`
     default."""
+    if not stacks:
+        return
     try:
         from transformers.core_model_loading import revert_weight_conversion
 
