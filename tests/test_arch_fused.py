@@ -193,8 +193,8 @@ def test_fused_projection_without_a_family_is_recorded_unsplit(tmp_path, monkeyp
 
 def test_pairs_file_takes_row_halves(tmp_path, one_thread):
     """`--pairs` reads the `prev[a:b] -> next` names a fused gate/up writes, to the same pairs and numbers."""
-    from specdyn.analyze import AnalyzeOptions, analyze
     from specdyn import open_store
+    from specdyn.analyze import AnalyzeOptions, analyze
 
     cls, config = fused_configs()["phi3"]
     run = tmp_path / "run"
