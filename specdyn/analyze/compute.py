@@ -15,6 +15,7 @@ from specdyn.errors import SpecdynError
 from specdyn.io import Checkpoint, CheckpointError, CheckpointReader
 from specdyn.io.buffers import POOL
 from specdyn.io.prefetch import prefetch
+from specdyn.io.safeload import unreadable
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.rows import MatrixResult, RowComputer
 from specdyn.spectral.svd import ROUTES, SVDEngine, all_finite
@@ -103,6 +104,8 @@ def _checkpoint_stream(todo, specs, trust_pickle, known=()):
                 yield i, spec, W
         except CheckpointError as e:
             error = e
+        except MemoryError as e:  # a tensor too large to allocate: this checkpoint is skipped, with the reason
+            error = unreadable(r["ckpt"].path, e)
         yield i, "end", error
 
 
@@ -254,6 +257,8 @@ def _batch_stream(todo, specs, batches, trust_pickle):
                     yield i, idx, [read_spec(reader, specs[j]) for j in idx]
         except CheckpointError as e:
             error = e
+        except MemoryError as e:  # a tensor too large to allocate: this checkpoint is skipped, with the reason
+            error = unreadable(r["ckpt"].path, e)
         yield i, None, error
 
 
@@ -383,6 +388,8 @@ def _unit_task(ckpt, row: int, indices: list[int], specs, pairs, heads, opts, ro
                     out.append(res)
         except CheckpointError as e:
             return e
+        except MemoryError as e:
+            return unreadable(ckpt.path, e)
         finally:
             POOL.clear()  # a Dask worker outlives the run: it keeps no read buffers between tasks
         return out, dict(engine.chosen)

@@ -101,6 +101,11 @@ class AnalyzeOptions(Options):
     strict: bool = option(False, help="Fail on an unreadable checkpoint instead of skipping it.")
     trust_pickle: bool = trust_pickle_option()
     overwrite: bool = option(False, help="Delete an existing store first.")
+    repair: bool = option(
+        False,
+        help="Read the whole store and recompute, from the checkpoints, every row with a damaged or missing chunk "
+        "(or a deleted matrix folder).",
+    )
 
     def check(self) -> None:
         if self.repo is not None and (self.repo.count("/") != 1 or not all(self.repo.split("/"))):

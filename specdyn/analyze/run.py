@@ -18,20 +18,24 @@ from specdyn.analyze.compute import compute_rows
 from specdyn.analyze.options import AnalyzeOptions
 from specdyn.analyze.plan import plan
 from specdyn.analyze.relative import BaseRelative
-from specdyn.errors import SpecdynError
+from specdyn.errors import EXIT_NO_CHECKPOINTS, SpecdynError
 from specdyn.files import name_text
 from specdyn.io.discovery import resolve_path
-from specdyn.store import default_store, locked
+from specdyn.store import damage, default_store, locked
+from specdyn.store.handle import Store
 from specdyn.store.layout import add_base_arrays, read_attrs
 from specdyn.store.locking import READ_ONLY, read_only_error
+from specdyn.store.swap import real_store
 from specdyn.store.writing import (
     create_store,
     derive,
     derived_marker,
     done_keys,
+    forget_heavy_tail,
     open_for_writing,
     open_root,
     rebuild,
+    remove_store,
     resize_rows,
     source_docs,
     update_attrs,
@@ -48,13 +52,21 @@ def analyze(
     """Analyze one series (from one or more run dirs, merged by step) into one store; returns a summary dict."""
     opts = options or AnalyzeOptions()
     run_dirs = [_run_dir(d) for d in run_dirs]
-    store = _store_path(Path(out) if out else default_store(run_dirs[0]))
+    store = _store_path(real_store(Path(out) if out else default_store(run_dirs[0]), named=out is not None))
     t0 = time.perf_counter()
     with console.warning_budget(), locked(store):
         progress = {}
         try:
-            st = open_for_writing(store, overwrite=opts.overwrite)  # repairs happen here, only under the lock
+            # repairs (a killed swap, leftovers, --repair's damaged rows) happen here, only under the lock
+            st = open_for_writing(store, overwrite=opts.overwrite, repair=opts.repair)
+            if st.is_specdyn:
+                damage.refuse_damaged(store, st.root)
             return _analyze_locked(run_dirs, st, opts, show_progress, t0, progress)
+        except damage.DECODE_ERRORS:
+            found = damage.unreadable(open_root(store)) if Store(store).is_specdyn else {}
+            if found:
+                raise damage.damaged(store, damage.describe(found)) from None
+            raise
         except OSError as e:
             if e.errno in NO_SPACE:
                 raise SpecdynError(_no_space(store, progress)) from None
@@ -134,6 +146,13 @@ def _analyze_locked(run_dirs, st, opts, show_progress, t0, progress) -> dict:
                 root["done"][i] = False
         for i, r in todo:  # identities first, so `specdyn info` during a long analyze shows what is coming
             write_identity(root, i, r["step"], r["checkpoint"], r["source"])
+        # where the rows' checkpoints are, before any row is done: readers of a killed run's rows need it
+        update_attrs(root, sources=source_docs(p.attrs.get("sources", []), p.sources, p.rows))
+        forget_heavy_tail(root, [i for i, _ in todo])
+        if p.existing and not opts.repair:
+            lost = damage.missing_chunks(root, root["done"][:])
+            if lost:
+                console.warn(f"{store}: chunks of done rows are missing: {damage.describe(lost)}; {damage.REPAIR}")
         routes = p.attrs.get("svd_routes", {})
         with BaseRelative(p.base, p.specs, p.base_doc, opts.trust_pickle) if p.base else nullcontext() as rel:
             engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes, rel)
@@ -153,6 +172,13 @@ def _analyze_locked(run_dirs, st, opts, show_progress, t0, progress) -> dict:
             skipped_tensors=p.skipped_tensors,
             svd_routes={**routes, **engine.summary()},
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+    if not p.existing and not now_done:  # every checkpoint failed: a first run leaves no store (docs/store.md)
+        remove_store(Store(store, "a"))
+        first = skipped[0]["reason"] if skipped else "no checkpoint was analyzed"
+        raise SpecdynError(
+            f"{store}: no checkpoint could be analyzed ({len(skipped)} skipped; the first: {first})",
+            code=EXIT_NO_CHECKPOINTS,
         )
     return {
         "store": str(store),

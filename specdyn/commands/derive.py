@@ -14,17 +14,31 @@ def derive_store(store: Path, recompute: bool = False) -> dict:
     import numpy as np
 
     from specdyn.errors import EXIT_NOT_FOUND, SpecdynError
-    from specdyn.store import is_store, resolve_store, write_session
-    from specdyn.store.writing import derive, fill_from_sv, recover
+    from specdyn.store import damage, is_store, locked, resolve_store, write_session
+    from specdyn.store.damage import refuse_damaged
+    from specdyn.store.swap import Swap, real_store
+    from specdyn.store.writing import derive, fill_from_sv, open_root, recover
 
-    store = resolve_store(Path(store))
-    recover(store)
-    if not is_store(store):
-        raise SpecdynError(f"{store}: no specdyn store here; run `specdyn analyze RUN_DIR` first", code=EXIT_NOT_FOUND)
-    with write_session(store, "derive") as root:
-        cells = fill_from_sv(root, recompute=recompute)
-        derive(root)  # stability arrays, and the marker that tells analyze nothing is left to derive
-        rows = int(np.count_nonzero(root["done"][:]))
+    given = Path(store)
+    store = real_store(resolve_store(given), named=resolve_store(given) == given)
+    missing = SpecdynError(f"{store}: no specdyn store here; run `specdyn analyze RUN_DIR` first", code=EXIT_NOT_FOUND)
+    if not is_store(store) and not Swap(store).pending():
+        raise missing
+    with locked(store, "derive"):  # nothing, not even a killed swap's repair, touches the store before this
+        recover(store)
+        if not is_store(store):
+            raise missing
+        refuse_damaged(store)
+        try:
+            with write_session(store, "derive", lock=False) as root:
+                cells = fill_from_sv(root, recompute=recompute)
+                derive(root)  # stability arrays, and the marker that tells analyze nothing is left to derive
+                rows = int(np.count_nonzero(root["done"][:]))
+        except damage.DECODE_ERRORS:
+            found = damage.unreadable(open_root(store))
+            if found:
+                raise damage.damaged(store, damage.describe(found)) from None
+            raise
     return {"store": str(store), "rows": rows, "heavy_tail_cells": cells}
 
 

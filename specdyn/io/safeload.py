@@ -25,6 +25,10 @@ from specdyn.errors import CheckpointError, SpecdynError, UnsafePickleError
 def unreadable(path, exc: BaseException, what: str = "checkpoint") -> CheckpointError:
     """The one-line CheckpointError for a file that failed to load."""
     detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, MemoryError):  # not a damaged file: the tensors do not fit in this machine's memory
+        return CheckpointError(
+            f"{path}: not enough memory to read {what} (MemoryError); free memory or use a larger machine"
+        )
     return CheckpointError(
         f"{path}: cannot read {what}, it may be truncated or corrupt ({type(exc).__name__}: {detail})"
     )

@@ -1,7 +1,8 @@
 """The zarr store, the only code that knows its layout (docs/store.md is the contract).
 
 `layout`: names, paths and arrays; `locking`: the store's lock; `writing`: write sessions, rows, derived arrays
-and rebuilds; `swap`: replacing a folder without losing it (whole stores and result groups); `results`: the
+and rebuilds; `swap`: replacing a folder without losing it (whole stores and result groups); `damage`: damaged
+chunks and attributes named in one line, and `analyze --repair`; `results`: the
 evaluations' `evals/<name>` groups; `reading`: `SpectralStore`.
 """
 

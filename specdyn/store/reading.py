@@ -11,6 +11,8 @@ from specdyn.files import name_path
 from specdyn.names import close_names, resolve, shorten_pairs
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.pairs import PairSpec
+from specdyn.store import damage
+from specdyn.store.damage import refuse_damaged
 from specdyn.store.handle import Store
 from specdyn.store.layout import (
     BASE_METRICS,
@@ -42,8 +44,7 @@ class SpectralStore:
         self.root = root
         self.attrs = read_attrs(root)
         self._arrays = handle.arrays if handle is not None else None
-        done = root["done"][:]
-        self.rows = np.flatnonzero(done)  # physical rows of completed checkpoints
+        self.rows = np.flatnonzero(self._read("done"))  # physical rows of completed checkpoints
 
     @classmethod
     def open(cls, path) -> SpectralStore:
@@ -51,12 +52,7 @@ class SpectralStore:
         st = Store(path)  # the store's metadata is read once, here
         if not st.is_specdyn:
             raise SpecdynError(f"{path}: {_not_a_store(path)}", code=EXIT_NOT_FOUND)
-        missing = st.missing()
-        if missing:
-            raise SpecdynError(
-                f"{path}: incomplete store (no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): its "
-                "creation was interrupted; rerun `specdyn analyze` on its run dir to repair it"
-            )
+        refuse_damaged(path, st.root)  # lost arrays, malformed attributes: one line, not a traceback later
         newer = st.newer()
         if newer and str(path.resolve()) not in _warned_newer:
             from specdyn import console
@@ -68,15 +64,28 @@ class SpectralStore:
     # -- axes
     @property
     def steps(self) -> np.ndarray:
-        return self.root["step"][:][self.rows]
+        return self._read("step")[self.rows]
 
     @property
     def checkpoints(self) -> list[str]:
-        return [str(c) for c in self.root["checkpoint"][:][self.rows]]
+        return [str(c) for c in self._read("checkpoint")[self.rows]]
 
     @property
     def sources(self) -> list[dict]:
-        return list(self.attrs.get("sources", []))
+        """Where each source's checkpoints are. A store whose first analyze was stopped before recording them
+        (older versions wrote them last) reads its rows as from the store's own folder, with a warning."""
+        out = list(self.attrs.get("sources", []))
+        need = int(self.source_index.max()) + 1 if len(self.rows) else 0
+        if need > len(out):
+            from specdyn import console
+
+            console.warn(
+                f"{self.path}: its run dir is not recorded (its first analyze was stopped); taking "
+                f"{self.path.parent} as the run dir",
+                kind="guessed run dirs",
+            )
+            out += [{"run_dir": "."}] * (need - len(out))
+        return out
 
     @property
     def revisions(self) -> list[str | None]:
@@ -90,7 +99,7 @@ class SpectralStore:
     @property
     def source_index(self) -> np.ndarray:
         """The index into `sources` (and `run_dirs`) of every completed checkpoint."""
-        return self.root["source"][:][self.rows]
+        return self._read("source")[self.rows]
 
     def checkpoint_paths(self) -> list[Path]:
         """The checkpoint file or folder of every completed row, resolved against its run dir."""
@@ -100,7 +109,8 @@ class SpectralStore:
     @property
     def run_dirs(self) -> list[Path]:
         """The run directory of every source, resolved relative to the store when stored relative."""
-        return [(self.path.parent / s["run_dir"]).resolve() for s in self.sources]
+        base = self.path.resolve().parent  # a linked store: relative to where the store really is
+        return [(base / s["run_dir"]).resolve() for s in self.sources]
 
     @property
     def matrices(self) -> list[str]:
@@ -150,7 +160,7 @@ class SpectralStore:
         if name in BASE_METRICS and not self.has_base:  # analyzed without a base model: undefined
             return np.full((len(self.rows), len(self.matrices)), np.nan)
         if self._stored(name):
-            return self.root[name][:][self.rows]
+            return self._read(name)[self.rows]
         return self._missing_metric(name)
 
     def _stored(self, name: str) -> bool:
@@ -235,23 +245,24 @@ class SpectralStore:
 
     def stability(self, matrix: str | None = None) -> np.ndarray:
         """SVA diagonal against the final checkpoint: (checkpoint, matrix, rank), or (checkpoint, rank) for one."""
-        data = self.root["stability"][:][self.rows]
+        data = self._read("stability")[self.rows]
         return data if matrix is None else data[:, self.matrices.index(self.check_matrix(matrix))]
 
     def alignment(self, pair: str | None = None) -> np.ndarray:
-        data = self.root["alignment"][:][self.rows]
+        data = self._read("alignment")[self.rows]
         if pair is None:
             return data
         return data[:, self.pairs.index(self.check_pair(pair))]
 
     def alignment_score(self) -> np.ndarray:
-        return self.root["alignment_score"][:][self.rows]
+        return self._read("alignment_score")[self.rows]
 
     def row_spectrum(self, matrix: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(singular values, top U, top V) of a matrix at one physical row (an element of `rows`)."""
         matrix = self.check_matrix(matrix)
         sel = self.slots.select(matrix, row)
-        return tuple(arr[sel] for arr in self.slots.arrays(matrix))
+        with damage.reading(self.path, f"the arrays of matrix {matrix}"):
+            return tuple(arr[sel] for arr in self.slots.arrays(matrix))
 
     @property
     def slots(self) -> Slots:
@@ -268,7 +279,19 @@ class SpectralStore:
         matrix = self.check_matrix(matrix)
         arr = self.slots.arrays(matrix)["sv U V".split().index(what)]
         sel = self.slots.select(matrix, self.rows)
-        return arr.get_orthogonal_selection(sel + (slice(None),) * (arr.ndim - len(sel)))
+        with damage.reading(self.path, arr.path):
+            return arr.get_orthogonal_selection(sel + (slice(None),) * (arr.ndim - len(sel)))
+
+    def _read(self, path: str, rows=None) -> np.ndarray:
+        """An array, or these rows (an index or an index array) of it; a chunk that cannot be decoded is a
+        one-line error naming the array (store.damage)."""
+        with damage.reading(self.path, path):
+            arr = self.root[path]
+            if rows is None:
+                return arr[...]
+            if np.ndim(rows) == 0:
+                return arr[int(rows)]
+            return arr.get_orthogonal_selection((np.asarray(rows),) + (slice(None),) * (arr.ndim - 1))
 
     def check_matrix(self, name: str) -> str:
         """The full name of a matrix given by its full name, its figure label or a short form naming it alone."""

@@ -14,7 +14,24 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from specdyn.errors import SpecdynError
+from specdyn.files import open_private
 from specdyn.store import faults
+
+
+def real_store(path: Path, named: bool) -> Path:
+    """The store a writer works on: a store path that is a symbolic link is followed only where the user named
+    it (`--out LINK`); a link at a path specdyn chose (`RUN_DIR/specdyn.zarr`) is refused, naming its target."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if named:
+        return target
+    raise SpecdynError(
+        f"{path} is a symbolic link (to {os.readlink(path)}); specdyn does not write through a link it did not "
+        f"get: pass the store itself ({target}) to write there"
+    )
 
 
 class Swap:
@@ -39,14 +56,18 @@ class Swap:
         return self.new.exists() or self.old.exists() or self.complete.exists()
 
     def recover(self) -> None:
-        """Finish a swap whose new version was complete (and verifies), else undo it."""
+        """Finish a swap whose new version was complete (and verifies), else undo it. A side that is a symbolic
+        link is not specdyn's (it never makes one): the link itself is removed, never followed nor swapped in."""
+        for side in (self.new, self.old, self.complete):
+            if side.is_symlink():
+                side.unlink()
         if self.new.exists() and self.complete.exists() and not self.live.exists() and self.verify(self.new):
             os.rename(self.new, self.live)
         if self.new.exists():
             shutil.rmtree(self.new)
         self.complete.unlink(missing_ok=True)
         if self.old.exists():
-            if self.live.exists():
+            if self.live.exists() or self.live.is_symlink():
                 shutil.rmtree(self.old)
             else:
                 os.rename(self.old, self.live)
@@ -60,7 +81,7 @@ class Swap:
         """Swap the (complete, verified) new version in; the old one goes only once the new one is live."""
         if not self.verify(self.new):
             raise RuntimeError(f"{self.new}: the new version is incomplete; refusing to swap it in")
-        self.complete.touch()
+        os.close(open_private(self.complete))  # never through a link planted there
         faults.point("swap:complete")
         self.live.parent.mkdir(parents=True, exist_ok=True)
         if self.live.exists():

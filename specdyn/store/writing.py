@@ -45,7 +45,7 @@ from specdyn.store.layout import (
 )
 from specdyn.store.locking import locked
 from specdyn.store.migrate import mark_filled, migrate
-from specdyn.store.swap import Swap
+from specdyn.store.swap import Swap, real_store
 
 
 def open_root(path: Path, mode: str = "r"):
@@ -75,6 +75,7 @@ def write_session(store: Path | Store, purpose: str = "analyze", lock: bool = Tr
     schema, drop stale consolidated metadata, migrate a specdyn store to this version's layout, and yield the root
     group; consolidate on a clean exit."""
     path = store.path if isinstance(store, Store) else Path(store)
+    real_store(path, named=False)  # a linked store is refused here: writers follow only a link the user named
     with locked(path, purpose) if lock else contextlib.nullcontext():
         st = store if isinstance(store, Store) and not lock and store.mode != "r" else Store(path, "a")
         refuse_newer(st)
@@ -94,10 +95,11 @@ def refuse_newer(st: Store) -> None:
         raise SpecdynError(f"{why} to write it; this version only reads it")
 
 
-def open_for_writing(path: Path, overwrite: bool = False) -> Store:
+def open_for_writing(path: Path, overwrite: bool = False, repair: bool = False) -> Store:
     """Under the lock, before any work: finish or undo a killed swap, drop zarr's partial files, delete the store
-    (`overwrite`) or what a failed creation left, refuse what is not a specdyn store or is of a newer schema, and
-    return the store opened once for writing (root None where there is none yet)."""
+    (`overwrite`) or what a failed creation left, refuse what is not a specdyn store or is of a newer schema, mark
+    the rows of damaged chunks undone (`repair`), and return the store opened once for writing (root None where
+    there is none yet)."""
     path = Path(path)
     recover(path)
     st = Store(path, "a")
@@ -106,9 +108,13 @@ def open_for_writing(path: Path, overwrite: bool = False) -> Store:
         st = Store(path, "a")
     elif st.exists and not st.is_specdyn and not st.own_files_only():
         raise SpecdynError(f"{path}: exists and is not a specdyn store; choose another --out")
-    st = clear_leftovers(st)  # a creation killed part-way (older versions) holds no row: start afresh
     refuse_newer(st)
-    return st
+    if repair and st.is_specdyn:
+        from specdyn.store.damage import repair as repair_store
+
+        repair_store(path)  # damaged rows marked undone (lost arrays recreated): this run recomputes them
+        st = Store(path, "a")
+    return clear_leftovers(st)  # a creation killed part-way (older versions) holds no row: start afresh
 
 
 def verify_store(path: Path) -> bool:
@@ -137,7 +143,8 @@ def clear_leftovers(st: Store) -> Store:
     elif st.is_specdyn:
         if st.has_done_rows():
             raise SpecdynError(
-                f"{st.path}: damaged store (missing {', '.join(missing[:3])}); rerun with --overwrite to start afresh"
+                f"{st.path}: damaged store (no {', '.join(missing[:3])}); rerun with --repair to recompute what it "
+                "lost from the checkpoints, or --overwrite to start afresh"
             )
         shutil.rmtree(st.path)
     else:
@@ -455,6 +462,13 @@ def fill_from_sv(root, recompute: bool = False) -> int:
         faults.point("derive")
     mark_filled(root, (*unfilled, *HEAVY_METRICS))
     return count
+
+
+def forget_heavy_tail(root, rows: list[int]) -> None:
+    """Rows about to be recomputed (a changed or repaired checkpoint) get their heavy-tail metrics anew from the
+    new singular values: `fill_from_sv` computes the rows whose `matrix_rank` is NaN."""
+    if rows and "matrix_rank" in array_names(root):
+        root["matrix_rank"].set_orthogonal_selection((np.asarray(rows), slice(None)), np.nan)
 
 
 def derived_marker(root) -> dict:
