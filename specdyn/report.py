@@ -238,10 +238,11 @@ def store_table(store, label: str, log, pick) -> str:
     for r in rows:
         cls = ' class="hot"' if r["name"] in marks else ""
         body.append(
-            f'<tr{cls}><td title="{html.escape(r["name"])}">{html.escape(r["short"])}</td><td>{r["kind"]}</td>'
-            f"<td>{r['shape']}</td><td>{_f(r['erank_first'])} → {_f(r['erank_last'])}</td>"
+            f'<tr{cls}><td title="{html.escape(r["name"])}">{html.escape(r["short"])}</td>'
+            f"<td>{html.escape(str(r['kind']))}</td><td>{html.escape(str(r['shape']))}</td>"
+            f"<td>{_f(r['erank_first'])} → {_f(r['erank_last'])}</td>"
             f"<td>{_f(r['stable_last'])}</td><td>{_f(r['stability'])}</td><td>{_f(r['norm_last'], '{:.3g}')}</td>"
-            f"<td>{marks.get(r['name'], '')}</td></tr>"
+            f"<td>{html.escape(marks.get(r['name'], ''))}</td></tr>"
         )
     table = f'<table class="matrices">{head}{"".join(body)}</table>'
     if len(rows) > 12:
@@ -332,7 +333,7 @@ def build_report(
             sections[job.section].append(
                 f'<h3>{html.escape(job.heading)}</h3><figure><img alt="{html.escape(job.kind)}: '
                 f'{html.escape(job.heading)}" style="width:{width:.0f}px" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(job.caption)} <code>specdyn plot {job.kind}</code></figcaption></figure>"
+                f"<figcaption>{html.escape(job.caption)} <code>specdyn plot {html.escape(job.kind)}</code></figcaption></figure>"
             )
         if on_figure:
             on_figure(job)

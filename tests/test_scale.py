@@ -150,12 +150,34 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(run, tmp_path, monke
         assert summary["computed"] == 5
         assert_identical(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=20)
+        stop_all(procs)
+
+
+def stop_all(procs, grace: float = 10.0) -> None:
+    """Terminate, then kill what has not exited after `grace` seconds: a Dask worker that ignores SIGTERM must not
+    outlive the suite."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.time() + grace
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_processes_that_ignore_sigterm_are_killed():
+    """The Dask test's clean-up: a process ignoring SIGTERM is killed, not left running after the suite."""
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout.readline().strip() == b"ready"
+    t0 = time.time()
+    stop_all([p], grace=0.5)
+    assert p.returncode == -signal.SIGKILL and time.time() - t0 < 10
 
 
 def test_task_threads_share_the_cores_of_a_host(monkeypatch):

@@ -295,10 +295,45 @@ def _finite_batches(stream, specs, compute, state):
             yield [W for _, W in keep]
 
 
-def _worker_init(threads: int):
+def _worker_init(threads: int, parent: int | None = None):
+    if parent is not None:
+        exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent: int) -> None:
+    """Make this worker process die with the analyze process that started it, even when that one is killed (-9),
+    instead of living on with the caller's pipes: on Linux the kernel sends SIGKILL when the parent dies
+    (prctl PR_SET_PDEATHSIG), elsewhere a thread polls for the parent to be gone."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:  # the parent died before the call armed it
+                os._exit(1)
+            return
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="specdyn-parent-watch", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------- work units below a checkpoint
@@ -432,7 +467,7 @@ def _executor(opts: AnalyzeOptions):
     os.environ.update({k: str(threads) for k in saved})  # inherited by the spawned workers before numpy loads
     try:
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+        with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())) as ex:
             yield ex, opts.workers, None
     finally:
         for k, v in saved.items():

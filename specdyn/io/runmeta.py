@@ -27,10 +27,27 @@ def read_run_info(run_dir: Path) -> dict:
     if not f.is_file():
         return {}
     try:
-        data = json.loads(f.read_text())
-    except ValueError:
+        data = load_json(f)
+    except (ValueError, UnicodeDecodeError):
         raise SpecdynError(f"{f}: not valid JSON; fix or remove it") from None
     return data if isinstance(data, dict) else {}
+
+
+def load_json(path: Path):
+    """A JSON file; nesting too deep to parse (json recurses) is a ValueError like any other malformed file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def training_step(v) -> int | None:
+    """A logged step as an int, or None where it is not one (Infinity, 1e400, -1, 2.5, 10**400, text)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not (np.isfinite(v) and v.is_integer()):
+        return None
+    return int(v) if 0 <= v < 2**63 else None
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:
@@ -153,12 +170,16 @@ def _run_json(run_dir: Path) -> tuple[Curves, str | None, dict]:
         return {}, None, {}
     curves: Curves = {}
     try:
-        doc = json.loads(path.read_text())
+        doc = load_json(path)
         for h in doc.get("history", []):
+            step = training_step(h["step"])
+            if step is None:
+                raise ValueError(f"step {str(h['step'])[:40]} is not a training step")
             for key in HISTORY_KEYS:
                 if key in h:
-                    curves.setdefault(key, (key, {}))[1][int(h["step"])] = _num(h[key])
-        return curves, doc.get("task"), dict(doc.get("config") or {})
+                    curves.setdefault(key, (key, {}))[1][step] = _num(h[key])
+        task = doc.get("task")
+        return curves, task if isinstance(task, str) else None, dict(doc.get("config") or {})
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         _unreadable(path, e)
         return {}, None, {}
@@ -182,9 +203,9 @@ def _from_rows(rows: list[dict], step_key: str = "step") -> Curves:
     for key, name in _canonical(columns).items():
         values = {}
         for r in rows:
-            v, step = _num(r.get(name)), _num(r.get(step_key))
-            if np.isfinite(v) and np.isfinite(step):
-                values[int(step)] = v
+            v, step = _num(r.get(name)), training_step(_num(r.get(step_key)))
+            if np.isfinite(v) and step is not None:
+                values[step] = v
         if values:
             curves[key] = (name, values)
     return curves
@@ -215,7 +236,9 @@ def _trainer_state(run_dirs: list[Path], checkpoints: list[Path]):
     if path is None:
         return
     try:
-        history = json.loads(path.read_text()).get("log_history") or []
+        history = load_json(path).get("log_history") or []
+        if not isinstance(history, list):
+            raise ValueError("log_history is not a list of records")
         # the closing record's `train_loss` is the mean over all of training, not the loss at its step
         rows = [h for h in history if isinstance(h, dict) and "train_runtime" not in h]
     except (OSError, ValueError, AttributeError) as e:
@@ -286,5 +309,5 @@ def _tensorboard(run_dirs: list[Path], checkpoints: list[Path]):
 def _num(v) -> float:
     try:
         return float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # 10**400 in a JSON log is an int no float holds
         return float("nan")

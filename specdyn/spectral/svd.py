@@ -9,7 +9,7 @@ Routes (each verified in tests against float64 LAPACK gesdd to 1e-6 relative to 
   back-transformed (dormqr on the reflectors): the full eigenbasis the store throws away is never formed.
   A residual check falls back to the full "gram" eigendecomposition when it fails.
 - "gram_torch": the same with torch (MKL).
-- "lapack": torch.linalg.svd in float32 (MKL gesdd).
+- "lapack": torch.linalg.svd in float64 (MKL gesdd).
 - "cuda": the float64 Gram route on a CUDA device, same-shape matrices batched (specdyn.spectral.gpu).
 `SVDEngine` times the candidate routes once per shape and machine, and then keeps the fastest for that shape.
 """
@@ -170,11 +170,15 @@ def svd_gram_torch(W: np.ndarray, top: int) -> Spectrum | None:
 
 
 def svd_lapack(W: np.ndarray, top: int, device: str = "cpu") -> Spectrum:
-    """torch.linalg.svd (gesdd); docs/method.md's safe_svd retry with W + 1e-10 I, then float64, if it fails."""
+    """torch.linalg.svd (gesdd) in float64; docs/method.md's safe_svd retry with W + 1e-10 I if it fails.
+
+    float64, not float32: a float32 gesdd's vectors move by up to 3e-4 with the number of BLAS threads (the
+    rounding of its blocked reductions), so a store computed by workers with fewer threads each differed from a
+    serial one; in float64 they move by ~1e-12, below the float32 the vectors are stored in."""
     import torch
 
-    T = torch.from_numpy(W).to(device)
-    attempts = (lambda: T, lambda: T + 1e-10 * torch.eye(*T.shape, dtype=T.dtype, device=T.device), lambda: T.double())
+    T = torch.from_numpy(W).to(device).double()
+    attempts = (lambda: T, lambda: T + 1e-10 * torch.eye(*T.shape, dtype=T.dtype, device=T.device))
     last = None
     for make in attempts:
         try:

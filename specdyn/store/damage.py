@@ -234,9 +234,7 @@ def repair(store: Path) -> int:
 
     root = open_root(store, "a")
     have = array_names(root)
-    lost = [
-        n for n in ("done", *IDENTITY, "matrix", "pair", "stability", "alignment", "alignment_score") if n not in have
-    ]
+    lost = [n for n in (*NAMING, "stability", "alignment", "alignment_score") if n not in have]
     if lost:  # what names the rows, matrices and pairs is gone: there is nothing to recompute rows into
         raise SpecdynError(f"{store}: damaged beyond repair (no {', '.join(lost[:3])}); {OVERWRITE}")
     problem = attrs_problem(root)
@@ -248,15 +246,15 @@ def repair(store: Path) -> int:
     if "done" in found:  # an unreadable done flag: the row counts as not done
         for i in found.pop("done"):
             root["done"][i] = False
-    done = root["done"][:]
-    found.update({k: v for k, v in missing_chunks(root, done).items() if k not in found})
-    for path in recreated:
-        found[path] = list(range(rows))
-    bad = sorted({i for r in found.values() for i in r})
-    for path, rws in found.items():
+    for path, rws in found.items():  # what cannot be decoded reads as its fill value from now on
         arr = root[path]
         for i in rws:
             arr[i] = arr.metadata.fill_value
+    for path, rws in missing_chunks(root, root["done"][:]).items():
+        found[path] = sorted(set(found.get(path, [])) | set(rws))
+    for path in recreated:
+        found[path] = list(range(rows))
+    bad = sorted({i for r in found.values() for i in r})
     for i in bad:
         root["done"][i] = False
         if any(i in found.get(n, ()) for n in IDENTITY):  # whose row it was is lost: the row is dropped
