@@ -467,7 +467,9 @@ def _executor(opts: AnalyzeOptions):
     os.environ.update({k: str(threads) for k in saved})  # inherited by the spawned workers before numpy loads
     try:
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())) as ex:
+        with ProcessPoolExecutor(
+            opts.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())
+        ) as ex:
             yield ex, opts.workers, None
     finally:
         for k, v in saved.items():

@@ -96,9 +96,8 @@ def attrs_problem(root) -> str | None:
 def refuse_damaged(store: Path, root=None) -> None:
     """One line naming what is missing or malformed in a store, before anything reads it in earnest."""
     from specdyn.store.layout import missing_arrays
-    from specdyn.store.writing import open_root
 
-    root = root if root is not None else open_root(store)
+    root = root if root is not None else _open(store)
     with reading(store, "matrix"):
         missing = missing_arrays(root)
         # consolidated metadata still lists an array whose folder was deleted since: look on disk too
@@ -114,6 +113,13 @@ def refuse_damaged(store: Path, root=None) -> None:
     problem = attrs_problem(root)
     if problem:
         raise SpecdynError(f"{store}: damaged attributes ({problem}); {OVERWRITE}")
+
+
+def _open(store: Path, mode: str = "r"):
+    """The store's root group without consolidated metadata (what is on disk now)."""
+    import zarr
+
+    return zarr.open_group(str(store), mode=mode, use_consolidated=False)
 
 
 def _arrays(root) -> list[str]:
@@ -230,9 +236,8 @@ def repair(store: Path) -> int:
     the rows they belong to undone, so that this run recomputes them from their checkpoints. Returns the rows."""
     from specdyn import console
     from specdyn.store.layout import IDENTITY, array_names
-    from specdyn.store.writing import open_root
 
-    root = open_root(store, "a")
+    root = _open(store, "a")
     have = array_names(root)
     lost = [n for n in (*NAMING, "stability", "alignment", "alignment_score") if n not in have]
     if lost:  # what names the rows, matrices and pairs is gone: there is nothing to recompute rows into
