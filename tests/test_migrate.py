@@ -56,3 +56,23 @@ def test_a_metric_declared_once_reaches_an_old_store(tmp_path):
         "unfilled": [],
         "written_with_rows": True,
     }
+
+
+def test_a_rerun_opens_the_store_once(tmp_path, monkeypatch):
+    """Issue 21: analyze opens an existing store's root group once (the Store it hands on), not once per check."""
+    import zarr
+
+    from specdyn.analyze import AnalyzeOptions, analyze
+
+    run = schema1_run(tmp_path)
+    store = run / "specdyn.zarr"
+    opened = []
+    real = zarr.open_group
+
+    def counting(path, *a, **k):
+        opened.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(zarr, "open_group", counting)
+    analyze([run], options=AnalyzeOptions(topk=12), show_progress=False)
+    assert opened.count(str(store)) == 1, opened

@@ -180,7 +180,11 @@ def create_store(path: Path, specs: list[MatrixSpec], pairs: list[PairSpec], top
     with `open_for_writing`). Returns it opened for writing."""
     swap = Swap(path, verify=verify_store)
     tmp = swap.begin()
-    create_layout(zarr.open_group(str(tmp), mode="w-"), specs, pairs, top, attrs)
+    try:
+        create_layout(zarr.open_group(str(tmp), mode="w-"), specs, pairs, top, attrs)
+    except BaseException:  # a failed creation (a full disk, an interrupt) leaves no half layout beside the store
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     faults.point("create:built")
     swap.commit()
     return Store(path, "a")
