@@ -71,6 +71,8 @@ def _by_density(ax, r) -> None:
                         color=COLOURS.get(mask), ls="none", capsize=3)  # fmt: skip
     if len(d) > 1 and d.max() / d.min() > 4:
         draw.log_axis(ax.xaxis, d.min(), d.max())
+        if len(d) <= 6 and np.all(np.diff(np.log10(d)) > 0.25):  # few, spread out: label the densities run
+            ax.set_xticks(d, [f"{v:g}" for v in d])
     elif len(d) == 1:
         ax.set_xlim(d[0] * 0.5, min(1.0, d[0] * 1.5))
     ax.set_ylim(0, 1.02)
