@@ -139,6 +139,14 @@ def parse_key_values(items, flag: str, example: str, code: int = EXIT_USAGE) -> 
     return out
 
 
+def one_fraction(value, flag: str, takes: str) -> float:
+    """One fraction in (0, 1], written as the sweeps write theirs; several are a one-line usage error."""
+    fractions = parse_fractions(value, flag)
+    if len(fractions) != 1:
+        raise SpecdynError(f"{flag} {value}: {takes} takes one fraction", code=EXIT_USAGE)
+    return fractions[0]
+
+
 def fractions_option(default: list[float], *flags: str, help: str, **kw):
     """A list of fractions in (0, 1], given as repeated or comma-separated values."""
     return option(

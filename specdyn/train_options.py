@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specdyn.errors import EXIT_USAGE, SpecdynError
-from specdyn.options import Options, option, parse_key_values
+from specdyn.options import Options, one_fraction, option, parse_key_values
 
 SAVING = "Saving"
 BRANCH = "Branching (docs/method.md 3)"
@@ -52,7 +52,8 @@ class TrainOptions(Options):
                                   "start.", panel=BRANCH)  # fmt: skip
     mask_from: Path | None = option(None, help="Lottery ticket: global magnitude mask from this checkpoint.",
                                     panel=BRANCH, parse=_path)  # fmt: skip
-    density: float | None = option(None, help="Fraction of weights the mask keeps.", panel=BRANCH)
+    density: float | None = option(None, help="Fraction of weights the mask keeps (one; lottery sweeps several).",
+                                   panel=BRANCH, parse=lambda v: one_fraction(v, "--density", "train"))  # fmt: skip
     mask_type: str = option("magnitude", choices=MASK_TYPES, help="magnitude, or random with the same per-layer "
                             "densities.", panel=BRANCH)  # fmt: skip
     threads: int | None = option(None, min=1, help="torch CPU threads (bit-identical reruns need the same count).")

@@ -9,6 +9,7 @@ from specdyn.options import (
     config_option,
     data_option,
     fractions_option,
+    one_fraction,
     option,
     parse_fractions,
     task_option,
@@ -41,7 +42,7 @@ class PruneOptions(Options):
 @dataclass(frozen=True)
 class InterpOptions(Options):
     points: int = option(11, min=2, help="Points on the alpha grid, both endpoints included.")
-    keep: float = option(0.5, help="Fraction f of singular directions the top-kept variant keeps (ceil(f·k)); the "
+    keep: float = option(0.5, parse=lambda v: one_fraction(v, "--keep", "interpolate"), help="Fraction f of singular directions the top-kept variant keeps (ceil(f·k)); the "
                          "bottom-kept keeps the rest.")  # fmt: skip
     task: str | None = task_option()
     config: dict = config_option()

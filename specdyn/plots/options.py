@@ -4,7 +4,7 @@ is a keyword of the plot functions that take it; `dispatch` refuses a field a ki
 import dataclasses
 from dataclasses import dataclass
 
-from specdyn.options import Options, flag_of, option
+from specdyn.options import Options, flag_of, one_fraction, option
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class PlotOptions(Options):
     log_y: bool = option(False, help="Log y axis (sv, metrics, compare).")
     per_matrix: bool = option(False, help="compare: one panel per matrix instead of the mean.")
     loss: bool = option(True, "--loss/--no-loss", help="metrics: the run's train/val loss on a right-hand axis.")
-    keep: float | None = option(None, help="prune: the kept fraction to draw (of a --keep sweep).")
+    keep: float | None = option(None, help="prune: the kept fraction to draw (of a --keep sweep).",
+                                parse=lambda v: one_fraction(v, "--keep", "plot prune"))  # fmt: skip
     split: str | None = option(None, help="interp: `train` or `val` curves.")
     curve: str | None = option(None, help="interp: full, top_kept or bottom_kept model along the path.")
     checkpoints: int | None = option(None, min=1, help="esd: how many checkpoints to overlay, log-spaced over "
