@@ -201,7 +201,7 @@ def test_trainer_callback_series_is_the_checkpoint_series(tmp_path, one_thread):
     runner, full = CliRunner(), []
     for series in (run, tmp_path / "hf"):
         result = runner.invoke(app, ["prune-eval", str(series), "--task", "hf-causal-lm", "--data", str(ids),
-                                     "--config", "seq_len=16", "--keep", "1", "--json", "-q"])  # fmt: skip
+                                     "--set", "seq_len=16", "--keep", "1", "--json", "-q"])  # fmt: skip
         assert result.exit_code == 0, result.output
         full.append(json.loads(result.stdout)["full"])
     assert full[0] == full[1]

@@ -72,10 +72,13 @@ OLD = "__old"  # suffix of the parameter that takes a former spelling of a flag
 
 
 def deprecated(old: str, new: str) -> None:
-    """The one-line note for a former spelling of a flag, which keeps working."""
+    """The one-line note for a former spelling of a flag, which keeps working (shown under --quiet too, as
+    warnings are)."""
     from specdyn import console
 
-    console.info(f"[yellow]note:[/yellow] {old} is now {new}; the old spelling will go in a later release")
+    console.err_console().print(
+        f"[yellow]note:[/yellow] {old} is now {new}; the old spelling will go in a later release"
+    )
 
 
 def plain(text: str | None) -> str | None:
