@@ -160,13 +160,23 @@ def _ww_loop(x):
     return alphas, Ds
 
 
+def _heavy_spectrum(n: int, block: int = 256) -> np.ndarray:
+    """The n sorted eigenvalues of W^T W for a 2n x n Gaussian W with a few heavy columns (a bulk and a heavy tail),
+    W block-diagonal so that its SVD costs blocks of `block` columns, not one n^3 (at n=3000: ~2 CPU s, not 45)."""
+    rng = np.random.default_rng(n)
+    parts = []
+    for start in range(0, n, block):
+        c = min(block, n - start)
+        A = rng.standard_normal((2 * c, c)) * (1 + 5 * rng.random(c) ** 8)
+        parts.append(np.linalg.svd(A, compute_uv=False) ** 2)
+    return np.sort(np.concatenate(parts))
+
+
 @pytest.mark.parametrize("n", [20, 64, 768, 3000])
 def test_blocked_scan_matches_ww_loop(n, monkeypatch):
     """The blocked, vectorized xmin scan gives WW's loop's alphas and Ds at the sizes analyze meets, across block
     boundaries (a small block size forces many blocks), and picks the same xmin."""
-    rng = np.random.default_rng(n)
-    A = rng.standard_normal((2 * n, n)) * (1 + 5 * rng.random(n) ** 8)
-    x = np.sort(np.linalg.svd(A, compute_uv=False) ** 2)
+    x = _heavy_spectrum(n)
     want_a, want_d = _ww_loop(x)
     for elements in (ht.SCAN_ELEMENTS, 7 * n):
         monkeypatch.setattr(ht, "SCAN_ELEMENTS", elements)
