@@ -113,9 +113,18 @@ def test_14_damaged_chunks_are_named_and_repair_recomputes_their_rows(made, tmp_
     result = cli("derive", run)
     one_line_error(result)
     assert "effective_rank (row 1)" in result.stderr and "matrices/a.weight/U (row 1)" in result.stderr
+    (store / "step" / "c.1").write_bytes(b"garbage")  # whose row it is: lost (the row is dropped, then re-added)
+    result = cli("analyze", run, "--svd-route", "gram")
+    one_line_error(result)
+    assert "step (row 1)" in result.stderr and "--repair" in result.stderr
     result = cli("analyze", run, "--svd-route", "gram", "--repair")
     assert result.exit_code == 0 and "2 rows recomputed" in result.stderr, result.stderr
     assert_identical(reference, store)
+    (store / "matrix" / "c.0").write_bytes(b"garbage")  # the matrix names: nothing to recompute rows into
+    for args in (("info", run), ("analyze", run, "--repair")):
+        result = cli(*args)
+        one_line_error(result)
+        assert "damaged array matrix" in result.stderr and "--overwrite" in result.stderr
 
 
 def test_14_a_deleted_matrix_folder_is_named_and_repaired(made, tmp_path):

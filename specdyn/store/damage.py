@@ -19,18 +19,18 @@ DECODE_ERRORS = (RuntimeError, ValueError)
 NAMING = ("done", "step", "checkpoint", "source", "matrix", "pair")
 
 
-def damaged(store, array: str, e: BaseException | None = None) -> SpecdynError:
+def damaged(store, array: str, e: BaseException | None = None, hint: str = REPAIR) -> SpecdynError:
     why = f" ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})" if e is not None else ""
-    return SpecdynError(f"{store}: damaged array {array}: a chunk cannot be read{why}; {REPAIR}")
+    return SpecdynError(f"{store}: damaged array {array}: a chunk cannot be read{why}; {hint}")
 
 
 @contextlib.contextmanager
-def reading(store, array: str):
+def reading(store, array: str, hint: str = REPAIR):
     """Reads of one array: a chunk zarr cannot decode is a one-line error naming the array, not a traceback."""
     try:
         yield
     except DECODE_ERRORS as e:
-        raise damaged(store, array, e) from None
+        raise damaged(store, array, e, hint) from None
 
 
 # ----------------------------------------------------------------------------------------------- attributes
@@ -70,7 +70,9 @@ def attrs_problem(root) -> str | None:
     for key, table in tables.items():
         if not isinstance(table, dict):
             return f"matrix attribute {key} is not a JSON object"
-    with reading(root.store_path, "matrix"):
+    with reading(
+        getattr(root.store, "root", root.store_path), "matrix", OVERWRITE
+    ):  # the names of the matrices: nothing to recompute into
         names = matrix_names(root)
     for name in names:
         if not _ints(tables["shapes"].get(name), 2):
@@ -98,7 +100,7 @@ def refuse_damaged(store: Path, root=None) -> None:
     from specdyn.store.layout import missing_arrays
 
     root = root if root is not None else _open(store)
-    with reading(store, "matrix"):
+    with reading(store, "matrix", OVERWRITE):
         missing = missing_arrays(root)
         # consolidated metadata still lists an array whose folder was deleted since: look on disk too
         missing += [n for n in _arrays(root) if n not in missing and not (Path(store) / n / "zarr.json").is_file()]
