@@ -76,6 +76,9 @@ def test_writing_commands_migrate_it(run):
     sv = before.sv("layers.0.linear1.weight")
     derived = runner.invoke(app, ["derive", str(run), "--json"])
     assert derived.exit_code == 0, derived.output
+    migrated = json.loads((run / "specdyn.zarr" / "zarr.json").read_text())["attributes"]["specdyn"]
+    assert migrated["schema_version"] == 2 and migrated.get("unfilled", []) == []  # per-matrix groups kept
+    assert (run / "specdyn.zarr" / "matrices" / "embed.weight" / "sv" / "zarr.json").exists()
     summary = analyze([run], options=AnalyzeOptions(topk=12), show_progress=False)
     assert summary["computed"] == 0 and summary["checkpoints"] == 3
     after = specdyn.open_store(run)
