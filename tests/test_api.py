@@ -81,6 +81,7 @@ def test_to_xarray_is_indexed_by_step(store):
     fc = float(ds.effective_rank.sel(step=10, matrix="fc.weight").values)
     assert fc == store.metric("effective_rank")[1, store.matrices.index("fc.weight")]
     assert list(ds.label.values) == ["embed", "attn.in_proj", "attn.out_proj", "conv", "fc", "out"]
+    assert float(ds.effective_rank.sel(step=10, label="fc").values) == fc  # by the name figures print
 
 
 def test_matrix_names_as_figures_show_them(store):

@@ -134,8 +134,9 @@ def dataset(st):
     ds = ds.isel(checkpoint=st.rows).set_coords([c for c in ("step", "source", "done") if c in ds])
     ds = ds.assign_coords(step=("checkpoint", np.asarray(st.steps))).swap_dims(checkpoint="step")
     names = st.matrices
-    return ds.assign_coords(
+    ds = ds.assign_coords(
         label=("matrix", shorten_names(names)),
         kind=("matrix", [st.matrix_spec(m).kind for m in names]),
         layer=("matrix", np.arange(len(names))),
     )
+    return ds.set_xindex("label")  # ds.sel(label="11.attn.in_proj"): matrices by the names figures print
