@@ -50,6 +50,23 @@ def test_help_prints_brackets_as_written():
     assert "CKPT_A CKPT_B [SPLIT_STEP [LABEL]]" in help_of("interpolate")
 
 
+def test_no_help_text_has_a_bracket_rich_would_eat():
+    import re
+
+    import typer.main
+
+    from specdyn.commands.plot import PlotGroup
+
+    group = typer.main.get_command(app)
+    commands = [c for name, c in group.commands.items() if name != "plot"]
+    plot = group.commands["plot"]
+    assert isinstance(plot, PlotGroup)
+    commands += [plot.get_command(None, kind) for kind in KINDS]
+    for c in commands:
+        for text in [c.help or ""] + [getattr(p, "help", None) or "" for p in c.params]:
+            assert not re.search(r"(?<!\\)\[", text), (c.name, text)  # `\[` prints a bracket; `[` starts markup
+
+
 @pytest.mark.parametrize("command", [c.replace("_", "-") for c in COMMANDS])
 def test_every_command_has_quiet_and_json(command):
     argv = ["plot", "sv"] if command == "plot" else [command]

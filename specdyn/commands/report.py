@@ -10,7 +10,7 @@ from specdyn.commands.common import QuietFlag, plain
 
 def report_command(
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="The HTML file to write.  [default: report.html]")
+        Optional[Path], typer.Option("--out", "-o", help="The HTML file to write.", show_default="report.html")
     ] = None,
     stores: Annotated[
         Optional[list[Path]],
