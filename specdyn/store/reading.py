@@ -114,7 +114,11 @@ class SpectralStore:
 
     @property
     def matrices(self) -> list[str]:
-        return matrix_names(self.root)
+        """Matrix names in depth order (read once: a store of 50,000 matrices is asked for them per matrix)."""
+        if "_names" not in self.__dict__:
+            self._names = matrix_names(self.root)
+            self._name_set = frozenset(self._names)
+        return self._names
 
     def matrix_spec(self, name: str) -> MatrixSpec:
         return spec_from_attrs(self.root["matrix"].attrs, self.check_matrix(name))
@@ -295,7 +299,10 @@ class SpectralStore:
 
     def check_matrix(self, name: str) -> str:
         """The full name of a matrix given by its full name, its figure label or a short form naming it alone."""
-        return resolve(name, self.matrices, str(self.path))
+        names = self.matrices
+        if name in self._name_set:  # the usual case, without a scan of every name
+            return name
+        return resolve(name, names, str(self.path))
 
     def to_xarray(self):
         """The root arrays as an xarray.Dataset indexed by `step` over completed checkpoints, with checkpoint
