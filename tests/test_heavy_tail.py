@@ -184,3 +184,19 @@ def test_blocked_scan_matches_ww_loop(n, monkeypatch):
         np.testing.assert_allclose(got_a, want_a, rtol=1e-10)
         np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-12)
         assert np.argmin(got_d) == np.argmin(want_d)
+
+
+@pytest.mark.parametrize("n", [33, 64, 768, 3000])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_scan_picks_the_full_scans_xmin(n, seed):
+    """power_law_fit computes D exactly only where its lower bound (every 16th point of the tail) does not rule
+    the candidate out: the chosen xmin, alpha and D are the full scan's (and WW's loop's)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((2 * n, n)) * (1 + 5 * rng.random(n) ** (8 if seed else 1))
+    x = np.sort(np.linalg.svd(A, compute_uv=False) ** 2)
+    full_a, full_d = ht._fit_standard(x)
+    best_a, best_d = ht._fit_standard(x, best_only=True)
+    i = int(np.argmin(full_d))
+    assert int(np.argmin(best_d)) == i and best_d[i] == full_d[i] and best_a[i] == full_a[i]
+    assert np.all(best_d[np.isfinite(best_d)] == full_d[np.isfinite(best_d)])
+    assert np.all(full_d[~np.isfinite(best_d)] > full_d[i])  # every skipped candidate is worse

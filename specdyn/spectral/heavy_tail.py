@@ -38,12 +38,21 @@ def eigenvalues(s: np.ndarray) -> np.ndarray:
 SCAN_ELEMENTS = 1 << 18
 
 
-def _fit_standard(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# The cheap lower bound on a candidate's D looks at every BOUND_STRIDE-th point of its tail; the exact D is then
+# computed only for candidates whose bound does not exceed the best D found (`power_law_fit`'s choice).
+BOUND_STRIDE = 16
+FIRST_EXACT = 32  # candidates of smallest bound computed exactly first, to find a good best D
+
+
+def _fit_standard(x: np.ndarray, best_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """WW's `fit_power_law_standard`: alpha and KS distance D for every candidate xmin x[i], i < N - 1.
 
     WW loops over the candidates in Python; this scans blocks of them at once, each block over the tails from its
     first candidate on (the triangle, not the square), and takes (x_j / x_i)^(1 - alpha) as exp((1 - alpha)
-    (log x_j - log x_i)), which numpy vectorizes: about 1e-16 from WW's power, 10-20x faster (docs/method.md §10)."""
+    (log x_j - log x_i)), which numpy vectorizes: about 1e-16 from WW's power, 10-20x faster (docs/method.md §10).
+    `best_only`: D is exact only where it may be the smallest (the first smallest is WW's choice); elsewhere it is
+    inf. A candidate is skipped when the largest gap over every BOUND_STRIDE-th point of its tail, a lower bound on
+    its D, already exceeds a D computed exactly: 3-4x less work on a 768-value spectrum."""
     n_all = len(x)
     logs = np.log(x)
     i = np.arange(n_all - 1)
@@ -53,22 +62,46 @@ def _fit_standard(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alphas = 1 + n / (tail_sums - n * logs[:-1])
     Ds = np.ones(n_all - 1)
     fit = np.flatnonzero(alphas > 1)
-    inv_n = 1 / n
-    step = max(1, SCAN_ELEMENTS // n_all)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(0, len(fit), step):
-            rows = fit[k : k + step]
-            j = np.arange(rows[0], n_all)
-            # |theory - empirical| = |exp((1 - alpha)(log x_j - log x_i)) + (j - i) / n_i - 1|, built in place
-            gap = logs[None, rows[0] :] - logs[rows, None]
-            gap *= (1 - alphas[rows])[:, None]
-            np.exp(gap, out=gap)
-            gap += inv_n[rows, None] * j[None, :]
-            gap -= (1 + rows * inv_n[rows])[:, None]
-            np.abs(gap, out=gap)
-            # columns before a candidate's own xmin are not part of its tail
-            Ds[rows] = gap.max(axis=1, where=j[None, :] >= rows[:, None], initial=0.0)
+    scan = _Scan(logs, alphas, 1 / n)
+    if not best_only or len(fit) <= FIRST_EXACT:
+        Ds[fit] = scan.ks(fit)
+        return alphas, Ds
+    bound = scan.ks(fit, BOUND_STRIDE)
+    order = np.argsort(bound, kind="stable")
+    first = np.sort(fit[order[:FIRST_EXACT]])
+    Ds[fit] = np.inf
+    Ds[first] = scan.ks(first)
+    rest = np.setdiff1d(fit[bound <= Ds[first].min()], first)
+    if len(rest):
+        Ds[rest] = scan.ks(rest)
     return alphas, Ds
+
+
+class _Scan:
+    """The KS distances of candidate xmins (rows, ascending), in blocks of SCAN_ELEMENTS."""
+
+    def __init__(self, logs: np.ndarray, alphas: np.ndarray, inv_n: np.ndarray):
+        self.logs, self.alphas, self.inv_n = logs, alphas, inv_n
+
+    def ks(self, rows: np.ndarray, stride: int = 1) -> np.ndarray:
+        """max_j |theory - empirical| over each row's tail (every `stride`-th point of it: a lower bound)."""
+        logs, alphas, inv_n, n_all = self.logs, self.alphas, self.inv_n, len(self.logs)
+        out = np.zeros(len(rows))
+        step = max(1, SCAN_ELEMENTS * stride // n_all)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k in range(0, len(rows), step):
+                r = rows[k : k + step]
+                j = np.arange(r[0], n_all, stride)
+                # |theory - empirical| = |exp((1 - alpha)(log x_j - log x_i)) + (j - i) / n_i - 1|, built in place
+                gap = logs[None, j] - logs[r, None]
+                gap *= (1 - alphas[r])[:, None]
+                np.exp(gap, out=gap)
+                gap += inv_n[r, None] * j[None, :]
+                gap -= (1 + r * inv_n[r])[:, None]
+                np.abs(gap, out=gap)
+                # columns before a candidate's own xmin are not part of its tail
+                out[k : k + len(r)] = gap.max(axis=1, where=j[None, :] >= r[:, None], initial=0.0)
+        return out
 
 
 def _fit_small(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +147,7 @@ def power_law_fit(evals: np.ndarray) -> dict[str, float]:
     x = evals[evals > EVALS_THRESH]
     if len(x) < 2 or not np.all(np.isfinite(x)):
         return _failed()
-    alphas, Ds = (_fit_small if len(x) < SMALL_N else _fit_standard)(x)
+    alphas, Ds = _fit_small(x) if len(x) < SMALL_N else _fit_standard(x, best_only=True)
     i = int(np.argmin(Ds))  # WW: the first smallest D
     alpha = float(alphas[i])
     if not alpha > 1:
