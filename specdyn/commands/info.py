@@ -101,6 +101,17 @@ def _layers(st, step: int | None) -> list[dict]:
     return layer_table(st, step) if len(st) else []
 
 
+def warn_missing_chunks(st) -> None:
+    """A chunk file of a done row deleted since would read as NaN here: say which, and what to do."""
+    from specdyn import console
+    from specdyn.store import damage
+
+    with damage.reading(st.path, "spectral_norm"):  # the one array it reads besides the listings
+        lost = damage.missing_chunks(st.root, st.root["done"][:])
+    if lost:
+        console.warn(f"{st.path}: chunks of done rows are missing: {damage.describe(lost)}; {damage.REPAIR}")
+
+
 def info_command(
     store: Annotated[
         Path, typer.Argument(help="A specdyn store (or a run dir holding specdyn.zarr).", show_default=False)
@@ -118,7 +129,9 @@ def info_command(
     from specdyn import console, open_store
     from specdyn.store import resolve_store
 
-    summary = store_summary(open_store(resolve_store(store)), step)
+    st = open_store(resolve_store(store))
+    summary = store_summary(st, step)
+    warn_missing_chunks(st)
     if json_out:
         console.print_json(summary)
         return
