@@ -116,8 +116,17 @@ def test_report_is_self_contained_with_every_figure(stores, page):
     assert "1.linear1" in p.cells
 
 
-def test_one_store_has_no_comparison(stores):
-    page = build_report(stores[:1], title="one run", dpi=40)
+@pytest.fixture(scope="module")
+def one_store_cli(stores, tmp_path_factory):
+    """`specdyn report` on one run dir: the one page drawn for both the CLI test and the one-store test."""
+    out = tmp_path_factory.mktemp("cli") / "sub" / "report.html"
+    argv = ["report", str(stores[0].path.parent), "-o", str(out), "--json", "--dpi", "50", "--title", "one run"]
+    return runner.invoke(app, argv), out
+
+
+def test_one_store_has_no_comparison(one_store_cli):
+    _, out = one_store_cli
+    page = out.read_text()
     assert parse(page).h2 == ["modadd-wd1"]
     assert "<title>one run</title>" in page
 
@@ -132,9 +141,8 @@ def test_prune_results_are_detected(stores, tmp_path):
     assert prune.has_results(specdyn.open_store(copy))
 
 
-def test_cli_report(stores, tmp_path):
-    out = tmp_path / "sub" / "report.html"
-    r = runner.invoke(app, ["report", str(stores[0].path.parent), "-o", str(out), "--json", "--dpi", "50"])
+def test_cli_report(stores, one_store_cli, tmp_path):
+    r, out = one_store_cli
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["written"] == [str(out)] and doc["figures"] == count_figures(stores[:1])
