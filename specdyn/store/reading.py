@@ -185,13 +185,13 @@ class SpectralStore:
     @property
     def epsilons(self) -> np.ndarray:
         """The intruder thresholds ε of `intruders` (empty without a base model)."""
-        return self.root["epsilon"][:] if self.has_base else np.zeros(0)
+        return self._read("epsilon") if self.has_base else np.zeros(0)
 
     def intruders(self, epsilon: float | None = None) -> np.ndarray:
         """Intruder counts (docs/method.md §11.3): (checkpoint, matrix, epsilon), or (checkpoint, matrix) at one ε."""
         if not self.has_base:
             raise SpecdynError(f"{self.path}: analyzed without a base model; rerun `specdyn analyze --base PATH`")
-        data = self.root["intruders"][:][self.rows]
+        data = self._read("intruders")[self.rows]
         if epsilon is None:
             return data
         hit = np.flatnonzero(np.isclose(self.epsilons, float(epsilon)))
