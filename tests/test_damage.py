@@ -204,3 +204,24 @@ def test_18_checkpoints_too_large_to_allocate_end_with_exit_3_and_no_store(tmp_p
     assert "not enough memory" in result.stderr and "corrupt" not in result.stderr
     assert not (run / "specdyn.zarr").exists() and not list(run.glob("specdyn.zarr*"))
     assert np.all([p.suffix == ".safetensors" or p.name.endswith(".lock") for p in run.iterdir()])
+
+
+def test_14_a_damaged_shard_of_packed_matrices_is_repaired(tmp_path, monkeypatch):
+    """Stores of many matrices pack them by shape into shards (schema 2): a write into a damaged shard would read it
+    first, so --repair deletes the files holding the row instead."""
+    import specdyn.store.layout as layout
+
+    monkeypatch.setattr(layout, "PACK_ABOVE", 1)
+    run = tiny_run(tmp_path)
+    analyze([run], None, OPTS, show_progress=False)
+    store = run / "specdyn.zarr"
+    reference = tmp_path / "reference.zarr"
+    shutil.copytree(store, reference)
+    shard = sorted((store / "svd").glob("*/sv/c.1.*"))[0]
+    shard.write_bytes(b"garbage")
+    result = cli("info", run)
+    one_line_error(result)
+    assert f"svd/{shard.parent.parent.name}/sv" in result.stderr
+    result = cli("analyze", run, "--svd-route", "gram", "--repair")
+    assert result.exit_code == 0 and "1 rows recomputed" in result.stderr, result.stderr
+    assert_identical(reference, store)

@@ -137,6 +137,16 @@ def _arrays(root) -> list[str]:
 
 def _chunk_rows(arr) -> set[int] | None:
     """The rows whose chunk of a checkpoint-axis array exists as a file (None where the store cannot list)."""
+    rows = arr.metadata.chunk_grid.chunk_shape[0]
+    try:
+        keys = _chunk_keys(arr)
+    except (NotImplementedError, OSError):
+        return None
+    return {r for _, first in keys for r in range(first, first + rows)}
+
+
+def _chunk_keys(arr) -> list[tuple[str, int]]:
+    """(store key, first row) of every chunk (or shard) file of a checkpoint-axis array."""
     from zarr.core.sync import sync
 
     prefix = arr.store_path.path + "/"
@@ -145,20 +155,28 @@ def _chunk_rows(arr) -> set[int] | None:
     async def keys():
         return [k async for k in store.list_prefix(prefix)]
 
-    try:
-        found = sync(keys())
-    except (NotImplementedError, OSError):
-        return None
     rows = arr.metadata.chunk_grid.chunk_shape[0]
-    out = set()
-    for k in found:
+    out = []
+    for k in sync(keys()):
         key = k[len(prefix) :]
-        if not key.startswith("c"):
-            continue
-        first = key[1:].lstrip("./").replace("/", ".").split(".")[0]
+        first = key[1:].lstrip("./").replace("/", ".").split(".")[0] if key.startswith("c") else ""
         if first.isdigit():
-            out.update(range(int(first) * rows, (int(first) + 1) * rows))
+            out.append((k, int(first) * rows))
     return out
+
+
+def _clear_row(arr, i: int) -> None:
+    """Row i of an array reads as its fill value: written over, or, where the write must read a damaged shard
+    first (many matrices packed in one file), the files holding the row deleted."""
+    from zarr.core.sync import sync
+
+    try:
+        arr[i] = arr.metadata.fill_value
+    except DECODE_ERRORS:
+        rows = arr.metadata.chunk_grid.chunk_shape[0]
+        for key, first in _chunk_keys(arr):
+            if first <= i < first + rows:
+                sync(arr.store_path.store.delete(key))
 
 
 def unreadable(root) -> dict[str, list[int]]:
@@ -254,9 +272,8 @@ def repair(store: Path) -> int:
         for i in found.pop("done"):
             root["done"][i] = False
     for path, rws in found.items():  # what cannot be decoded reads as its fill value from now on
-        arr = root[path]
         for i in rws:
-            arr[i] = arr.metadata.fill_value
+            _clear_row(root[path], i)
     for path, rws in missing_chunks(root, root["done"][:]).items():
         found[path] = sorted(set(found.get(path, [])) | set(rws))
     for path in recreated:
