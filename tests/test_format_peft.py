@@ -215,6 +215,26 @@ def test_lora_delta_rank_is_r_and_untouched_rows_are_filled(series, tmp_path):
     assert 0 < st.metric("delta_stable_rank")[1, q] <= 4 / 32 + 1e-9
     assert np.isnan(st.metric("delta_effective_rank")[:, k]).all()  # ΔW = 0: undefined (zero-matrix rule)
     np.testing.assert_array_equal(st.sv(st.matrices[k])[0], st.sv(st.matrices[k])[1])
+    # a rerun keeps the store's base and intruder options (the adapter config names no base)
+    assert _analyze(run, "-o", tmp_path / "s.zarr", *args[2:]).exit_code == 0
+    other = runner.invoke(
+        app, ["analyze", str(run), "-o", str(tmp_path / "s.zarr"), "--base", str(series["gpt2"][0]), *args[2:]]
+    )
+    assert other.exit_code != 0 and "made with base" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_base_bases_past_the_budget_wait_on_disk(series, tmp_path, monkeypatch):
+    from specdyn.analyze import AnalyzeOptions, analyze, relative
+
+    base, run = series["rslora"][:2]
+    opts = AnalyzeOptions(base=str(base), include=["*layers.[01].self_attn.[qv]_proj*"])
+    analyze([run], tmp_path / "a.zarr", opts, show_progress=False)
+    monkeypatch.setattr(relative, "BASES_BYTES", 0)
+    analyze([run], tmp_path / "b.zarr", opts, show_progress=False)
+    a, b = SpectralStore.open(tmp_path / "a.zarr"), SpectralStore.open(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(a.intruders(), b.intruders())
+    np.testing.assert_array_equal(a.metric("base_overlap"), b.metric("base_overlap"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "b.zarr"]  # the scratch folder is gone
 
 
 def test_full_fine_tune_small_lr_has_no_intruders(full_ft, tmp_path):

@@ -6,10 +6,13 @@ matrix: rank r, never an m × n SVD), from the effective weights (DoRA, modules_
 checkpoint, from W − W_base, the base matrix read once and held while it fits BASE_BYTES.
 """
 
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
+from specdyn.errors import SpecdynError
 from specdyn.io import Checkpoint, CheckpointReader
 from specdyn.spectral.matrices import MatrixSpec
 from specdyn.spectral.relative import (
@@ -26,13 +29,24 @@ from specdyn.spectral.rows import RowResult
 from specdyn.store.layout import BASE_METRICS
 
 BASE_BYTES = 1 << 30  # base matrices held for W − W_base beyond this are read again per row
+# The base's left singular bases held in memory; beyond this they go to a scratch folder beside the store and are
+# memory-mapped back (a 7B model's 64 adapted q/v matrices hold 4 GiB of them, twice the memory bound).
+BASES_BYTES = 256 << 20
 
 
 class BaseRelative:
     """Computes each row's base-relative arrays against one base checkpoint. Use as a context manager."""
 
-    def __init__(self, base: Checkpoint, specs: list[MatrixSpec], doc: dict, trust_pickle: bool = False):
+    def __init__(
+        self,
+        base: Checkpoint,
+        specs: list[MatrixSpec],
+        doc: dict,
+        trust_pickle: bool = False,
+        scratch: Path | None = None,
+    ):
         self.specs, self.trust_pickle = specs, trust_pickle
+        self.scratch_path, self.scratch, self.bases_bytes = scratch, None, 0
         self.epsilons = np.asarray(doc["epsilon"], dtype=np.float64)
         self.topk = int(doc["intruder_topk"])
         self.reader = CheckpointReader(base, trust_pickle=trust_pickle)
@@ -45,6 +59,8 @@ class BaseRelative:
 
     def __exit__(self, *exc):
         self.reader.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def base_matrix(self, spec: MatrixSpec) -> np.ndarray:
         if spec.name in self.held:
@@ -56,8 +72,26 @@ class BaseRelative:
 
     def basis(self, spec: MatrixSpec) -> np.ndarray:
         if spec.name not in self.bases:
-            self.bases[spec.name] = left_basis(self.base_matrix(spec))
+            U = left_basis(self.base_matrix(spec))
+            if self.bases_bytes + U.nbytes > BASES_BYTES and self.scratch_path is not None:
+                U = self._spill(len(self.bases), U)
+            else:
+                self.bases_bytes += U.nbytes
+            self.bases[spec.name] = U
         return self.bases[spec.name]
+
+    def _spill(self, j: int, U: np.ndarray) -> np.ndarray:
+        """U written to the run's scratch folder `scratch` (made on first use, removed at the end; one run at a time
+        holds the store's lock, so a folder found there is a killed run's), memory-mapped back."""
+        if self.scratch is None:
+            if self.scratch_path.is_symlink():
+                raise SpecdynError(f"{self.scratch_path}: a link where specdyn keeps its scratch files; remove it")
+            shutil.rmtree(self.scratch_path, ignore_errors=True)
+            self.scratch_path.mkdir()
+            self.scratch = self.scratch_path
+        path = self.scratch / f"{j}.npy"
+        np.save(path, U)
+        return np.load(path, mmap_mode="r")
 
     def row(self, ckpt: Checkpoint, result: RowResult, stored: Mapping) -> dict[str, np.ndarray]:
         """{name: (M,) array} for BASE_METRICS and "intruders" (M, E); NaN for matrices holding NaN/Inf."""

@@ -154,7 +154,8 @@ def _analyze_locked(run_dirs, st, opts, show_progress, t0, progress) -> dict:
             if lost:
                 console.warn(f"{store}: chunks of done rows are missing: {damage.describe(lost)}; {damage.REPAIR}")
         routes = p.attrs.get("svd_routes", {})
-        with BaseRelative(p.base, p.specs, p.base_doc, opts.trust_pickle) if p.base else nullcontext() as rel:
+        scratch = Path(store).absolute().parent / f".{Path(store).name}.base-vectors"  # bases past BASES_BYTES
+        with BaseRelative(p.base, p.specs, p.base_doc, opts.trust_pickle, scratch) if p.base else nullcontext() as rel:
             engine, failures = compute_rows(root, todo, p.specs, p.pairs, p.heads, opts, show_progress, routes, rel)
         # reasons name files; one that is not UTF-8 is stored (and printed as JSON) with \xHH, as its name is
         skipped = [{**s, "reason": name_text(s["reason"])} for s in p.skipped + failures]

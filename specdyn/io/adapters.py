@@ -118,14 +118,6 @@ def _positive_int(v, what: str) -> int:
     return v
 
 
-@dataclass
-class _Module:
-    """One adapted module: its LoRA factors (stored orientation: ΔW = left @ right) and DoRA magnitude."""
-
-    name: str
-    parts: dict = field(default_factory=dict)
-
-
 class AdapterSource:
     """The effective weights of an adapter on its base (a TensorSource of the base's names and shapes)."""
 
@@ -138,7 +130,11 @@ class AdapterSource:
             self.adapter = _open_weights(weights, trust_pickle)
         self.lora: dict[str, tuple[str, dict]] = {}  # base key -> (module path, {part: adapter key})
         self.replaced: dict[str, str] = {}  # base key -> adapter key (modules_to_save)
-        self._index()
+        try:
+            self._index()
+        except BaseException:
+            self.adapter.close()
+            raise
 
     # -- TensorSource: the base's keys, shapes and dtypes; effective tensors
     def keys(self) -> list[str]:
@@ -206,23 +202,23 @@ class AdapterSource:
     # -- internals
     def _index(self) -> None:
         base_keys = set(self.base.keys())
-        modules: dict[str, _Module] = {}
+        modules: dict[str, dict[str, str]] = {}  # module path -> {lora_A/lora_B/...: adapter key}
         for key in self.adapter.keys():
             name = key.removeprefix(PREFIX)
             m = _LORA.match(name)
             if m:
-                modules.setdefault(m["module"], _Module(m["module"])).parts[m["part"]] = key
+                modules.setdefault(m["module"], {})[m["part"]] = key
             elif name.endswith(".lora_B.bias"):
                 continue  # lora_bias: a bias vector, not a matrix
             else:  # modules_to_save (the full tensor), or peft's copy of an adapted embedding's base weight
                 self.replaced[self._base_key(name.replace(".base_layer.", "."), base_keys)] = key
-        for module, mod in modules.items():
-            a, b = _pair(mod.parts)
+        for module, parts in modules.items():
+            a, b = _pair(parts)
             if a is None or b is None:
                 raise CheckpointError(f"{self.folder}: adapter module {module!r} lacks its lora_A or lora_B weight")
             key = self._base_key(module + ".weight", base_keys)
-            self.lora[key] = (module, mod.parts)
-            self._check(key, module, mod.parts)
+            self.lora[key] = (module, parts)
+            self._check(key, module, parts)
 
     def _base_key(self, name: str, base_keys: set[str]) -> str:
         if name in base_keys:
