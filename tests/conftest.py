@@ -1,8 +1,27 @@
 """Shared test set-up: keep measured SVD route choices out of the user's home directory; `one_thread` for
-modules that train tiny models."""
+modules that train tiny models; the session fails if a test leaves a process running (tests/leftovers.py)."""
 
 import pytest
 import torch
+
+from tests import leftovers
+
+_started: list[tuple[float, str]] = []  # (start in /proc ticks, test id): which test a leftover came from
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _started.append((leftovers.now_ticks(), nodeid))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left():
+    """Set up first, torn down last: every process a test started (or orphaned: pytest adopts them) must be gone
+    by the end of the session; any still running is killed, and named in the failure."""
+    leftovers.adopt_orphans()
+    yield
+    left = leftovers.kill_leftovers(_started)
+    if left:
+        pytest.fail("the tests left processes running (now killed):\n" + "\n".join(left), pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +61,10 @@ def forkserver():
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", "tests.fault_child"])
-    return ctx
+    yield ctx
+    from multiprocessing import forkserver as fs
+
+    fs._forkserver._stop()  # no server left running; a child it forked and did not end is then a leftover
 
 
 @pytest.fixture
