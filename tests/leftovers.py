@@ -36,7 +36,7 @@ def descendants(root: int | None = None) -> dict[int, tuple[int, str, int]]:
     """Every process below `root` (default: this one): {pid: (ppid, state, start ticks)}."""
     root = os.getpid() if root is None else root
     procs = {}
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if os.path.isdir("/proc/self") else []:  # no /proc: nothing to check
         if name.isdigit():
             try:
                 procs[int(name)] = _stat(int(name))
