@@ -6,7 +6,7 @@ import torch
 
 from tests import leftovers
 
-_started: list[tuple[float, str]] = []  # (start in /proc ticks, test id): which test a leftover came from
+_started: list[tuple[int, str]] = []  # (start in /proc ticks, test id): which test a leftover came from
 
 
 def pytest_runtest_logstart(nodeid, location):

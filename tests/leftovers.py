@@ -66,9 +66,10 @@ def command(pid: int) -> str:
         return "?"
 
 
-def now_ticks() -> float:
-    """The clock /proc's start times count in: ticks since boot."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME) * TICKS
+def now_ticks() -> int:
+    """The clock /proc's start times count in: whole ticks since boot (truncated as the kernel does, so that a
+    process started after this call never shows an earlier start)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * TICKS)
 
 
 def reap() -> None:
@@ -91,7 +92,7 @@ def running() -> dict[int, tuple[str, int]]:
     return out
 
 
-def kill_leftovers(started: list[tuple[float, str]]) -> list[str]:
+def kill_leftovers(started: list[tuple[int, str]]) -> list[str]:
     """SIGKILL every running descendant (twice over, in case one forked meanwhile) and reap it; one line per
     process killed, naming the test (from `started`, sorted (start ticks, test id)) running when it started."""
     lines = []
