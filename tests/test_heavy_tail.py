@@ -160,14 +160,15 @@ def _ww_loop(x):
     return alphas, Ds
 
 
-def _heavy_spectrum(n: int, block: int = 256) -> np.ndarray:
-    """The n sorted eigenvalues of W^T W for a 2n x n Gaussian W with a few heavy columns (a bulk and a heavy tail),
-    W block-diagonal so that its SVD costs blocks of `block` columns, not one n^3 (at n=3000: ~2 CPU s, not 45)."""
-    rng = np.random.default_rng(n)
+def _heavy_spectrum(n: int, seed: int | None = None, power: int = 8, block: int = 256) -> np.ndarray:
+    """The n sorted eigenvalues of W^T W for a 2n x n Gaussian W with columns scaled by 1 + 5 u^power (power 8: a
+    few heavy columns, a bulk and a heavy tail), W block-diagonal so that its SVD costs blocks of `block` columns,
+    not one n^3 (at n=3000: ~2 CPU s, not 45). Seeded by `seed`, default n."""
+    rng = np.random.default_rng(n if seed is None else seed)
     parts = []
     for start in range(0, n, block):
         c = min(block, n - start)
-        A = rng.standard_normal((2 * c, c)) * (1 + 5 * rng.random(c) ** 8)
+        A = rng.standard_normal((2 * c, c)) * (1 + 5 * rng.random(c) ** power)
         parts.append(np.linalg.svd(A, compute_uv=False) ** 2)
     return np.sort(np.concatenate(parts))
 
@@ -191,9 +192,7 @@ def test_blocked_scan_matches_ww_loop(n, monkeypatch):
 def test_pruned_scan_picks_the_full_scans_xmin(n, seed):
     """power_law_fit computes D exactly only where its lower bound (every 16th point of the tail) does not rule
     the candidate out: the chosen xmin, alpha and D are the full scan's (and WW's loop's)."""
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((2 * n, n)) * (1 + 5 * rng.random(n) ** (8 if seed else 1))
-    x = np.sort(np.linalg.svd(A, compute_uv=False) ** 2)
+    x = _heavy_spectrum(n, seed, power=8 if seed else 1)
     full_a, full_d = ht._fit_standard(x)
     best_a, best_d = ht._fit_standard(x, best_only=True)
     i = int(np.argmin(full_d))
