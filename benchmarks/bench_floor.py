@@ -172,12 +172,14 @@ def instrument(phases: Phases) -> list:
         (writing.RowWriter, "write", "write rows"),
         (writing.RowWriter, "matrix", "write rows"),
         (rows, "derive_stability", "derive: stability"),
+        (writing, "fill_from_sv", "derive: heavy tails"),
         (writing, "fill_heavy_tail", "derive: heavy tails"),
         (run, "plan", "plan + create store"),
         (run, "create_store", "plan + create store"),
         (compute, "record_routes", "write rows"),
     ]
-    return [(owner, attr, phases.wrap(owner, attr, name)) for owner, attr, name in targets]
+    # names move as the code changes: what is not there is not instrumented (its time shows as "other")
+    return [(owner, attr, phases.wrap(owner, attr, name)) for owner, attr, name in targets if hasattr(owner, attr)]
 
 
 def analyze_in_process(series: Path, store: Path, topk: int) -> tuple[dict, float]:
@@ -237,7 +239,12 @@ def table(title: str, rows: list[tuple[str, float, float | None]], total_floor: 
 
 def report(label: str, times: dict, total: float, steps: dict, shapes: dict) -> None:
     floor_total = sum(steps.values())
-    svd = {k[4:]: v for k, v in times.items() if k.startswith("svd ")}
+    svd = {}
+    for k, v in times.items():  # analyze decomposes a Conv1D weight as out x in: the floor's shape transposed
+        if k.startswith("svd "):
+            m, n = k[4:].split("x")
+            key = k[4:] if k[4:] in shapes or f"{n}x{m}" not in shapes else f"{n}x{m}"
+            svd[key] = svd.get(key, 0.0) + v
     rows = [(f"SVD {shape}", svd.get(shape, 0.0), fl) for shape, fl in sorted(shapes.items())]
     rows += [(k, v, None) for k, v in sorted(times.items(), key=lambda kv: -kv[1]) if not k.startswith("svd")]
     table(f"{label}: CPU s per phase (in-process, route cache warm)", rows, floor_total)
