@@ -76,6 +76,22 @@ def test_lowrank_delta_is_the_merged_difference(series):
         np.testing.assert_allclose(left @ right, want, atol=1e-6 * np.abs(want).max())
 
 
+def test_adapter_model_bin_reads_as_the_safetensors(series, tmp_path):
+    """adapter_model.bin (torch.save of the same tensors, read with the safe loader) gives the same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    base, run = _copy(series, "gpt2", tmp_path)
+    folder = run / "checkpoint-4"
+    torch.save(load_file(folder / "adapter_model.safetensors"), folder / "adapter_model.bin")
+    (folder / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
+    name = "transformer.h.1.attn.c_attn.weight"
+    with CheckpointReader(_on_base(run, base)[-1]) as reader:
+        got = reader.array(name)
+    want = series["gpt2"][2][4][name].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+
 def _copy(series, name, tmp_path):
     base, run, _, _ = series[name]
     shutil.copytree(run, tmp_path / "run")
