@@ -88,7 +88,8 @@ def run(mode: str, steps: int, saves: list[int], width: int, folder: Path, batch
         wait = time.perf_counter() - t0
     lags = [arrived[s] - saved_at[s] for s in arrived if s in saved_at]
     return {"save": save_t, "other": other_t, "train_s": train_s, "wait_s": wait, "early": len(arrived),
-            "saved": len(saved_at), "lag": lags, "cpu": children_cpu() - cpu0}  # fmt: skip
+            "saved": len(saved_at), "lag": lags, "cpu": children_cpu() - cpu0,
+            "pause_s": saver.pause_seconds if saver else 0.0}  # fmt: skip
 
 
 def part_save(a, tmp: Path) -> None:
@@ -125,21 +126,24 @@ def part_share(a, tmp: Path) -> None:
     for rep in range(a.repeats):
         for mode in modes:
             results[mode].append(run(mode, a.steps, saves, a.width, tmp / f"share-{rep}-{mode}", batch=a.batch))
-            print(f"  {mode}: {results[mode][-1]['train_s']:.1f} s", file=sys.stderr)
+            r = results[mode][-1]
+            print(f"  {mode}: {r['train_s']:.1f} s, paused {r['pause_s']:.1f} s", file=sys.stderr)
     bare = statistics.median(r["train_s"] for r in results["bare"])
     print(f"\n--part share: training on {threads} threads ({os.cpu_count()} cores), {a.steps} steps, {len(saves)} "
           f"saves, {a.repeats} interleaved repeats; bare training {bare:.1f} s (median)")  # fmt: skip
-    print("| analysis | training (s) | vs bare | analysis CPU (s) | metrics before the last step | median lag (s) "
-          "| wait after training (s) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| analysis | training (s) | vs bare | pauses for the analysis (s) | pauses / training | analysis CPU (s) "
+          "| metrics before the last step | median lag (s) | wait after training (s) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in SHARE_MODES:
         rs = results[mode]
         train = statistics.median(r["train_s"] for r in rs)
         lags = [x for r in rs for x in r["lag"]]
         lag = f"{statistics.median(lags):.1f}" if lags else "-"
         early = "/".join(str(r["early"]) for r in rs) + f" of {rs[0]['saved']}"
-        print(f"| {mode} | {train:.1f} | {train / bare:.2f} | {statistics.median(r['cpu'] for r in rs):.1f} | "
-              f"{early} | {lag} | {statistics.median(r['wait_s'] for r in rs):.1f} |")  # fmt: skip
+        pause = statistics.median(r["pause_s"] for r in rs)
+        print(f"| {mode} | {train:.1f} | {train / bare:.2f} | {pause:.1f} | {pause / train:.2f} | "
+              f"{statistics.median(r['cpu'] for r in rs):.1f} | {early} | {lag} | "
+              f"{statistics.median(r['wait_s'] for r in rs):.1f} |")  # fmt: skip
 
 
 def main():

@@ -6,10 +6,10 @@ The training process only copies the weights to CPU and writes them (what any ch
 run in a separate process with one thread, so a training step never waits for the analysis. While training
 keeps every core busy, the analysis is paused during training steps and runs in budgeted pauses between them
 (`SHARE` of the training's time), so it costs training at most that share and its metrics arrive while training
-runs. Otherwise (a free core: GPU training, a data-bound loop) it runs beside training. Run side by side with a
-busy multi-threaded step, even a low-priority process slowed training 2.5x on 2 cores (each of the step's
-thread barriers waits for the analysis's time slice), and at SCHED_IDLE it got no CPU at all until training
-ended; benchmarks/bench_callbacks.py measures both.
+runs. Otherwise (GPU training, or fewer torch threads than cores) it runs beside training. Run beside a
+multi-threaded CPU step, even a process at nice 19 slowed training 2.5x on 2 cores (each of the step's thread
+barriers waits for the analysis's time slice), and at SCHED_IDLE it got no CPU at all until training ended
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -131,6 +131,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_bound(module) -> bool:
+    """Whether training computes on the CPU with a thread on every core (torch's intra-op threads): then an
+    analysis running beside it stalls each of the step's thread barriers, so it runs only in pauses between
+    steps. GPU training, or CPU training on fewer threads than cores, leaves cores to the analysis."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    param = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return (param is None or param.device.type == "cpu") and torch.get_num_threads() >= cores()
+
+
 def idle_priority(pid: int) -> None:
     """Schedule a process only when a core is otherwise idle (Linux SCHED_IDLE; elsewhere the lowest nice)."""
     try:
@@ -189,6 +200,7 @@ class SeriesSaver:
     steps: list[int] = field(default_factory=list, init=False)
     saved: list[int] = field(default_factory=list, init=False)
     save_seconds: float = field(default=0.0, init=False)
+    pause_seconds: float = field(default=0.0, init=False)  # training's time given to the analysis between steps
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -200,9 +212,8 @@ class SeriesSaver:
         self._logged: set[int] = set()
         self._paused = False
         self._atexit = False
-        self._busy = True  # until measured: pause the analysis during steps (a bounded cost either way)
-        self._clock: tuple[float, float] | None = None  # (wall, CPU time) at the end of the last poll
-        self._ran_free = False  # the analysis ran beside training since the last poll (no clean measurement)
+        self._busy = True  # training computes on every core (cpu_bound, at each save)
+        self._clock: float | None = None  # when the last step ended
 
     @property
     def store_path(self) -> Path:
@@ -241,6 +252,7 @@ class SeriesSaver:
         """Write the checkpoint of `step` now; the analysis, if any, is started in the background."""
         t0 = time.perf_counter()
         path = write_checkpoint(self.run_dir, step, cpu_state_dict(module), self.task, self.config)
+        self._busy = cpu_bound(module)
         self.saved.append(step)
         self.save_seconds += time.perf_counter() - t0
         if self.analyze:
@@ -280,22 +292,21 @@ class SeriesSaver:
             self._paused = False
 
     def _share_cpu(self) -> None:
-        """Called once a step: measure whether training keeps every core busy (over steps the analysis did not
-        run beside it) and, if so, give a running analysis `share` of the last step's time, then pause it."""
-        now, cpu = time.monotonic(), time.process_time()
-        last, ran_free = self._clock, self._ran_free
-        if last is not None and not ran_free and now > last[0]:
-            self._busy = (cpu - last[1]) >= (cores() - 0.5) * (now - last[0])
-        self._ran_free = False
-        if self._proc is not None and self.share > 0 and PAUSABLE:
-            if not self._busy:
-                self._resume()  # a core is free: the analysis runs beside training
-                self._ran_free = True
-            elif last is not None:
-                self._resume()
-                time.sleep(min(self.share * (now - last[0]), MAX_PAUSE))
-                self._pause()
-        self._clock = (time.monotonic(), time.process_time())
+        """Called once a step: while training computes on every core, give a running analysis `share` of the last
+        step's time, then pause it again; otherwise let it run beside training."""
+        now = time.monotonic()
+        last, self._clock = self._clock, now
+        if self._proc is None or self.share <= 0 or not PAUSABLE:
+            return
+        if not self._busy:
+            self._resume()
+        elif last is not None:
+            self._resume()
+            pause = min(self.share * (now - last), MAX_PAUSE)
+            time.sleep(pause)
+            self._pause()
+            self.pause_seconds += pause
+            self._clock = time.monotonic()  # the next step's time starts after the pause
 
     def _collect(self) -> list[tuple[int, dict]]:
         """The finished analysis's new summary metrics (a failed one warns, and the next save retries)."""

@@ -15,10 +15,13 @@ them as `train/specdyn/...`, since the Trainer prefixes training logs with `trai
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from transformers import TrainerCallback
 
 from specdyn.integrations.core import SHARE, SeriesSaver, model_config
+
+STATE_EVERY = 30.0  # seconds between rewrites of trainer_state.json on log events (saves and the end always write)
 
 
 class SpecdynTrainerCallback(TrainerCallback):
@@ -33,6 +36,7 @@ class SpecdynTrainerCallback(TrainerCallback):
         self.saver = SeriesSaver(run_dir, log_spaced=log_spaced, every=every, max_steps=max_steps, analyze=analyze,
                                  store=store, task="transformers", share=analyze_share)  # fmt: skip
         self.trainer = trainer
+        self._state_written = float("-inf")
         if analyze and trainer is None:
             raise ValueError("analyze=True logs through the Trainer: pass trainer=trainer")
 
@@ -48,10 +52,13 @@ class SpecdynTrainerCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and self.saver.wants(state.global_step):
             self.saver.save(state.global_step, model)
+            self._write_state(state)
         self._log(state, self.saver.poll())
 
     def on_log(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        # at most every STATE_EVERY seconds: the log grows with the run, and rewriting it at every step of a
+        # long run with logging_steps=1 would cost quadratic time
+        if state.is_world_process_zero and time.monotonic() - self._state_written >= STATE_EVERY:
             self._write_state(state)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -64,6 +71,7 @@ class SpecdynTrainerCallback(TrainerCallback):
     def _write_state(self, state) -> None:
         """The Trainer's state as `trainer_state.json` in the run folder: its `log_history` is the loss curve."""
         self.saver.write_json("trainer_state.json", dataclasses.asdict(state))
+        self._state_written = time.monotonic()
 
     def _log(self, state, results) -> None:
         if not results or self.trainer is None:
