@@ -16,6 +16,7 @@ from tests.test_architectures import (
     H,
     V,
     analyzed,
+    assert_pairs_file_round_trip,
     check_family,
     check_pair,
     diag_ref,
@@ -193,19 +194,9 @@ def test_fused_projection_without_a_family_is_recorded_unsplit(tmp_path, monkeyp
 
 def test_pairs_file_takes_row_halves(tmp_path, one_thread):
     """`--pairs` reads the `prev[a:b] -> next` names a fused gate/up writes, to the same pairs and numbers."""
-    from specdyn import open_store
-    from specdyn.analyze import AnalyzeOptions, analyze
-
     cls, config = fused_configs()["phi3"]
     run = tmp_path / "run"
     save_series(run, cls, config, steps=(1,))
     auto = analyzed(run)
     assert "model.layers.0.mlp.gate_up_proj.weight[0:24] -> model.layers.0.mlp.down_proj.weight" in auto.pairs
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join(auto.pairs) + "\n")
-    again = analyze(
-        [run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False
-    )
-    st = open_store(again["store"])
-    assert st.pair_docs() == auto.pair_docs()
-    np.testing.assert_array_equal(st.alignment(), auto.alignment())
+    assert_pairs_file_round_trip(run, auto, tmp_path)

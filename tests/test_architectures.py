@@ -140,6 +140,19 @@ def trainer_series(run, cls, config, steps=40):
     T.Trainer(model=model, args=args, train_dataset=rows).train()
 
 
+def assert_pairs_file_round_trip(run, auto, tmp_path):
+    """A `--pairs` file of every pair name `auto` holds gives the same pairs and alignment; returns the file."""
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(auto.pairs) + "\n")
+    again = analyze(
+        [run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False
+    )
+    st = open_store(again["store"])
+    assert st.pair_docs() == auto.pair_docs()
+    np.testing.assert_array_equal(st.alignment(), auto.alignment())
+    return pairs
+
+
 def analyzed(run, **opts):
     analyze([run], options=AnalyzeOptions(**opts), show_progress=False)
     return open_store(run / "specdyn.zarr")
@@ -514,14 +527,7 @@ def test_pairs_file_round_trip_and_errors(tmp_path, one_thread, capsys):
     run = tmp_path / "run"
     save_series(run, cls, config)
     auto = analyzed(run)
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join(auto.pairs) + "\n")
-    again = analyze(
-        [run], out=tmp_path / "again.zarr", options=AnalyzeOptions(pairs_file=str(pairs)), show_progress=False
-    )
-    st = open_store(again["store"])
-    assert st.pair_docs() == auto.pair_docs()
-    np.testing.assert_array_equal(st.alignment(), auto.alignment())
+    pairs = assert_pairs_file_round_trip(run, auto, tmp_path)
     pairs.write_text(
         "model.layers.0.self_attn.q_proj.weight -> model.layers.0.self_attn.k_proj.weight\n"
         "model.layers.0.self_attn.k_proj.weight -> model.layers.0.mlp.down_proj.weight\n"

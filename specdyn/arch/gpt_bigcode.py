@@ -3,7 +3,8 @@ default) its rows are [q (H heads); k (1 head); v (1 head)] (GPTBigCodeAttention
 `split((embed_dim, kv_dim, kv_dim))`), else viewed per head as (H, 3, head_dim) (`view(..., H, 3 * head_dim)`
 then `split(3 * [head_dim])`). Sequential blocks, the LM head tied to `wte`."""
 
-from specdyn.arch.base import Attention, Family, Stack, config_heads
+from specdyn.arch.base import Family, config_heads
+from specdyn.arch.gpt2 import gpt_stack
 
 
 def _heads(config: dict):
@@ -14,15 +15,7 @@ def _heads(config: dict):
 FAMILY = Family(
     name="gpt_bigcode",
     model_types=("gpt_bigcode",),
-    stacks=(
-        Stack(
-            blocks=r"h\.\d+\.",
-            attention=(Attention(qkv="attn.c_attn", o="attn.c_proj"),),
-            mlp_in=("mlp.c_fc",),
-            mlp_out="mlp.c_proj",
-            embed=("wte",),
-        ),
-    ),
+    stacks=(gpt_stack("wte"),),
     heads_chains=(("lm_head",),),
     heads=_heads,
     layout=lambda config: "blocks" if config.get("multi_query", True) else "per_head",

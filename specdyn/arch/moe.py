@@ -8,8 +8,7 @@ Qwen3-MoE and DeepSeek keep dense) is the block's MLP. DeepSeek's multi-head lat
 q/k/v: only its output projection is paired."""
 
 from specdyn.arch.base import Attention, Family, Stack
-
-_LLAMA_ATTENTION = (Attention(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj"),)
+from specdyn.arch.llama import ATTENTION
 
 MIXTRAL = Family(
     name="mixtral",
@@ -17,7 +16,7 @@ MIXTRAL = Family(
     stacks=(
         Stack(
             blocks=r"layers\.\d+\.",
-            attention=_LLAMA_ATTENTION,
+            attention=ATTENTION,
             mlp_in=("mlp.gate_proj", "mlp.up_proj"),
             mlp_out="mlp.down_proj",
             embed=("embed_tokens",),
@@ -34,7 +33,7 @@ QWEN2_MOE = Family(
     stacks=(
         Stack(
             blocks=r"layers\.\d+\.",
-            attention=_LLAMA_ATTENTION,
+            attention=ATTENTION,
             mlp_in=("mlp.gate_proj|mlp.shared_expert.gate_proj", "mlp.up_proj|mlp.shared_expert.up_proj"),
             mlp_out="mlp.down_proj|mlp.shared_expert.down_proj",
             embed=("embed_tokens",),
@@ -68,7 +67,7 @@ GPT_OSS = Family(
     stacks=(
         Stack(
             blocks=r"layers\.\d+\.",
-            attention=_LLAMA_ATTENTION,
+            attention=ATTENTION,
             mlp_in=(),
             mlp_out="",
             embed=("embed_tokens",),

@@ -84,11 +84,7 @@ def plot(
             ax.set_yscale("log")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    draw.legend_below(fig, handles)
+    draw.legend_below(fig, draw.add_handles({}, *axes))
     if title:
         fig.suptitle(title)
     return fig

@@ -224,6 +224,14 @@ def history_panel(ax, axis: style.XAxis, run, kind: str) -> bool:
     return True
 
 
+def add_handles(legend: dict, *axes) -> dict:
+    """Add each label's first handle among `axes` to `legend` (label -> handle), for one legend over many panels."""
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    return legend
+
+
 def legend_below(fig, handles: dict) -> None:
     """One legend for the whole figure under its panels, with as many columns as its width holds."""
     if not handles:

@@ -103,8 +103,7 @@ def plot(
             draw.colorbar(fig, mappable, ax_a, "split step", shrink=1.0, aspect=25)
         else:
             draw.legend_beside(ax_a)
-        for h, lab in zip(*ax_b.get_legend_handles_labels()):
-            legend.setdefault(lab, h)
+        draw.add_handles(legend, ax_b)
     draw.legend_below(fig, legend)  # the models' legend under the panels: inside, it covered the bars
     if title:
         fig.suptitle(title)

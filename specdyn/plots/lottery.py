@@ -47,8 +47,7 @@ def plot(stores, *, title: str | None = None):
         ax_d.set_title(f"{prefix}agreement vs density (step {r['attrs'].get('step')})")
         _by_matrix(ax_m, r, height)
         ax_m.set_title(f"{prefix}per matrix at density {float(r['density'][0]):g}")
-        for h, lab in zip(*ax_d.get_legend_handles_labels()):
-            legend.setdefault(lab, h)
+        draw.add_handles(legend, ax_d)
     draw.legend_below(fig, legend)
     if title:
         fig.suptitle(title)

@@ -70,9 +70,8 @@ def plot(
                 ax.set_title(run.label)
             tw = draw.loss_twin(ax, run) if loss else None
             for a in (ax, tw) if tw else (ax,):
-                for h, lab in zip(*a.get_legend_handles_labels()):
-                    if mappable is None or a is tw:
-                        legend.setdefault(lab, h)
+                if mappable is None or a is tw:
+                    draw.add_handles(legend, a)
     draw.legend_below(fig, legend)
     if depth is not None:
         draw.colorbar(fig, depth, axes.ravel().tolist(), "matrix depth (0 = first)")

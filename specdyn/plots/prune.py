@@ -150,8 +150,7 @@ def plot(
                 draw.log_y(ax, np.concatenate([c[0] for c in curves.values()]))
             ax.set_ylabel(f"{'train' if split == 'train' else 'validation'} {style.metric_label(metric)}")
             ax.set_title(f"{label}: {split}" if len(stores) > 1 else ("train" if split == "train" else "validation"))
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                legend.setdefault(lab, h)
+            draw.add_handles(legend, ax)
         if sweep:
             _sweep(row_axes[2], st, r, mi, metric)
     draw.legend_below(fig, legend)  # under the panels: inside, it covered the curves
